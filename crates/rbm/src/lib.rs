@@ -1,0 +1,20 @@
+//! # rbm: Restricted Boltzmann Machines
+//!
+//! Binary (Bernoulli–Bernoulli) RBMs trained by CD-k and persistent CD, the rating RBM for
+//! collaborative filtering (Salakhutdinov, Mnih & Hinton 2007), honest evaluation (exact and
+//! AIS log-likelihood, pseudo-likelihood), and the file formats people use.
+//!
+//! Conventions: sets of examples are `D × N` [`linalg::Matrix`]es with one example per column;
+//! all randomness comes from [`random::Stream`]s keyed by seed, so runs are reproducible.
+
+#![warn(missing_docs)]
+
+pub mod atomic;
+pub mod binary;
+pub mod error;
+pub mod linalg;
+pub mod random;
+
+pub use binary::BinaryRbm;
+pub use error::{RbmError, Result};
+pub use linalg::Matrix;

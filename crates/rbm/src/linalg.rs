@@ -1,0 +1,277 @@
+//! The linear-algebra wrapper: a plain column-major [`Matrix`], the faer matrix products the models
+//! need (with the parallelism passed explicitly), and numerically stable scalar functions.
+//!
+//! Convention used throughout the crate: a set of examples is a `D × N` matrix with one example
+//! per column, so each example is contiguous in memory. That is the layout of the data files
+//! (row-major `N × D`, as numpy writes it), and it lets per-example work run without strides.
+
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// A dense column-major `f32` matrix that owns its storage (no padding between columns).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl Matrix {
+    /// A `rows × cols` matrix of zeros.
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Matrix {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+
+    /// Wraps column-major data; `None` if the length is not `rows * cols`.
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Option<Self> {
+        (data.len() == rows * cols).then_some(Matrix { rows, cols, data })
+    }
+
+    /// Builds a matrix from a function of (row, column).
+    pub fn from_fn(rows: usize, cols: usize, mut f: impl FnMut(usize, usize) -> f32) -> Self {
+        let mut data = Vec::with_capacity(rows * cols);
+        for j in 0..cols {
+            for i in 0..rows {
+                data.push(f(i, j));
+            }
+        }
+        Matrix { rows, cols, data }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The column-major storage.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The column-major storage, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// Consumes the matrix, returning its column-major storage.
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+
+    /// Element `(i, j)`.
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        self.data[j * self.rows + i]
+    }
+
+    /// Sets element `(i, j)`.
+    pub fn set(&mut self, i: usize, j: usize, x: f32) {
+        self.data[j * self.rows + i] = x;
+    }
+
+    /// Column `j` (one example, in the crate's convention).
+    pub fn col(&self, j: usize) -> &[f32] {
+        &self.data[j * self.rows..(j + 1) * self.rows]
+    }
+
+    /// Column `j`, mutable.
+    pub fn col_mut(&mut self, j: usize) -> &mut [f32] {
+        &mut self.data[j * self.rows..(j + 1) * self.rows]
+    }
+
+    /// Iterates over the columns.
+    pub fn cols_iter(&self) -> impl ExactSizeIterator<Item = &[f32]> {
+        self.data.chunks_exact(self.rows.max(1)).take(self.cols)
+    }
+
+    /// Columns `start..end` as a new matrix.
+    pub fn cols_range(&self, start: usize, end: usize) -> Matrix {
+        Matrix {
+            rows: self.rows,
+            cols: end - start,
+            data: self.data[start * self.rows..end * self.rows].to_vec(),
+        }
+    }
+
+    /// Gathers the given columns, in order, into a new matrix.
+    pub fn select_cols(&self, idx: &[usize]) -> Matrix {
+        let mut out = Matrix::zeros(self.rows, idx.len());
+        for (k, &j) in idx.iter().enumerate() {
+            out.col_mut(k).copy_from_slice(self.col(j));
+        }
+        out
+    }
+
+    /// Resizes to `rows × cols`, reusing the allocation; contents become unspecified.
+    pub fn resize(&mut self, rows: usize, cols: usize) {
+        self.rows = rows;
+        self.cols = cols;
+        self.data.resize(rows * cols, 0.0);
+    }
+
+    /// A faer view.
+    pub fn view(&self) -> MatRef<'_, f32> {
+        MatRef::from_column_major_slice(&self.data, self.rows, self.cols)
+    }
+
+    /// A mutable faer view.
+    pub fn view_mut(&mut self) -> MatMut<'_, f32> {
+        MatMut::from_column_major_slice_mut(&mut self.data, self.rows, self.cols)
+    }
+
+    /// The transpose, as a new column-major matrix.
+    pub fn transpose(&self) -> Matrix {
+        Matrix::from_fn(self.cols, self.rows, |i, j| self.get(j, i))
+    }
+
+    /// Mean of squared differences with another matrix of the same shape.
+    pub fn mse(&self, other: &Matrix) -> f64 {
+        assert_eq!(self.data.len(), other.data.len());
+        let s: f64 = self
+            .data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| {
+                let d = f64::from(a - b);
+                d * d
+            })
+            .sum();
+        s / self.data.len().max(1) as f64
+    }
+}
+
+/// The faer parallelism for `threads` worker threads (1 means sequential).
+pub fn par(threads: usize) -> Par {
+    if threads <= 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    }
+}
+
+/// The faer parallelism matching the current rayon pool, so the caller's pool decides.
+pub fn current_par() -> Par {
+    par(rayon::current_num_threads())
+}
+
+/// `dst = alpha · a · b` (`beta = Replace`) or `dst += alpha · a · b` (`beta = Add`).
+pub fn gemm(
+    dst: MatMut<'_, f32>,
+    beta: Accum,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    alpha: f32,
+    par: Par,
+) {
+    faer::linalg::matmul::matmul(dst, beta, a, b, alpha, par);
+}
+
+/// Adds `bias[i]` to row `i` of every column, then applies `f` elementwise, in parallel over columns.
+pub fn add_bias_map(m: &mut Matrix, bias: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    let rows = m.rows;
+    assert_eq!(bias.len(), rows);
+    if rows == 0 {
+        return;
+    }
+    m.data.par_chunks_mut(rows).for_each(|col| {
+        for (x, &b) in col.iter_mut().zip(bias) {
+            *x = f(*x + b);
+        }
+    });
+}
+
+/// The logistic function, written so neither branch overflows.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The logistic function in f64.
+#[inline(always)]
+pub fn sigmoid64(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `log(1 + e^x)` without overflow for large `x` or loss of precision for very negative `x`.
+#[inline(always)]
+pub fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// `log Σ exp(xᵢ)`, stable for any finite inputs; `-inf` for an empty slice.
+pub fn log_sum_exp(xs: &[f64]) -> f64 {
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return max;
+    }
+    max + xs.iter().map(|&x| (x - max).exp()).sum::<f64>().ln()
+}
+
+/// `log(mean(exp(xᵢ)))`, stable.
+pub fn log_mean_exp(xs: &[f64]) -> f64 {
+    log_sum_exp(xs) - (xs.len() as f64).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmoid_is_finite_and_symmetric() {
+        for &x in &[-1000.0f32, -30.0, -1.0, 0.0, 1.0, 30.0, 1000.0] {
+            let s = sigmoid(x);
+            assert!(s.is_finite() && (0.0..=1.0).contains(&s), "sigmoid({x}) = {s}");
+            assert!((s + sigmoid(-x) - 1.0).abs() < 1e-6);
+        }
+        assert!((sigmoid64(-800.0) - 0.0).abs() < 1e-300 && sigmoid64(800.0) == 1.0);
+    }
+
+    #[test]
+    fn softplus_matches_naive_where_naive_is_accurate() {
+        for &x in &[-20.0f64, -2.0, 0.0, 0.5, 3.0, 20.0] {
+            let naive = (1.0 + x.exp()).ln();
+            assert!((softplus(x) - naive).abs() < 1e-12, "x = {x}");
+        }
+        assert_eq!(softplus(1000.0), 1000.0);
+        assert!(softplus(-1000.0) >= 0.0 && softplus(-1000.0) < 1e-300);
+    }
+
+    #[test]
+    fn log_sum_exp_is_stable() {
+        let v = [1000.0, 1000.0];
+        assert!((log_sum_exp(&v) - (1000.0 + 2f64.ln())).abs() < 1e-12);
+        assert!((log_sum_exp(&[0.0, (3f64).ln()]) - 4f64.ln()).abs() < 1e-12);
+        assert_eq!(log_sum_exp(&[]), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn gemm_matches_naive_product() {
+        let a = Matrix::from_fn(3, 4, |i, j| (i * 4 + j) as f32 * 0.5 - 2.0);
+        let b = Matrix::from_fn(4, 2, |i, j| (i as f32) - (j as f32) * 1.5);
+        let mut c = Matrix::zeros(3, 2);
+        gemm(c.view_mut(), Accum::Replace, a.view(), b.view(), 1.0, Par::Seq);
+        for i in 0..3 {
+            for j in 0..2 {
+                let want: f32 = (0..4).map(|k| a.get(i, k) * b.get(k, j)).sum();
+                assert!((c.get(i, j) - want).abs() < 1e-5);
+            }
+        }
+    }
+}
