@@ -1,0 +1,132 @@
+//! Conventions shared by every subcommand: the thread pool, progress display (a bar with ETA on a
+//! terminal, plain lines otherwise), JSON output and the per-epoch metrics file.
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+/// Options every command accepts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Worker threads (default: all cores). Results are identical run to run for a given count.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Print one JSON object with the results instead of a human-readable report.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress display.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+impl Common {
+    /// The number of threads to use.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    /// Runs `f` inside a rayon pool of the chosen size, so faer and rayon work both use it.
+    pub fn in_pool<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads())
+            .build()
+            .context("could not start the thread pool")?;
+        Ok(pool.install(f))
+    }
+
+    /// A progress display for `total` steps, silent under `--quiet` or `--json`.
+    pub fn progress(&self, total: u64, what: &str) -> Progress {
+        Progress::new(total, what, !(self.quiet || self.json))
+    }
+}
+
+/// Progress display: an indicatif bar with ETA when stderr is a terminal, plain lines otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+}
+
+impl Progress {
+    fn new(total: u64, what: &str, visible: bool) -> Self {
+        if !visible {
+            return Progress {
+                bar: None,
+                plain: false,
+            };
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {msg} (elapsed {elapsed}, ETA {eta})",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(what.to_string());
+            Progress {
+                bar: Some(bar),
+                plain: false,
+            }
+        } else {
+            Progress {
+                bar: None,
+                plain: true,
+            }
+        }
+    }
+
+    /// Reports one finished step with a short message.
+    pub fn step(&self, msg: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg.to_string());
+            bar.inc(1);
+        } else if self.plain {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Prints a JSON value as one line on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// A JSON-lines metrics file: one object per line, flushed after each so it can be followed live.
+pub struct MetricsFile {
+    out: BufWriter<File>,
+    path: PathBuf,
+}
+
+impl MetricsFile {
+    /// Opens (truncates) the metrics file if a path was given.
+    pub fn create(path: Option<&Path>) -> Result<Option<Self>> {
+        path.map(|p| {
+            let f = File::create(p)
+                .with_context(|| format!("cannot create metrics file {}", p.display()))?;
+            Ok(MetricsFile {
+                out: BufWriter::new(f),
+                path: p.to_path_buf(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Appends one record.
+    pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        writeln!(self.out, "{value}")
+            .and_then(|_| self.out.flush())
+            .with_context(|| format!("cannot write metrics file {}", self.path.display()))
+    }
+}
