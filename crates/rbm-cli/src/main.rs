@@ -1,5 +1,6 @@
 //! `rbm`: train, sample, inspect and evaluate Restricted Boltzmann Machines from the command line.
 
+mod cf;
 mod common;
 
 use anyhow::Result;
@@ -17,7 +18,13 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Rating RBMs for collaborative filtering (recommendation).
+    Cf {
+        #[command(subcommand)]
+        cmd: cf::CfCommand,
+    },
+}
 
 fn main() {
     let cli = Cli::parse();
@@ -33,6 +40,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let Cli { common, command } = cli;
-    let _ = &common;
-    match command {}
+    match command {
+        Command::Cf { cmd } => cf::run(cmd, &common),
+    }
 }

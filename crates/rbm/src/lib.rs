@@ -11,9 +11,14 @@
 
 pub mod atomic;
 pub mod binary;
+pub mod cf_eval;
+pub mod cf_model;
 pub mod error;
 pub mod linalg;
+pub mod modelfile;
 pub mod random;
+pub mod rating;
+pub mod ratings;
 
 pub use binary::BinaryRbm;
 pub use error::{RbmError, Result};
