@@ -452,6 +452,7 @@ struct Fitted {
     seconds_per_epoch: f64,
     epochs: usize,
     valid_rmse: Option<f64>,
+    valid_baseline_rmse: Option<f64>,
 }
 
 fn fit(
@@ -518,12 +519,23 @@ fn fit(
         items: data.items.clone(),
         implicit_targets: cfg.implicit_targets,
     };
+    // The whole model's (ensemble's) validation RMSE, beside the baseline's.
+    let mut valid_baseline_rmse = None;
+    if !valid.is_empty() {
+        let pairs: Vec<(u32, u32)> = valid.iter().map(|r| (r.user, r.item)).collect();
+        let truth: Vec<f32> = valid.iter().map(|r| r.value).collect();
+        let pred = common.in_pool(|| model.predict(&matrix, &pairs))?;
+        let base: Vec<f32> = pairs.iter().map(|&(u, i)| model.baseline.predict(u, i)).collect();
+        vr = Some(rmse(&pred.ratings, &truth));
+        valid_baseline_rmse = Some(rmse(&base, &truth));
+    }
     Ok(Fitted {
         model,
         matrix,
         seconds_per_epoch: secs / total as f64,
         epochs,
         valid_rmse: vr,
+        valid_baseline_rmse,
     })
 }
 
@@ -637,6 +649,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         "seconds_per_epoch": fitted.seconds_per_epoch,
         "train_seconds": train_secs,
         "valid_rmse": fitted.valid_rmse,
+        "valid_baseline_rmse": fitted.valid_baseline_rmse,
         "model": a.out.as_ref().map(|p| p.display().to_string()),
     });
     if let Some(test) = &test {

@@ -441,6 +441,50 @@ fn softmax(z: &mut [f32]) {
     }
 }
 
+/// Buffers and gradients of one mini-batch, allocated once per training run.
+pub(crate) struct BatchGrad {
+    p0: Vec<f32>,
+    p1: Vec<f32>,
+    base: Vec<f32>,
+    /// Negative-phase visible units, K per rating of the batch.
+    pub(crate) vneg: Vec<f32>,
+    rec_off: Vec<usize>,
+    err_per_case: Vec<f64>,
+    by_item_ptr: Vec<usize>,
+    by_item: Vec<(u32, u32, u8)>,
+    imp_ptr: Vec<usize>,
+    imp_ent: Vec<u32>,
+    /// Gradient of W.
+    pub(crate) gw: Vec<f32>,
+    /// Gradient of b.
+    pub(crate) gb: Vec<f32>,
+    /// Gradient of c.
+    pub(crate) gc: Vec<f32>,
+    /// Gradient of D (conditional), else empty.
+    pub(crate) gd: Vec<f32>,
+}
+
+impl BatchGrad {
+    pub(crate) fn new(d: usize, k: usize, m: usize, bs: usize, conditional: bool) -> Self {
+        BatchGrad {
+            p0: vec![0.0; bs * m],
+            p1: vec![0.0; bs * m],
+            base: vec![0.0; bs * m],
+            vneg: Vec::new(),
+            rec_off: Vec::with_capacity(bs + 1),
+            err_per_case: vec![0.0; bs],
+            by_item_ptr: vec![0; d + 1],
+            by_item: Vec::new(),
+            imp_ptr: vec![0; d + 1],
+            imp_ent: Vec::new(),
+            gw: vec![0.0; d * k * m],
+            gb: vec![0.0; d * k],
+            gc: vec![0.0; m],
+            gd: if conditional { vec![0.0; d * m] } else { Vec::new() },
+        }
+    }
+}
+
 /// Per-case slots of one mini-batch (phase 1 writes them, phase 2 reads them).
 struct CaseWork<'a> {
     case: usize,
@@ -707,6 +751,174 @@ impl RatingRbm {
         err
     }
 
+    /// One mini-batch's CD-T gradient (ascent direction, averaged over the batch) into `g`:
+    /// phase 1 runs each case's chain in parallel, phase 2 sums each visible unit's statistics
+    /// over the batch in a fixed order. `key` = (seed, epoch, batch) keys the random streams.
+    /// Returns (squared reconstruction error, ratings in the batch).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn batch_gradient(
+        &self,
+        cases: &Csr,
+        implicit: &Csr,
+        batch: &[usize],
+        t_steps: usize,
+        negative: NegativePhase,
+        key: (u64, u64, u64),
+        g: &mut BatchGrad,
+    ) -> (f64, usize) {
+        let (d, k, m) = (self.d, self.k, self.m);
+        let BatchGrad {
+            p0,
+            p1,
+            base,
+            vneg,
+            rec_off,
+            err_per_case,
+            by_item_ptr,
+            by_item,
+            imp_ptr,
+            imp_ent,
+            gw,
+            gb,
+            gc,
+            gd,
+        } = g;
+        if p0.len() < batch.len() * m {
+            p0.resize(batch.len() * m, 0.0);
+            p1.resize(batch.len() * m, 0.0);
+            base.resize(batch.len() * m, 0.0);
+            err_per_case.resize(batch.len(), 0.0);
+        }
+        let nb = batch.len();
+        rec_off.clear();
+        rec_off.push(0);
+        for &r in batch {
+            rec_off.push(rec_off.last().unwrap() + cases.offsets[r + 1] - cases.offsets[r]);
+        }
+        let nr = *rec_off.last().unwrap();
+                        vneg.resize(nr * k, 0.0);
+
+        // Phase 1: the chains, in parallel over cases, each in its own slots.
+        {
+            let mut work: Vec<CaseWork<'_>> = Vec::with_capacity(nb);
+            let mut rest_v: &mut [f32] = &mut vneg[..];
+            for ((((&p, a), b), c), n) in batch
+                .iter()
+                .zip(p0.chunks_mut(m))
+                .zip(p1.chunks_mut(m))
+                .zip(base.chunks_mut(m))
+                .zip(0..)
+            {
+                let len = (rec_off[n + 1] - rec_off[n]) * k;
+                let (v, r) = std::mem::take(&mut rest_v).split_at_mut(len);
+                rest_v = r;
+                work.push(CaseWork { case: p, p0: a, p1: b, base: c, vneg: v });
+            }
+            let model = &self;
+            work.par_iter_mut()
+                .zip(err_per_case[..nb].par_iter_mut())
+                .for_each(|(w, e)| {
+                    let (items, classes) = cases.row(w.case);
+                    let imp = implicit.row(w.case).0;
+                    let mut rng = Stream::new(
+                        key.0,
+                        Purpose::Train,
+                        key.1,
+                        key.2,
+                        w.case as u64,
+                    );
+                    *e = model.chain(items, classes, imp, t_steps, negative, &mut rng, w);
+                });
+        }
+        let err = err_per_case[..nb].iter().sum::<f64>();
+
+        // Index the batch's ratings by visible unit (counting sort, fixed order).
+        by_item_ptr.fill(0);
+        for &p in batch {
+            for &i in cases.row(p).0 {
+                by_item_ptr[i as usize + 1] += 1;
+            }
+        }
+        for i in 0..d {
+            by_item_ptr[i + 1] += by_item_ptr[i];
+        }
+        by_item.resize(nr, (0, 0, 0));
+        {
+            let mut fill = by_item_ptr.clone();
+            for (n, &p) in batch.iter().enumerate() {
+                let (its, cls) = cases.row(p);
+                for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
+                    let slot = &mut fill[i as usize];
+                    by_item[*slot] = (n as u32, (rec_off[n] + r) as u32, cl);
+                    *slot += 1;
+                }
+            }
+        }
+
+        // Phase 2: gradients, in parallel over visible units.
+        let inv_b = 1.0 / nb as f32;
+        {
+            let (p0, p1, vneg, by_item, by_item_ptr) = (&p0, &p1, &vneg, &by_item, &by_item_ptr);
+            gw.par_chunks_mut(k * m)
+                .zip(gb.par_chunks_mut(k))
+                .enumerate()
+                .for_each(|(i, (gwi, gbi))| {
+                    gwi.fill(0.0);
+                    gbi.fill(0.0);
+                    for &(n, r, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
+                        let (n, r, cl) = (n as usize, r as usize, cl as usize);
+                        let a = &p0[n * m..(n + 1) * m];
+                        let bneg = &p1[n * m..(n + 1) * m];
+                        axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
+                        gbi[cl] += inv_b;
+                        for (kk, &v) in vneg[r * k..(r + 1) * k].iter().enumerate() {
+                            if v != 0.0 {
+                                axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
+                                gbi[kk] -= v * inv_b;
+                            }
+                        }
+                    }
+                });
+        }
+        gc.fill(0.0);
+        for n in 0..nb {
+            for j in 0..m {
+                gc[j] += (p0[n * m + j] - p1[n * m + j]) * inv_b;
+            }
+        }
+        if self.dmat.is_some() {
+            imp_ptr.fill(0);
+            for &p in batch {
+                for &i in implicit.row(p).0 {
+                    imp_ptr[i as usize + 1] += 1;
+                }
+            }
+            for i in 0..d {
+                imp_ptr[i + 1] += imp_ptr[i];
+            }
+            imp_ent.resize(imp_ptr[d], 0);
+            let mut fill = imp_ptr.clone();
+            for (n, &p) in batch.iter().enumerate() {
+                for &i in implicit.row(p).0 {
+                    imp_ent[fill[i as usize]] = n as u32;
+                    fill[i as usize] += 1;
+                }
+            }
+            let (p0, p1, imp_ent, imp_ptr) = (&p0, &p1, &imp_ent, &imp_ptr);
+            gd.par_chunks_mut(m).enumerate().for_each(|(i, g)| {
+                g.fill(0.0);
+                for &n in &imp_ent[imp_ptr[i]..imp_ptr[i + 1]] {
+                    let n = n as usize;
+                    for j in 0..m {
+                        g[j] += (p0[n * m + j] - p1[n * m + j]) * inv_b;
+                    }
+                }
+            });
+        }
+
+        (err, nr)
+    }
+
     /// Trains a model from scratch with CD-T; calls `progress` after every epoch.
     pub fn fit(
         params: &ValidRatingRbmParams,
@@ -747,10 +959,8 @@ impl RatingRbm {
             .collect();
         let bs = params.batch_size;
 
-        let mut gw = vec![0.0f32; d * k * m];
-        let mut gb = vec![0.0f32; d * k];
-        let mut gc = vec![0.0f32; m];
-        let mut gd = if self.dmat.is_some() { vec![0.0f32; d * m] } else { Vec::new() };
+        let mut g = BatchGrad::new(d, k, m, bs, self.dmat.is_some());
+        let mut batch_cases: Vec<usize> = Vec::with_capacity(bs);
         let (mut gfa, mut gfb) = match &self.factors {
             Some((cf, _, _)) => (vec![0.0f32; d * k * cf], vec![0.0f32; cf * m]),
             None => (Vec::new(), Vec::new()),
@@ -758,22 +968,9 @@ impl RatingRbm {
         let mut s_w = Slot::new(if self.factors.is_some() { 0 } else { d * k * m }, adam);
         let mut s_b = Slot::new(d * k, adam);
         let mut s_c = Slot::new(m, adam);
-        let mut s_d = Slot::new(gd.len(), adam);
+        let mut s_d = Slot::new(g.gd.len(), adam);
         let mut s_fa = Slot::new(gfa.len(), adam);
         let mut s_fb = Slot::new(gfb.len(), adam);
-
-        // Per-batch buffers, grown once to the largest batch.
-        let mut p0 = vec![0.0f32; bs * m];
-        let mut p1 = vec![0.0f32; bs * m];
-        let mut base = vec![0.0f32; bs * m];
-        let mut vneg: Vec<f32> = Vec::new();
-        let mut rec_off: Vec<usize> = Vec::with_capacity(bs + 1);
-        let mut err_per_case = vec![0.0f64; bs];
-        // Batch index by visible unit: (local case, position in the batch's ratings).
-        let mut by_item_ptr = vec![0usize; d + 1];
-        let mut by_item: Vec<(u32, u32, u8)> = Vec::new();
-        let mut imp_ptr = vec![0usize; d + 1];
-        let mut imp_ent: Vec<u32> = Vec::new();
 
         let mut best: Option<(f64, usize, Option<RatingRbm>)> = None;
         let mut secs_total = 0.0;
@@ -792,145 +989,31 @@ impl RatingRbm {
             let mut err_sum = 0.0f64;
             let mut n_rated = 0usize;
             for (bi, chunk) in perm.chunks(bs).enumerate() {
-                let nb = chunk.len();
-                rec_off.clear();
-                rec_off.push(0);
-                for &p in chunk {
-                    let r = active[p];
-                    rec_off.push(rec_off.last().unwrap() + cases.offsets[r + 1] - cases.offsets[r]);
-                }
-                let nr = *rec_off.last().unwrap();
+                batch_cases.clear();
+                batch_cases.extend(chunk.iter().map(|&p| active[p]));
+                let (err, nr) = self.batch_gradient(
+                    cases,
+                    implicit,
+                    &batch_cases,
+                    t_steps,
+                    params.negative,
+                    (params.seed, epoch as u64, bi as u64),
+                    &mut g,
+                );
+                err_sum += err;
                 n_rated += nr;
-                vneg.resize(nr * k, 0.0);
-
-                // Phase 1: the chains, in parallel over cases, each in its own slots.
-                {
-                    let mut work: Vec<CaseWork<'_>> = Vec::with_capacity(nb);
-                    let mut rest_v: &mut [f32] = &mut vneg[..];
-                    for ((((&p, a), b), c), n) in chunk
-                        .iter()
-                        .zip(p0.chunks_mut(m))
-                        .zip(p1.chunks_mut(m))
-                        .zip(base.chunks_mut(m))
-                        .zip(0..)
-                    {
-                        let len = (rec_off[n + 1] - rec_off[n]) * k;
-                        let (v, r) = std::mem::take(&mut rest_v).split_at_mut(len);
-                        rest_v = r;
-                        work.push(CaseWork { case: active[p], p0: a, p1: b, base: c, vneg: v });
-                    }
-                    let model = &self;
-                    work.par_iter_mut()
-                        .zip(err_per_case[..nb].par_iter_mut())
-                        .for_each(|(w, e)| {
-                            let (items, classes) = cases.row(w.case);
-                            let imp = implicit.row(w.case).0;
-                            let mut rng = Stream::new(
-                                params.seed,
-                                Purpose::Train,
-                                epoch as u64,
-                                bi as u64,
-                                w.case as u64,
-                            );
-                            *e = model.chain(items, classes, imp, t_steps, params.negative, &mut rng, w);
-                        });
-                }
-                err_sum += err_per_case[..nb].iter().sum::<f64>();
-
-                // Index the batch's ratings by visible unit (counting sort, fixed order).
-                by_item_ptr.fill(0);
-                for &p in chunk {
-                    for &i in cases.row(active[p]).0 {
-                        by_item_ptr[i as usize + 1] += 1;
-                    }
-                }
-                for i in 0..d {
-                    by_item_ptr[i + 1] += by_item_ptr[i];
-                }
-                by_item.resize(nr, (0, 0, 0));
-                {
-                    let mut fill = by_item_ptr.clone();
-                    for (n, &p) in chunk.iter().enumerate() {
-                        let (its, cls) = cases.row(active[p]);
-                        for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
-                            let slot = &mut fill[i as usize];
-                            by_item[*slot] = (n as u32, (rec_off[n] + r) as u32, cl);
-                            *slot += 1;
-                        }
-                    }
-                }
-
-                // Phase 2: gradients, in parallel over visible units.
-                let inv_b = 1.0 / nb as f32;
-                {
-                    let (p0, p1, vneg, by_item, by_item_ptr) = (&p0, &p1, &vneg, &by_item, &by_item_ptr);
-                    gw.par_chunks_mut(k * m)
-                        .zip(gb.par_chunks_mut(k))
-                        .enumerate()
-                        .for_each(|(i, (gwi, gbi))| {
-                            gwi.fill(0.0);
-                            gbi.fill(0.0);
-                            for &(n, r, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
-                                let (n, r, cl) = (n as usize, r as usize, cl as usize);
-                                let a = &p0[n * m..(n + 1) * m];
-                                let bneg = &p1[n * m..(n + 1) * m];
-                                axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
-                                gbi[cl] += inv_b;
-                                for (kk, &v) in vneg[r * k..(r + 1) * k].iter().enumerate() {
-                                    if v != 0.0 {
-                                        axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
-                                        gbi[kk] -= v * inv_b;
-                                    }
-                                }
-                            }
-                        });
-                }
-                gc.fill(0.0);
-                for n in 0..nb {
-                    for j in 0..m {
-                        gc[j] += (p0[n * m + j] - p1[n * m + j]) * inv_b;
-                    }
-                }
-                if self.dmat.is_some() {
-                    imp_ptr.fill(0);
-                    for &p in chunk {
-                        for &i in implicit.row(active[p]).0 {
-                            imp_ptr[i as usize + 1] += 1;
-                        }
-                    }
-                    for i in 0..d {
-                        imp_ptr[i + 1] += imp_ptr[i];
-                    }
-                    imp_ent.resize(imp_ptr[d], 0);
-                    let mut fill = imp_ptr.clone();
-                    for (n, &p) in chunk.iter().enumerate() {
-                        for &i in implicit.row(active[p]).0 {
-                            imp_ent[fill[i as usize]] = n as u32;
-                            fill[i as usize] += 1;
-                        }
-                    }
-                    let (p0, p1, imp_ent, imp_ptr) = (&p0, &p1, &imp_ent, &imp_ptr);
-                    gd.par_chunks_mut(m).enumerate().for_each(|(i, g)| {
-                        g.fill(0.0);
-                        for &n in &imp_ent[imp_ptr[i]..imp_ptr[i + 1]] {
-                            let n = n as usize;
-                            for j in 0..m {
-                                g[j] += (p0[n * m + j] - p1[n * m + j]) * inv_b;
-                            }
-                        }
-                    });
-                }
+                let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
 
                 // Optimizer steps.
                 adam_t += 1;
                 let wcfg = StepCfg { lr: params.learning_rate, decay: params.weight_decay, momentum, adam_t };
                 let bcfg = StepCfg { lr: params.bias_learning_rate, decay: 0.0, momentum, adam_t };
                 match &mut self.factors {
-                    None => opt_step(&mut self.w, &gw, &mut s_w, &wcfg, adam),
+                    None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam),
                     Some((cf, a, bf)) => {
                         let cf = *cf;
                         // gA (C×DK, column-major) = Bᵀ gW ; gB (M×C) = gW Aᵀ.
-                        let gw_ref = MatRef::from_column_major_slice(&gw, m, d * k);
+                        let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
                         let b_ref = MatRef::from_column_major_slice(bf, m, cf);
                         let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
                         let par = crate::linalg::current_par();
@@ -941,10 +1024,10 @@ impl RatingRbm {
                         factor_product(&mut self.w, a, bf, d * k, cf, m);
                     }
                 }
-                opt_step(&mut self.b, &gb, &mut s_b, &bcfg, adam);
-                opt_step(&mut self.c, &gc, &mut s_c, &bcfg, adam);
+                opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam);
+                opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam);
                 if let Some(dm) = &mut self.dmat {
-                    opt_step(dm, &gd, &mut s_d, &wcfg, adam);
+                    opt_step(dm, gd, &mut s_d, &wcfg, adam);
                 }
             }
             let secs = t0.elapsed().as_secs_f64();
@@ -1044,4 +1127,339 @@ fn factor_product(w: &mut [f32], a: &[f32], b: &[f32], rows: usize, c: usize, m:
         1.0,
         crate::linalg::current_par(),
     );
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ratings::{Rating, RatingMatrix, RatingScale, holdout};
+
+    fn random_model(d: usize, k: usize, m: usize, conditional: bool, seed: u64) -> RatingRbm {
+        let mut s = Stream::new(seed, Purpose::Init, 9, 9, 9);
+        let mut g = |n: usize, sd: f64| -> Vec<f32> { (0..n).map(|_| (s.normal() * sd) as f32).collect() };
+        RatingRbm {
+            d,
+            k,
+            m,
+            w: g(d * k * m, 0.7),
+            b: g(d * k, 0.5),
+            c: g(m, 0.5),
+            dmat: conditional.then(|| g(d * m, 0.5)),
+            factors: None,
+        }
+    }
+
+    /// Exact p(v_q | V) by enumerating every hidden configuration (f64).
+    fn brute_force(model: &RatingRbm, items: &[u32], classes: &[u8], implicit: &[u32], q: usize) -> Vec<f64> {
+        let (k, m) = (model.k, model.m);
+        let mut x = vec![0.0f64; m];
+        for j in 0..m {
+            x[j] = f64::from(model.c[j]);
+            for (&i, &cl) in items.iter().zip(classes) {
+                x[j] += f64::from(model.w[(i as usize * k + cl as usize) * m + j]);
+            }
+            if let Some(dm) = &model.dmat {
+                for &i in implicit {
+                    x[j] += f64::from(dm[i as usize * m + j]);
+                }
+            }
+        }
+        let mut p = vec![0.0f64; k];
+        for (kk, pk) in p.iter_mut().enumerate() {
+            for h in 0..(1u32 << m) {
+                let mut e = f64::from(model.b[q * k + kk]);
+                for j in 0..m {
+                    if h >> j & 1 == 1 {
+                        e += x[j] + f64::from(model.w[(q * k + kk) * m + j]);
+                    }
+                }
+                *pk += e.exp();
+            }
+        }
+        let z: f64 = p.iter().sum();
+        p.iter().map(|v| v / z).collect()
+    }
+
+    #[test]
+    fn exact_prediction_matches_enumeration_over_h() {
+        for conditional in [false, true] {
+            let model = random_model(6, 3, 8, conditional, 1 + conditional as u64);
+            let (items, classes) = ([0u32, 2, 3], [2u8, 0, 1]);
+            let implicit = [0u32, 2, 3, 4];
+            let mut x = vec![0.0f32; 8];
+            model.hidden_input(&items, &classes, &implicit, &mut x);
+            let ph: Vec<f32> = x.iter().map(|&v| sigmoid(v)).collect();
+            for q in [1usize, 4, 5] {
+                let want = brute_force(&model, &items, &classes, &implicit, q);
+                let mut got = vec![0.0f32; 3];
+                model.predict_dist(&x, &ph, q, PredictMethod::Exact, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((f64::from(*g) - w).abs() < 1e-5, "q={q}: {got:?} vs {want:?}");
+                }
+                // Mean field by hand: softmax_k(b + Σ_j σ(x_j) W_qj^k).
+                let mut mf = vec![0.0f32; 3];
+                model.predict_dist(&x, &ph, q, PredictMethod::MeanField, &mut mf);
+                let logits: Vec<f64> = (0..3)
+                    .map(|kk| {
+                        f64::from(model.b[q * 3 + kk])
+                            + (0..8).map(|j| f64::from(ph[j]) * f64::from(model.w[(q * 3 + kk) * 8 + j])).sum::<f64>()
+                    })
+                    .collect();
+                let z: f64 = logits.iter().map(|l| l.exp()).sum();
+                for (g, l) in mf.iter().zip(&logits) {
+                    assert!((f64::from(*g) - l.exp() / z).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    /// Random sparse ratings: `n` cases over `d` visible units, about half rated.
+    fn random_cases(n: usize, d: usize, k: usize, seed: u64) -> Csr {
+        let mut s = Stream::new(seed, Purpose::Data, 0, 0, 0);
+        let mut t = Vec::new();
+        for u in 0..n {
+            for i in 0..d {
+                if s.uniform() < 0.5 || i == u % d {
+                    t.push((u as u32, i as u32, s.below(k) as u8));
+                }
+            }
+        }
+        Csr::from_triples(n, t.into_iter())
+    }
+
+    /// The second source's computation: dense one-hot N×D×K tensors with a mask, hidden
+    /// probabilities from the full double sum over D and K, and the gradient of the "fake loss"
+    /// mean F(v⁰) − mean F(v¹) with ∂F/∂W_ij^k = −v_i^k σ(x_j), ∂F/∂b_i^k = −v_i^k,
+    /// ∂F/∂c_j = −σ(x_j) (and ∂F/∂D_ij = −r_i σ(x_j)). Returns the negated gradient.
+    fn dense_reference(
+        model: &RatingRbm,
+        v0: &[f64],
+        v1: &[f64],
+        r: &[f64],
+        n: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (d, k, m) = (model.d, model.k, model.m);
+        let mut gw = vec![0.0; d * k * m];
+        let mut gb = vec![0.0; d * k];
+        let mut gc = vec![0.0; m];
+        let mut gd = vec![0.0; d * m];
+        let hidden = |v: &[f64], u: usize| -> Vec<f64> {
+            (0..m)
+                .map(|j| {
+                    let mut x = f64::from(model.c[j]);
+                    for i in 0..d {
+                        for kk in 0..k {
+                            x += v[(u * d + i) * k + kk] * f64::from(model.w[(i * k + kk) * m + j]);
+                        }
+                        if let Some(dm) = &model.dmat {
+                            x += r[u * d + i] * f64::from(dm[i * m + j]);
+                        }
+                    }
+                    1.0 / (1.0 + (-x).exp())
+                })
+                .collect()
+        };
+        let nf = n as f64;
+        for u in 0..n {
+            let (h0, h1) = (hidden(v0, u), hidden(v1, u));
+            for i in 0..d {
+                for kk in 0..k {
+                    let (a, b) = (v0[(u * d + i) * k + kk], v1[(u * d + i) * k + kk]);
+                    gb[i * k + kk] += (a - b) / nf;
+                    for j in 0..m {
+                        gw[(i * k + kk) * m + j] += (a * h0[j] - b * h1[j]) / nf;
+                    }
+                }
+                for j in 0..m {
+                    gd[i * m + j] += r[u * d + i] * (h0[j] - h1[j]) / nf;
+                }
+            }
+            for j in 0..m {
+                gc[j] += (h0[j] - h1[j]) / nf;
+            }
+        }
+        (gw, gb, gc, gd)
+    }
+
+    #[test]
+    fn sparse_cd_gradient_equals_dense_masked_computation() {
+        let (n, d, k, m) = (7, 6, 4, 5);
+        for negative in [NegativePhase::Sample, NegativePhase::MeanField] {
+            let cases = random_cases(n, d, k, 5);
+            let model = random_model(d, k, m, true, 11);
+            let mut g = BatchGrad::new(d, k, m, n, true);
+            // Batch in a shuffled order, to exercise the per-visible-unit index.
+            let batch = [3usize, 0, 6, 1, 5, 2, 4];
+            model.batch_gradient(&cases, &cases, &batch, 1, negative, (1, 2, 3), &mut g);
+            // Dense one-hot tensors, mask applied to the reconstruction (v¹ · mask).
+            let mut v0 = vec![0.0f64; n * d * k];
+            let mut v1 = vec![0.0f64; n * d * k];
+            let mut mask = vec![0.0f64; n * d];
+            let mut pos = 0;
+            for (u, &case) in batch.iter().enumerate() {
+                let (items, classes) = cases.row(case);
+                for (&i, &cl) in items.iter().zip(classes) {
+                    let i = i as usize;
+                    v0[(u * d + i) * k + cl as usize] = 1.0;
+                    mask[u * d + i] = 1.0;
+                    for kk in 0..k {
+                        v1[(u * d + i) * k + kk] = f64::from(g.vneg[pos * k + kk]);
+                    }
+                    pos += 1;
+                }
+            }
+            for u in 0..n {
+                for i in 0..d {
+                    for kk in 0..k {
+                        v1[(u * d + i) * k + kk] *= mask[u * d + i];
+                    }
+                }
+            }
+            if negative == NegativePhase::Sample {
+                assert!(g.vneg.iter().all(|&v| v == 0.0 || v == 1.0));
+            }
+            let (gw, gb, gc, gd) = dense_reference(&model, &v0, &v1, &mask, n);
+            let close = |a: &[f32], b: &[f64], what: &str| {
+                assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b) {
+                    assert!((f64::from(*x) - y).abs() < 1e-5, "{what}: {x} vs {y}");
+                }
+            };
+            close(&g.gw, &gw, "W");
+            close(&g.gb, &gb, "b");
+            close(&g.gc, &gc, "c");
+            close(&g.gd, &gd, "D");
+            assert!(gw.iter().any(|v| v.abs() > 1e-3), "gradient should not vanish");
+        }
+    }
+
+    #[test]
+    fn dense_fake_loss_gradient_matches_finite_differences() {
+        // Guards the reference above: F(v) = −Σ b·v − Σ_j softplus(c_j + Σ v W), differentiated
+        // numerically at one weight in f64.
+        let (d, k, m) = (3, 2, 2);
+        let model = random_model(d, k, m, false, 3);
+        let v: Vec<f64> = vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let free = |w: &[f64]| -> f64 {
+            let mut f = 0.0;
+            for i in 0..d * k {
+                f -= f64::from(model.b[i]) * v[i];
+            }
+            for j in 0..m {
+                let mut x = f64::from(model.c[j]);
+                for i in 0..d * k {
+                    x += v[i] * w[i * m + j];
+                }
+                f -= crate::linalg::softplus(x);
+            }
+            f
+        };
+        let w: Vec<f64> = model.w.iter().map(|&x| f64::from(x)).collect();
+        let zero = vec![0.0f64; d * k * 2];
+        let (gw, _, _, _) = dense_reference(&model, &v, &zero, &[0.0; 3], 1);
+        for idx in [0usize, 5, 11] {
+            let mut wp = w.clone();
+            wp[idx] += 1e-6;
+            let mut wm = w.clone();
+            wm[idx] -= 1e-6;
+            let num = -(free(&wp) - free(&wm)) / 2e-6;
+            assert!((num - gw[idx]).abs() < 1e-5, "{idx}: {num} vs {}", gw[idx]);
+        }
+    }
+
+    /// A planted data set: users in `groups` taste groups, each group with its own rating of
+    /// each item; observed ratings are the group's rating, 15% of the time off by one.
+    pub(crate) fn planted(users: usize, items: usize, groups: usize, density: f32, seed: u64) -> Vec<Rating> {
+        let mut s = Stream::new(seed, Purpose::Data, 5, 0, 0);
+        let taste: Vec<u32> = (0..groups * items).map(|_| 1 + s.below(5) as u32).collect();
+        let mut out = Vec::new();
+        for u in 0..users {
+            let gidx = u % groups;
+            for i in 0..items {
+                if s.uniform() < density {
+                    let mut r = taste[gidx * items + i] as i32;
+                    if s.uniform() < 0.15 {
+                        r += if s.uniform() < 0.5 { -1 } else { 1 };
+                    }
+                    out.push(Rating { user: u as u32, item: i as u32, value: r.clamp(1, 5) as f32 });
+                }
+            }
+        }
+        out
+    }
+
+    fn fit_planted(threads: usize, seed: u64) -> RatingRbm {
+        let ratings = planted(120, 40, 3, 0.5, 1);
+        let scale = RatingScale::infer(&ratings).unwrap();
+        let mat = RatingMatrix::from_ratings(120, 40, &ratings, &scale).unwrap();
+        let params = RatingRbmParams::new().hidden(16).epochs(3).batch_size(16).conditional(true).seed(seed).check().unwrap();
+        let data = TrainData { cases: &mat.by_user, d: 40, values: scale.values(), implicit: None, validation: &[] };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| RatingRbm::fit(&params, &data, &mut |_| {}).unwrap().0)
+    }
+
+    #[test]
+    fn training_is_deterministic_for_any_thread_count() {
+        let a = fit_planted(1, 4);
+        let b = fit_planted(3, 4);
+        let c = fit_planted(3, 4);
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+        assert_ne!(a.w, fit_planted(2, 5).w);
+    }
+
+    #[test]
+    fn rbm_beats_bias_baseline_on_planted_data() {
+        let ratings = planted(300, 60, 4, 0.4, 2);
+        let (train, test) = holdout(&ratings, 0.1, 3).unwrap();
+        let scale = RatingScale::infer(&train).unwrap();
+        let mat = RatingMatrix::from_ratings(300, 60, &train, &scale).unwrap();
+        let params = RatingRbmParams::new().hidden(30).epochs(30).learning_rate(0.1).bias_learning_rate(0.1).check().unwrap();
+        let data = TrainData { cases: &mat.by_user, d: 60, values: scale.values(), implicit: None, validation: &[] };
+        let (model, _) = RatingRbm::fit(&params, &data, &mut |_| {}).unwrap();
+        let pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
+        let dist = model.predict_pairs(&mat.by_user, None, &pairs, PredictMethod::MeanField);
+        let pred: Vec<f32> = dist.chunks(5).map(|p| RatingRbm::readout(p, scale.values(), RatingReadout::Expected)).collect();
+        let truth: Vec<f32> = test.iter().map(|r| r.value).collect();
+        let base = crate::cf_eval::BiasBaseline::fit_default(300, 60, &train, scale.range());
+        let bpred: Vec<f32> = pairs.iter().map(|&(u, i)| base.predict(u, i)).collect();
+        let (r_rbm, r_base) = (crate::cf_eval::rmse(&pred, &truth), crate::cf_eval::rmse(&bpred, &truth));
+        // Taste groups are invisible to user and item biases; an RBM should find them.
+        assert!(r_rbm < 0.75 * r_base, "RBM {r_rbm} vs baseline {r_base}");
+    }
+
+    #[test]
+    fn factored_weights_stay_the_product_of_factors() {
+        let ratings = planted(60, 20, 2, 0.5, 3);
+        let scale = RatingScale::infer(&ratings).unwrap();
+        let mat = RatingMatrix::from_ratings(60, 20, &ratings, &scale).unwrap();
+        let params = RatingRbmParams::new().hidden(7).factors(Some(3)).epochs(2).batch_size(10).check().unwrap();
+        let data = TrainData { cases: &mat.by_user, d: 20, values: scale.values(), implicit: None, validation: &[] };
+        let (model, _) = RatingRbm::fit(&params, &data, &mut |_| {}).unwrap();
+        let (cf, a, b) = model.factors.as_ref().unwrap();
+        let init = RatingRbm::init(&params, &mat.by_user, 20, scale.k());
+        assert_ne!(init.factors.as_ref().unwrap().1, *a, "factors should move");
+        for row in 0..20 * scale.k() {
+            for j in 0..7 {
+                let want: f32 = (0..*cf).map(|c| a[row * cf + c] * b[c * 7 + j]).sum();
+                assert!((model.w[row * 7 + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn schedules_and_params() {
+        let s = CdSchedule::paper(50);
+        assert_eq!((s.t_at(0), s.t_at(19), s.t_at(20), s.t_at(30), s.t_at(49)), (1, 1, 3, 5, 9));
+        let p = CdSchedule::parse("0:1,10:3", 20).unwrap();
+        assert_eq!((p.t_at(9), p.t_at(10)), (1, 3));
+        assert!(CdSchedule::parse("x", 5).is_err());
+        assert!(RatingRbmParams::new().hidden(0).check().is_err());
+        assert!(RatingRbmParams::new().learning_rate(-1.0).check().is_err());
+        assert!(RatingRbmParams::new().momentum(1.0).check().is_err());
+        assert!(RatingRbmParams::new().cd(CdSchedule(vec![(0, 0)])).check().is_err());
+        assert!(RatingRbmParams::new().cd(CdSchedule(vec![(5, 1), (2, 3)])).check().is_err());
+        assert!(RatingRbmParams::new().factors(Some(0)).check().is_err());
+        assert!(RatingRbmParams::new().check().is_ok());
+    }
 }
