@@ -70,7 +70,12 @@ impl BiasBaseline {
     }
 
     /// Surprise's defaults (`reg_u` = 15, `reg_i` = 10, 10 sweeps).
-    pub fn fit_default(n_users: usize, n_items: usize, ratings: &[Rating], range: (f32, f32)) -> Self {
+    pub fn fit_default(
+        n_users: usize,
+        n_items: usize,
+        ratings: &[Rating],
+        range: (f32, f32),
+    ) -> Self {
         Self::fit(n_users, n_items, ratings, range, 15.0, 10.0, 10)
     }
 
@@ -94,7 +99,11 @@ pub fn rmse(pred: &[f32], truth: &[f32]) -> f64 {
 
 /// Mean absolute error of `pred` against `truth`.
 pub fn mae(pred: &[f32], truth: &[f32]) -> f64 {
-    let ae: f64 = pred.iter().zip(truth).map(|(&p, &t)| f64::from(p - t).abs()).sum();
+    let ae: f64 = pred
+        .iter()
+        .zip(truth)
+        .map(|(&p, &t)| f64::from(p - t).abs())
+        .sum();
     ae / pred.len().max(1) as f64
 }
 
@@ -210,9 +219,21 @@ mod tests {
         // One sweep from zero user biases: b_i = Σ(r − μ)/(reg_i + n_i), then
         // b_u = Σ(r − μ − b_i)/(reg_u + n_u).
         let rs = vec![
-            Rating { user: 0, item: 0, value: 5.0 },
-            Rating { user: 0, item: 1, value: 3.0 },
-            Rating { user: 1, item: 0, value: 4.0 },
+            Rating {
+                user: 0,
+                item: 0,
+                value: 5.0,
+            },
+            Rating {
+                user: 0,
+                item: 1,
+                value: 3.0,
+            },
+            Rating {
+                user: 1,
+                item: 0,
+                value: 4.0,
+            },
         ];
         let b = BiasBaseline::fit(2, 2, &rs, (1.0, 5.0), 2.0, 1.0, 1);
         let mu = 4.0f64;

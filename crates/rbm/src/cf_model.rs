@@ -39,7 +39,7 @@ impl Orientation {
     }
 
     /// The training rows seen as cases.
-    pub fn cases<'a>(self, train: &'a RatingMatrix) -> &'a Csr {
+    pub fn cases(self, train: &RatingMatrix) -> &Csr {
         match self {
             Orientation::User => &train.by_user,
             Orientation::Item => &train.by_item,
@@ -61,7 +61,10 @@ impl std::str::FromStr for Orientation {
         match s {
             "user" => Ok(Orientation::User),
             "item" => Ok(Orientation::Item),
-            _ => Err(RbmError::param("orientation", format!("`{s}`: expected user or item"))),
+            _ => Err(RbmError::param(
+                "orientation",
+                format!("`{s}`: expected user or item"),
+            )),
         }
     }
 }
@@ -158,7 +161,9 @@ pub fn train_member(
 
 /// True when both the user and the item have training ratings.
 pub fn known(train: &RatingMatrix, user: u32, item: u32) -> bool {
-    let has = |c: &Csr, r: u32| (r as usize) < c.rows() && c.offsets[r as usize + 1] > c.offsets[r as usize];
+    let has = |c: &Csr, r: u32| {
+        (r as usize) < c.rows() && c.offsets[r as usize + 1] > c.offsets[r as usize]
+    };
     has(&train.by_user, user) && has(&train.by_item, item)
 }
 
@@ -199,7 +204,9 @@ impl CfModel {
                 .iter()
                 .map(|&n| o.case_visible(pairs[n].0, pairs[n].1))
                 .collect();
-            let dist = mem.rbm.predict_pairs(o.cases(train), implicit.as_ref(), &cv, self.predict);
+            let dist = mem
+                .rbm
+                .predict_pairs(o.cases(train), implicit.as_ref(), &cv, self.predict);
             for (s, d) in sum.iter_mut().zip(dist.chunks_exact(k)) {
                 *s += RatingRbm::readout(d, &self.values, self.readout);
             }
@@ -244,7 +251,13 @@ impl CfModel {
         );
         meta.insert("implicit_targets".into(), self.implicit_targets.to_string());
         meta.insert("baseline_mean".into(), self.baseline.mean.to_string());
-        meta.insert("range".into(), js(serde_json::json!([self.baseline.range.0, self.baseline.range.1])));
+        meta.insert(
+            "range".into(),
+            js(serde_json::json!([
+                self.baseline.range.0,
+                self.baseline.range.1
+            ])),
+        );
         meta.insert("users".into(), js(serde_json::json!(self.users.tokens())));
         meta.insert("items".into(), js(serde_json::json!(self.items.tokens())));
         let mut names: Vec<String> = Vec::new();
@@ -274,8 +287,16 @@ impl CfModel {
             .zip(&names)
             .map(|((_, _, s, d), nm)| (nm.as_str(), s.clone(), *d))
             .collect();
-        list.push(("baseline_user", vec![self.baseline.user_bias.len()], &self.baseline.user_bias));
-        list.push(("baseline_item", vec![self.baseline.item_bias.len()], &self.baseline.item_bias));
+        list.push((
+            "baseline_user",
+            vec![self.baseline.user_bias.len()],
+            &self.baseline.user_bias,
+        ));
+        list.push((
+            "baseline_item",
+            vec![self.baseline.item_bias.len()],
+            &self.baseline.item_bias,
+        ));
         write_tensors(path, &list, &meta)
     }
 
@@ -284,13 +305,17 @@ impl CfModel {
         let mut f = read_tensors(path)?;
         let bad = |reason: String| RbmError::format(path, 0, reason);
         if f.meta("format")? != "rbm.rating" {
-            return Err(bad(format!("format is `{}`, not rbm.rating", f.meta("format")?)));
+            return Err(bad(format!(
+                "format is `{}`, not rbm.rating",
+                f.meta("format")?
+            )));
         }
         let parse_json = |s: &str, what: &str| -> Result<serde_json::Value> {
             serde_json::from_str(s).map_err(|e| bad(format!("metadata `{what}`: {e}")))
         };
         let num = |s: &str, what: &str| -> Result<usize> {
-            s.parse().map_err(|_| bad(format!("metadata `{what}` is not a number")))
+            s.parse()
+                .map_err(|_| bad(format!("metadata `{what}` is not a number")))
         };
         let values: Vec<f32> = serde_json::from_value(parse_json(f.meta("values")?, "values")?)
             .map_err(|e| bad(e.to_string()))?;
@@ -330,7 +355,16 @@ impl CfModel {
                 }
                 None => None,
             };
-            let rbm = RatingRbm { d, k, m, w, b, c, dmat, factors };
+            let rbm = RatingRbm {
+                d,
+                k,
+                m,
+                w,
+                b,
+                c,
+                dmat,
+                factors,
+            };
             rbm.validate()?;
             members.push(CfMember { orientation, rbm });
         }
@@ -354,10 +388,115 @@ impl CfModel {
             values,
             predict,
             readout,
-            baseline: BiasBaseline { mean, user_bias: ub, item_bias: ib, range: (range[0], range[1]) },
+            baseline: BiasBaseline {
+                mean,
+                user_bias: ub,
+                item_bias: ib,
+                range: (range[0], range[1]),
+            },
             users,
             items,
             implicit_targets,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rating::RatingRbmParams;
+    use crate::rating::tests::planted;
+    use crate::ratings::RatingScale;
+
+    fn small_model() -> (CfModel, RatingMatrix) {
+        let ratings = planted(40, 15, 2, 0.5, 7);
+        let scale = RatingScale::infer(&ratings).unwrap();
+        let train = RatingMatrix::from_ratings(41, 16, &ratings, &scale).unwrap();
+        let mut members = Vec::new();
+        for (o, p) in [
+            (
+                Orientation::User,
+                RatingRbmParams::new().hidden(5).epochs(2).conditional(true),
+            ),
+            (
+                Orientation::Item,
+                RatingRbmParams::new().hidden(4).epochs(2).factors(Some(2)),
+            ),
+        ] {
+            let (m, _) = train_member(
+                &p.check().unwrap(),
+                o,
+                &train,
+                scale.values(),
+                &[],
+                &[],
+                &mut |_| {},
+            )
+            .unwrap();
+            members.push(m);
+        }
+        let mut users = IdMap::new();
+        let mut items = IdMap::new();
+        for u in 0..41 {
+            users.intern(&format!("u{u}"));
+        }
+        for i in 0..16 {
+            items.intern(&format!("item {i}"));
+        }
+        let model = CfModel {
+            members,
+            values: scale.values().to_vec(),
+            predict: PredictMethod::Exact,
+            readout: RatingReadout::Expected,
+            baseline: BiasBaseline::fit_default(41, 16, &ratings, scale.range()),
+            users,
+            items,
+            implicit_targets: true,
+        };
+        (model, train)
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let (model, train) = small_model();
+        let dir = std::env::temp_dir().join(format!("rbm-cf-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        model.save(&path).unwrap();
+        let back = CfModel::load(&path).unwrap();
+        assert_eq!(back, model);
+        let pairs = [(0u32, 3u32), (5, 7)];
+        assert_eq!(back.predict(&train, &pairs), model.predict(&train, &pairs));
+        std::fs::write(&path, b"not a model").unwrap();
+        assert!(matches!(CfModel::load(&path), Err(RbmError::Format { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_users_and_items_fall_back_to_the_baseline() {
+        let (model, train) = small_model();
+        // User 40 and item 15 have no training ratings (the planted set has 40 × 15).
+        let pairs = [(0u32, 1u32), (40, 1), (2, 15), (99, 99)];
+        let p = model.predict(&train, &pairs);
+        assert_eq!(p.fallbacks, 3);
+        for (r, &(u, i)) in p.ratings.iter().zip(&pairs).skip(1) {
+            assert_eq!(*r, model.baseline.predict(u, i));
+        }
+        let (lo, hi) = model.baseline.range;
+        assert!(p.ratings[0] >= lo && p.ratings[0] <= hi);
+    }
+
+    #[test]
+    fn implicit_sets_add_targets_per_orientation() {
+        let (_, train) = small_model();
+        let extra = [(0u32, 14u32)];
+        let by_user = implicit_sets(&train, &extra, Orientation::User);
+        assert!(by_user.row(0).0.contains(&14));
+        assert_eq!(
+            by_user.nnz(),
+            train.by_user.nnz() + usize::from(!train.by_user.row(0).0.contains(&14))
+        );
+        let by_item = implicit_sets(&train, &extra, Orientation::Item);
+        assert!(by_item.row(14).0.contains(&0));
     }
 }

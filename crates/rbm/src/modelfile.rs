@@ -22,9 +22,10 @@ pub struct TensorFile {
 impl TensorFile {
     /// Removes and returns tensor `name`, checking its shape.
     pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
-        let (shape, data) = self.tensors.remove(name).ok_or_else(|| {
-            RbmError::format(&self.path, 0, format!("missing tensor `{name}`"))
-        })?;
+        let (shape, data) = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| RbmError::format(&self.path, 0, format!("missing tensor `{name}`")))?;
         if shape != expected_shape {
             return Err(RbmError::format(
                 &self.path,
@@ -85,12 +86,16 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| RbmError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| RbmError::format(path, 0, format!("not a safetensors file: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| RbmError::format(path, 0, e.to_string()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| RbmError::format(path, 0, e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(RbmError::format(path, 0, format!("tensor `{name}` is not f32")));
+            return Err(RbmError::format(
+                path,
+                0,
+                format!("tensor `{name}` is not f32"),
+            ));
         }
         let data = view
             .data()
@@ -101,7 +106,12 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile> {
     }
     Ok(TensorFile {
         tensors,
-        metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect(),
+        metadata: meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         path: path.to_path_buf(),
     })
 }

@@ -13,6 +13,8 @@
 //! in a fixed order. Nothing is reduced across threads, so the result is bit-identical for any
 //! thread count; every random draw comes from a stream keyed by (seed, epoch, batch, case).
 
+#![allow(clippy::needless_range_loop)] // index loops over K and M read clearer here
+
 use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
 use crate::random::{Purpose, Stream};
@@ -81,9 +83,8 @@ impl CdSchedule {
     pub fn t_at(&self, epoch: usize) -> usize {
         self.0
             .iter()
-            .filter(|(e, _)| *e <= epoch)
+            .rfind(|(e, _)| *e <= epoch)
             .map(|&(_, t)| t)
-            .last()
             .unwrap_or(1)
     }
 
@@ -158,10 +159,10 @@ impl Default for RatingRbmParams {
     fn default() -> Self {
         RatingRbmParams {
             hidden: 100,
-            epochs: 40,
+            epochs: 30,
             batch_size: 100,
-            learning_rate: 0.05,
-            bias_learning_rate: 0.05,
+            learning_rate: 0.1,
+            bias_learning_rate: 0.1,
             momentum: 0.9,
             initial_momentum: 0.5,
             momentum_warmup: 5,
@@ -230,7 +231,10 @@ impl RatingRbmParams {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(RbmError::param(name, format!("must be finite and > 0, got {v}")))
+                Err(RbmError::param(
+                    name,
+                    format!("must be finite and > 0, got {v}"),
+                ))
             }
         };
         if self.hidden == 0 || self.hidden > 1 << 16 {
@@ -480,7 +484,11 @@ impl BatchGrad {
             gw: vec![0.0; d * k * m],
             gb: vec![0.0; d * k],
             gc: vec![0.0; m],
-            gd: if conditional { vec![0.0; d * m] } else { Vec::new() },
+            gd: if conditional {
+                vec![0.0; d * m]
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -641,7 +649,13 @@ impl RatingRbm {
                 }
                 let mut res = vec![0.0f32; g.len() * k];
                 for (n, &p) in g.iter().enumerate() {
-                    self.predict_dist(&x, &ph, pairs[p].1 as usize, method, &mut res[n * k..(n + 1) * k]);
+                    self.predict_dist(
+                        &x,
+                        &ph,
+                        pairs[p].1 as usize,
+                        method,
+                        &mut res[n * k..(n + 1) * k],
+                    );
                 }
                 res
             })
@@ -662,7 +676,10 @@ impl RatingRbm {
                 let best = dist
                     .iter()
                     .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |a, (n, &p)| if p > a.1 { (n, p) } else { a });
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |a, (n, &p)| if p > a.1 { (n, p) } else { a },
+                    );
                 values[best.0]
             }
         }
@@ -796,7 +813,7 @@ impl RatingRbm {
             rec_off.push(rec_off.last().unwrap() + cases.offsets[r + 1] - cases.offsets[r]);
         }
         let nr = *rec_off.last().unwrap();
-                        vneg.resize(nr * k, 0.0);
+        vneg.resize(nr * k, 0.0);
 
         // Phase 1: the chains, in parallel over cases, each in its own slots.
         {
@@ -812,7 +829,13 @@ impl RatingRbm {
                 let len = (rec_off[n + 1] - rec_off[n]) * k;
                 let (v, r) = std::mem::take(&mut rest_v).split_at_mut(len);
                 rest_v = r;
-                work.push(CaseWork { case: p, p0: a, p1: b, base: c, vneg: v });
+                work.push(CaseWork {
+                    case: p,
+                    p0: a,
+                    p1: b,
+                    base: c,
+                    vneg: v,
+                });
             }
             let model = &self;
             work.par_iter_mut()
@@ -820,13 +843,7 @@ impl RatingRbm {
                 .for_each(|(w, e)| {
                     let (items, classes) = cases.row(w.case);
                     let imp = implicit.row(w.case).0;
-                    let mut rng = Stream::new(
-                        key.0,
-                        Purpose::Train,
-                        key.1,
-                        key.2,
-                        w.case as u64,
-                    );
+                    let mut rng = Stream::new(key.0, Purpose::Train, key.1, key.2, w.case as u64);
                     *e = model.chain(items, classes, imp, t_steps, negative, &mut rng, w);
                 });
         }
@@ -926,7 +943,7 @@ impl RatingRbm {
         progress: &mut dyn FnMut(&EpochReport),
     ) -> Result<(RatingRbm, FitSummary)> {
         let k = data.values.len();
-        if k < 2 || k > 255 {
+        if !(2..=255).contains(&k) {
             return Err(RbmError::param("scale", "need 2 to 255 rating classes"));
         }
         if data.cases.cols.iter().any(|&i| i as usize >= data.d)
@@ -935,8 +952,12 @@ impl RatingRbm {
             return Err(RbmError::Shape("training data outside D × K".into()));
         }
         let implicit = data.implicit.unwrap_or(data.cases);
-        if implicit.rows() != data.cases.rows() || implicit.cols.iter().any(|&i| i as usize >= data.d) {
-            return Err(RbmError::Shape("implicit data does not match the cases".into()));
+        if implicit.rows() != data.cases.rows()
+            || implicit.cols.iter().any(|&i| i as usize >= data.d)
+        {
+            return Err(RbmError::Shape(
+                "implicit data does not match the cases".into(),
+            ));
         }
         let model = RatingRbm::init(params, data.cases, data.d, k);
         model.train(params, data, progress)
@@ -1006,8 +1027,18 @@ impl RatingRbm {
 
                 // Optimizer steps.
                 adam_t += 1;
-                let wcfg = StepCfg { lr: params.learning_rate, decay: params.weight_decay, momentum, adam_t };
-                let bcfg = StepCfg { lr: params.bias_learning_rate, decay: 0.0, momentum, adam_t };
+                let wcfg = StepCfg {
+                    lr: params.learning_rate,
+                    decay: params.weight_decay,
+                    momentum,
+                    adam_t,
+                };
+                let bcfg = StepCfg {
+                    lr: params.bias_learning_rate,
+                    decay: 0.0,
+                    momentum,
+                    adam_t,
+                };
                 match &mut self.factors {
                     None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam),
                     Some((cf, a, bf)) => {
@@ -1017,8 +1048,22 @@ impl RatingRbm {
                         let b_ref = MatRef::from_column_major_slice(bf, m, cf);
                         let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
                         let par = crate::linalg::current_par();
-                        gemm(MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k), Accum::Replace, b_ref.transpose(), gw_ref, 1.0, par);
-                        gemm(MatMut::from_column_major_slice_mut(&mut gfb, m, cf), Accum::Replace, gw_ref, a_ref.transpose(), 1.0, par);
+                        gemm(
+                            MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k),
+                            Accum::Replace,
+                            b_ref.transpose(),
+                            gw_ref,
+                            1.0,
+                            par,
+                        );
+                        gemm(
+                            MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
+                            Accum::Replace,
+                            gw_ref,
+                            a_ref.transpose(),
+                            1.0,
+                            par,
+                        );
                         opt_step(a, &gfa, &mut s_fa, &wcfg, adam);
                         opt_step(bf, &gfb, &mut s_fb, &wcfg, adam);
                         factor_product(&mut self.w, a, bf, d * k, cf, m);
@@ -1033,8 +1078,15 @@ impl RatingRbm {
             let secs = t0.elapsed().as_secs_f64();
             secs_total += secs;
             epochs_run = epoch + 1;
-            let valid_rmse = (!data.validation.is_empty())
-                .then(|| self.validation_rmse(cases, data.implicit, data.validation, data.values, params.predict));
+            let valid_rmse = (!data.validation.is_empty()).then(|| {
+                self.validation_rmse(
+                    cases,
+                    data.implicit,
+                    data.validation,
+                    data.values,
+                    params.predict,
+                )
+            });
             progress(&EpochReport {
                 epoch: epoch + 1,
                 t: t_steps,
@@ -1136,7 +1188,8 @@ pub(crate) mod tests {
 
     fn random_model(d: usize, k: usize, m: usize, conditional: bool, seed: u64) -> RatingRbm {
         let mut s = Stream::new(seed, Purpose::Init, 9, 9, 9);
-        let mut g = |n: usize, sd: f64| -> Vec<f32> { (0..n).map(|_| (s.normal() * sd) as f32).collect() };
+        let mut g =
+            |n: usize, sd: f64| -> Vec<f32> { (0..n).map(|_| (s.normal() * sd) as f32).collect() };
         RatingRbm {
             d,
             k,
@@ -1150,7 +1203,13 @@ pub(crate) mod tests {
     }
 
     /// Exact p(v_q | V) by enumerating every hidden configuration (f64).
-    fn brute_force(model: &RatingRbm, items: &[u32], classes: &[u8], implicit: &[u32], q: usize) -> Vec<f64> {
+    fn brute_force(
+        model: &RatingRbm,
+        items: &[u32],
+        classes: &[u8],
+        implicit: &[u32],
+        q: usize,
+    ) -> Vec<f64> {
         let (k, m) = (model.k, model.m);
         let mut x = vec![0.0f64; m];
         for j in 0..m {
@@ -1194,7 +1253,10 @@ pub(crate) mod tests {
                 let mut got = vec![0.0f32; 3];
                 model.predict_dist(&x, &ph, q, PredictMethod::Exact, &mut got);
                 for (g, w) in got.iter().zip(&want) {
-                    assert!((f64::from(*g) - w).abs() < 1e-5, "q={q}: {got:?} vs {want:?}");
+                    assert!(
+                        (f64::from(*g) - w).abs() < 1e-5,
+                        "q={q}: {got:?} vs {want:?}"
+                    );
                 }
                 // Mean field by hand: softmax_k(b + Σ_j σ(x_j) W_qj^k).
                 let mut mf = vec![0.0f32; 3];
@@ -1202,7 +1264,11 @@ pub(crate) mod tests {
                 let logits: Vec<f64> = (0..3)
                     .map(|kk| {
                         f64::from(model.b[q * 3 + kk])
-                            + (0..8).map(|j| f64::from(ph[j]) * f64::from(model.w[(q * 3 + kk) * 8 + j])).sum::<f64>()
+                            + (0..8)
+                                .map(|j| {
+                                    f64::from(ph[j]) * f64::from(model.w[(q * 3 + kk) * 8 + j])
+                                })
+                                .sum::<f64>()
                     })
                     .collect();
                 let z: f64 = logits.iter().map(|l| l.exp()).sum();
@@ -1329,7 +1395,10 @@ pub(crate) mod tests {
             close(&g.gb, &gb, "b");
             close(&g.gc, &gc, "c");
             close(&g.gd, &gd, "D");
-            assert!(gw.iter().any(|v| v.abs() > 1e-3), "gradient should not vanish");
+            assert!(
+                gw.iter().any(|v| v.abs() > 1e-3),
+                "gradient should not vanish"
+            );
         }
     }
 
@@ -1369,7 +1438,13 @@ pub(crate) mod tests {
 
     /// A planted data set: users in `groups` taste groups, each group with its own rating of
     /// each item; observed ratings are the group's rating, 15% of the time off by one.
-    pub(crate) fn planted(users: usize, items: usize, groups: usize, density: f32, seed: u64) -> Vec<Rating> {
+    pub(crate) fn planted(
+        users: usize,
+        items: usize,
+        groups: usize,
+        density: f32,
+        seed: u64,
+    ) -> Vec<Rating> {
         let mut s = Stream::new(seed, Purpose::Data, 5, 0, 0);
         let taste: Vec<u32> = (0..groups * items).map(|_| 1 + s.below(5) as u32).collect();
         let mut out = Vec::new();
@@ -1381,7 +1456,11 @@ pub(crate) mod tests {
                     if s.uniform() < 0.15 {
                         r += if s.uniform() < 0.5 { -1 } else { 1 };
                     }
-                    out.push(Rating { user: u as u32, item: i as u32, value: r.clamp(1, 5) as f32 });
+                    out.push(Rating {
+                        user: u as u32,
+                        item: i as u32,
+                        value: r.clamp(1, 5) as f32,
+                    });
                 }
             }
         }
@@ -1392,9 +1471,25 @@ pub(crate) mod tests {
         let ratings = planted(120, 40, 3, 0.5, 1);
         let scale = RatingScale::infer(&ratings).unwrap();
         let mat = RatingMatrix::from_ratings(120, 40, &ratings, &scale).unwrap();
-        let params = RatingRbmParams::new().hidden(16).epochs(3).batch_size(16).conditional(true).seed(seed).check().unwrap();
-        let data = TrainData { cases: &mat.by_user, d: 40, values: scale.values(), implicit: None, validation: &[] };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let params = RatingRbmParams::new()
+            .hidden(16)
+            .epochs(3)
+            .batch_size(16)
+            .conditional(true)
+            .seed(seed)
+            .check()
+            .unwrap();
+        let data = TrainData {
+            cases: &mat.by_user,
+            d: 40,
+            values: scale.values(),
+            implicit: None,
+            validation: &[],
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| RatingRbm::fit(&params, &data, &mut |_| {}).unwrap().0)
     }
 
@@ -1414,16 +1509,34 @@ pub(crate) mod tests {
         let (train, test) = holdout(&ratings, 0.1, 3).unwrap();
         let scale = RatingScale::infer(&train).unwrap();
         let mat = RatingMatrix::from_ratings(300, 60, &train, &scale).unwrap();
-        let params = RatingRbmParams::new().hidden(30).epochs(30).learning_rate(0.1).bias_learning_rate(0.1).check().unwrap();
-        let data = TrainData { cases: &mat.by_user, d: 60, values: scale.values(), implicit: None, validation: &[] };
+        let params = RatingRbmParams::new()
+            .hidden(30)
+            .epochs(30)
+            .learning_rate(0.1)
+            .bias_learning_rate(0.1)
+            .check()
+            .unwrap();
+        let data = TrainData {
+            cases: &mat.by_user,
+            d: 60,
+            values: scale.values(),
+            implicit: None,
+            validation: &[],
+        };
         let (model, _) = RatingRbm::fit(&params, &data, &mut |_| {}).unwrap();
         let pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
         let dist = model.predict_pairs(&mat.by_user, None, &pairs, PredictMethod::MeanField);
-        let pred: Vec<f32> = dist.chunks(5).map(|p| RatingRbm::readout(p, scale.values(), RatingReadout::Expected)).collect();
+        let pred: Vec<f32> = dist
+            .chunks(5)
+            .map(|p| RatingRbm::readout(p, scale.values(), RatingReadout::Expected))
+            .collect();
         let truth: Vec<f32> = test.iter().map(|r| r.value).collect();
         let base = crate::cf_eval::BiasBaseline::fit_default(300, 60, &train, scale.range());
         let bpred: Vec<f32> = pairs.iter().map(|&(u, i)| base.predict(u, i)).collect();
-        let (r_rbm, r_base) = (crate::cf_eval::rmse(&pred, &truth), crate::cf_eval::rmse(&bpred, &truth));
+        let (r_rbm, r_base) = (
+            crate::cf_eval::rmse(&pred, &truth),
+            crate::cf_eval::rmse(&bpred, &truth),
+        );
         // Taste groups are invisible to user and item biases; an RBM should find them.
         assert!(r_rbm < 0.75 * r_base, "RBM {r_rbm} vs baseline {r_base}");
     }
@@ -1433,8 +1546,20 @@ pub(crate) mod tests {
         let ratings = planted(60, 20, 2, 0.5, 3);
         let scale = RatingScale::infer(&ratings).unwrap();
         let mat = RatingMatrix::from_ratings(60, 20, &ratings, &scale).unwrap();
-        let params = RatingRbmParams::new().hidden(7).factors(Some(3)).epochs(2).batch_size(10).check().unwrap();
-        let data = TrainData { cases: &mat.by_user, d: 20, values: scale.values(), implicit: None, validation: &[] };
+        let params = RatingRbmParams::new()
+            .hidden(7)
+            .factors(Some(3))
+            .epochs(2)
+            .batch_size(10)
+            .check()
+            .unwrap();
+        let data = TrainData {
+            cases: &mat.by_user,
+            d: 20,
+            values: scale.values(),
+            implicit: None,
+            validation: &[],
+        };
         let (model, _) = RatingRbm::fit(&params, &data, &mut |_| {}).unwrap();
         let (cf, a, b) = model.factors.as_ref().unwrap();
         let init = RatingRbm::init(&params, &mat.by_user, 20, scale.k());
@@ -1450,15 +1575,28 @@ pub(crate) mod tests {
     #[test]
     fn schedules_and_params() {
         let s = CdSchedule::paper(50);
-        assert_eq!((s.t_at(0), s.t_at(19), s.t_at(20), s.t_at(30), s.t_at(49)), (1, 1, 3, 5, 9));
+        assert_eq!(
+            (s.t_at(0), s.t_at(19), s.t_at(20), s.t_at(30), s.t_at(49)),
+            (1, 1, 3, 5, 9)
+        );
         let p = CdSchedule::parse("0:1,10:3", 20).unwrap();
         assert_eq!((p.t_at(9), p.t_at(10)), (1, 3));
         assert!(CdSchedule::parse("x", 5).is_err());
         assert!(RatingRbmParams::new().hidden(0).check().is_err());
         assert!(RatingRbmParams::new().learning_rate(-1.0).check().is_err());
         assert!(RatingRbmParams::new().momentum(1.0).check().is_err());
-        assert!(RatingRbmParams::new().cd(CdSchedule(vec![(0, 0)])).check().is_err());
-        assert!(RatingRbmParams::new().cd(CdSchedule(vec![(5, 1), (2, 3)])).check().is_err());
+        assert!(
+            RatingRbmParams::new()
+                .cd(CdSchedule(vec![(0, 0)]))
+                .check()
+                .is_err()
+        );
+        assert!(
+            RatingRbmParams::new()
+                .cd(CdSchedule(vec![(5, 1), (2, 3)]))
+                .check()
+                .is_err()
+        );
         assert!(RatingRbmParams::new().factors(Some(0)).check().is_err());
         assert!(RatingRbmParams::new().check().is_ok());
     }

@@ -340,11 +340,16 @@ impl RatingScale {
     /// values seen.
     pub fn infer(ratings: &[Rating]) -> Result<Self> {
         if ratings.is_empty() {
-            return Err(RbmError::param("ratings", "no ratings to infer a scale from"));
+            return Err(RbmError::param(
+                "ratings",
+                "no ratings to infer a scale from",
+            ));
         }
-        let (lo, hi) = ratings.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |a, r| {
-            (a.0.min(r.value), a.1.max(r.value))
-        });
+        let (lo, hi) = ratings
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |a, r| {
+                (a.0.min(r.value), a.1.max(r.value))
+            });
         let on_grid = |step: f32| {
             ratings
                 .iter()
@@ -379,7 +384,10 @@ impl RatingScale {
 
     /// Smallest and largest value.
     pub fn range(&self) -> (f32, f32) {
-        (self.values[0], *self.values.last().expect("scale is non-empty"))
+        (
+            self.values[0],
+            *self.values.last().expect("scale is non-empty"),
+        )
     }
 }
 
@@ -496,7 +504,11 @@ impl RatingMatrix {
             let k = scale.class_of(r.value).ok_or_else(|| {
                 RbmError::param(
                     "ratings",
-                    format!("rating {} is not on the scale {:?}", r.value, scale.values()),
+                    format!(
+                        "rating {} is not on the scale {:?}",
+                        r.value,
+                        scale.values()
+                    ),
                 )
             })?;
             if r.user as usize >= n_users || r.item as usize >= n_items {
@@ -590,10 +602,22 @@ mod tests {
 
     #[test]
     fn reads_every_format() {
-        let (r, u, i) = read("196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t1\t5\t1\n", "u.data", RatingFormat::Auto).unwrap();
+        let (r, u, i) = read(
+            "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t1\t5\t1\n",
+            "u.data",
+            RatingFormat::Auto,
+        )
+        .unwrap();
         assert_eq!(r.len(), 3);
         assert_eq!((u.len(), i.len()), (2, 3));
-        assert_eq!(r[2], Rating { user: 0, item: 2, value: 5.0 });
+        assert_eq!(
+            r[2],
+            Rating {
+                user: 0,
+                item: 2,
+                value: 5.0
+            }
+        );
         assert_eq!(u.token(1), "186");
 
         let inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t0\n2\t10\t1\t0\n";
@@ -602,13 +626,21 @@ mod tests {
         assert_eq!(i.len(), 1);
         assert_eq!(r[1].value, 1.0);
 
-        let (r, _, _) = read("1::1193::5::978300760\n1::661::3::978302109\n", "ratings.dat", RatingFormat::Auto).unwrap();
+        let (r, _, _) = read(
+            "1::1193::5::978300760\n1::661::3::978302109\n",
+            "ratings.dat",
+            RatingFormat::Auto,
+        )
+        .unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].value, 3.0);
 
         let csv = "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n\n";
         let (r, _, _) = read(csv, "ratings.csv", RatingFormat::Auto).unwrap();
-        assert_eq!(r.iter().map(|x| x.value).collect::<Vec<_>>(), vec![2.5, 3.0]);
+        assert_eq!(
+            r.iter().map(|x| x.value).collect::<Vec<_>>(),
+            vec![2.5, 3.0]
+        );
 
         let (r, u, _) = read("alice,x,4\nbob,y,2\n", "plain.csv", RatingFormat::Csv).unwrap();
         assert_eq!(r.len(), 2);
@@ -621,24 +653,67 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_file_and_line() {
-        assert_parse_error(read("1\t2\t3\n1\t2\n", "u.data", RatingFormat::UData), "u.data", 2);
-        assert_parse_error(read("1\t2\t3\n4\t5\tbad\n", "u.data", RatingFormat::UData), "u.data", 2);
+        assert_parse_error(
+            read("1\t2\t3\n1\t2\n", "u.data", RatingFormat::UData),
+            "u.data",
+            2,
+        );
+        assert_parse_error(
+            read("1\t2\t3\n4\t5\tbad\n", "u.data", RatingFormat::UData),
+            "u.data",
+            2,
+        );
         // u.data has no header: a non-numeric first line is an error.
-        assert_parse_error(read("user\titem\trating\n", "u.data", RatingFormat::UData), "u.data", 1);
-        assert_parse_error(read("h\th\th\n1\t2\tnan\n", "x.inter", RatingFormat::Inter), "x.inter", 2);
-        assert_parse_error(read("1::2::5\n1::2\n", "ratings.dat", RatingFormat::Dat), "ratings.dat", 2);
-        assert_parse_error(read("1::2::5\n::2::5\n", "ratings.dat", RatingFormat::Dat), "ratings.dat", 2);
-        assert_parse_error(read("u,i,r\n1,2,3\n1,2,x\n", "r.csv", RatingFormat::Csv), "r.csv", 3);
-        assert_parse_error(read("1,2,3\n\n1,2,inf\n", "r.csv", RatingFormat::Csv), "r.csv", 3);
+        assert_parse_error(
+            read("user\titem\trating\n", "u.data", RatingFormat::UData),
+            "u.data",
+            1,
+        );
+        assert_parse_error(
+            read("h\th\th\n1\t2\tnan\n", "x.inter", RatingFormat::Inter),
+            "x.inter",
+            2,
+        );
+        assert_parse_error(
+            read("1::2::5\n1::2\n", "ratings.dat", RatingFormat::Dat),
+            "ratings.dat",
+            2,
+        );
+        assert_parse_error(
+            read("1::2::5\n::2::5\n", "ratings.dat", RatingFormat::Dat),
+            "ratings.dat",
+            2,
+        );
+        assert_parse_error(
+            read("u,i,r\n1,2,3\n1,2,x\n", "r.csv", RatingFormat::Csv),
+            "r.csv",
+            3,
+        );
+        assert_parse_error(
+            read("1,2,3\n\n1,2,inf\n", "r.csv", RatingFormat::Csv),
+            "r.csv",
+            3,
+        );
         assert_parse_error(read("a\tb\t1\na\n", "t.tsv", RatingFormat::Tsv), "t.tsv", 2);
-        let missing = read_ratings(Path::new("/nonexistent/r.csv"), RatingFormat::Auto, &mut IdMap::new(), &mut IdMap::new());
+        let missing = read_ratings(
+            Path::new("/nonexistent/r.csv"),
+            RatingFormat::Auto,
+            &mut IdMap::new(),
+            &mut IdMap::new(),
+        );
         assert!(matches!(missing, Err(RbmError::Io { .. })));
     }
 
     #[test]
     fn scale_inference() {
         let mk = |vals: &[f32]| -> Vec<Rating> {
-            vals.iter().map(|&value| Rating { user: 0, item: 0, value }).collect()
+            vals.iter()
+                .map(|&value| Rating {
+                    user: 0,
+                    item: 0,
+                    value,
+                })
+                .collect()
         };
         let s = RatingScale::infer(&mk(&[1.0, 5.0, 3.0])).unwrap();
         assert_eq!(s.values(), &[1.0, 2.0, 3.0, 4.0, 5.0]);
@@ -654,10 +729,26 @@ mod tests {
     #[test]
     fn csr_and_transpose() {
         let ratings = vec![
-            Rating { user: 1, item: 2, value: 5.0 },
-            Rating { user: 0, item: 1, value: 1.0 },
-            Rating { user: 1, item: 0, value: 3.0 },
-            Rating { user: 1, item: 2, value: 4.0 }, // duplicate: the last wins
+            Rating {
+                user: 1,
+                item: 2,
+                value: 5.0,
+            },
+            Rating {
+                user: 0,
+                item: 1,
+                value: 1.0,
+            },
+            Rating {
+                user: 1,
+                item: 0,
+                value: 3.0,
+            },
+            Rating {
+                user: 1,
+                item: 2,
+                value: 4.0,
+            }, // duplicate: the last wins
         ];
         let scale = RatingScale::from_values(vec![1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
         let m = RatingMatrix::from_ratings(2, 3, &ratings, &scale).unwrap();
@@ -668,14 +759,22 @@ mod tests {
         let t = m.transposed();
         assert_eq!(t.transposed(), m);
         assert_eq!(m.by_user.nnz(), 3);
-        let bad = [Rating { user: 0, item: 0, value: 2.5 }];
+        let bad = [Rating {
+            user: 0,
+            item: 0,
+            value: 2.5,
+        }];
         assert!(RatingMatrix::from_ratings(1, 1, &bad, &scale).is_err());
     }
 
     #[test]
     fn splits_partition_the_ratings() {
         let ratings: Vec<Rating> = (0..1000)
-            .map(|n| Rating { user: n % 37, item: n / 37, value: (n % 5) as f32 })
+            .map(|n| Rating {
+                user: n % 37,
+                item: n / 37,
+                value: (n % 5) as f32,
+            })
             .collect();
         let key = |r: &Rating| (r.user, r.item);
         let (tr, te) = holdout(&ratings, 0.1, 7).unwrap();
