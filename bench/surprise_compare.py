@@ -58,7 +58,7 @@ def main():
             fit_s = time.time() - t0
             pred = algo.test(testset)
             row = {
-                "seed": int(s),
+                "seed": s,
                 "algo": name,
                 "rmse": accuracy.rmse(pred, verbose=False),
                 "mae": accuracy.mae(pred, verbose=False),
