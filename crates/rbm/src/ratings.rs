@@ -197,6 +197,8 @@ pub fn read_ratings_from<R: BufRead>(
     let header_required = format == RatingFormat::Inter;
     let mut out = Vec::new();
     let mut first = true;
+    // Positions of the user, item and rating fields.
+    let mut cols = [0usize, 1, 2];
     for (n, line) in reader.lines().enumerate() {
         let lineno = n + 1;
         let line = line.map_err(|e| RbmError::io(path, e))?;
@@ -207,10 +209,25 @@ pub fn read_ratings_from<R: BufRead>(
         let d = *delim.get_or_insert_with(|| guess_delim(line));
         let is_first = std::mem::replace(&mut first, false);
         if is_first && header_required {
+            // RecBole names its columns (`user_id:token`, `item_id:token`, `rating:float`);
+            // other column orders are honoured.
+            let names = split_fields(line, d);
+            let find = |prefix: &str| names.iter().position(|n| n.starts_with(prefix));
+            cols = match (find("user_id"), find("item_id"), find("rating")) {
+                (Some(u), Some(i), Some(r)) => [u, i, r],
+                _ => {
+                    return Err(RbmError::parse(
+                        path,
+                        lineno,
+                        "header must name user_id, item_id and rating columns",
+                    ));
+                }
+            };
             continue;
         }
         let fields = split_fields(line, d);
-        if fields.len() < 3 {
+        let need = cols.iter().max().copied().unwrap_or(2) + 1;
+        if fields.len() < need {
             if is_first && header_allowed && fields.len() >= 2 {
                 continue;
             }
@@ -218,28 +235,29 @@ pub fn read_ratings_from<R: BufRead>(
                 path,
                 lineno,
                 format!(
-                    "expected user, item and rating, found {} field(s)",
+                    "expected user, item and rating ({need} fields), found {} field(s)",
                     fields.len()
                 ),
             ));
         }
-        let value = match parse_value(fields[2]) {
+        let (fu, fi, fr) = (fields[cols[0]], fields[cols[1]], fields[cols[2]]);
+        let value = match parse_value(fr) {
             Some(v) => v,
             None if is_first && header_allowed => continue,
             None => {
                 return Err(RbmError::parse(
                     path,
                     lineno,
-                    format!("rating `{}` is not a finite number", fields[2]),
+                    format!("rating `{fr}` is not a finite number"),
                 ));
             }
         };
-        if fields[0].is_empty() || fields[1].is_empty() {
+        if fu.is_empty() || fi.is_empty() {
             return Err(RbmError::parse(path, lineno, "empty user or item id"));
         }
         out.push(Rating {
-            user: users.intern(fields[0]),
-            item: items.intern(fields[1]),
+            user: users.intern(fu),
+            item: items.intern(fi),
             value,
         });
     }
@@ -626,6 +644,11 @@ mod tests {
         assert_eq!(i.len(), 1);
         assert_eq!(r[1].value, 1.0);
 
+        // Columns found by name in an .inter header.
+        let inter2 = "rating:float\titem_id:token\tuser_id:token\n2\tA\tu1\n";
+        let (r, u, i) = read(inter2, "x.inter", RatingFormat::Auto).unwrap();
+        assert_eq!((r[0].value, u.token(0), i.token(0)), (2.0, "u1", "A"));
+
         let (r, _, _) = read(
             "1::1193::5::978300760\n1::661::3::978302109\n",
             "ratings.dat",
@@ -669,10 +692,16 @@ mod tests {
             "u.data",
             1,
         );
+        let hdr = "user_id:token\titem_id:token\trating:float\n";
         assert_parse_error(
-            read("h\th\th\n1\t2\tnan\n", "x.inter", RatingFormat::Inter),
+            read(&format!("{hdr}1\t2\tnan\n"), "x.inter", RatingFormat::Inter),
             "x.inter",
             2,
+        );
+        assert_parse_error(
+            read("h\th\th\n1\t2\t3\n", "x.inter", RatingFormat::Inter),
+            "x.inter",
+            1,
         );
         assert_parse_error(
             read("1::2::5\n1::2\n", "ratings.dat", RatingFormat::Dat),
@@ -702,6 +731,40 @@ mod tests {
             &mut IdMap::new(),
         );
         assert!(matches!(missing, Err(RbmError::Io { .. })));
+    }
+
+    #[test]
+    fn item_titles() {
+        let dir = std::env::temp_dir().join(format!("rbm-titles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut items = IdMap::new();
+        items.intern("1");
+        items.intern("2");
+        let a = dir.join("ml-100k.item");
+        std::fs::write(
+            &a,
+            "item_id:token\tmovie_title:token_seq\n1\tToy Story\t1995\n3\tOther\n",
+        )
+        .unwrap();
+        let t = read_item_titles(&a, &items).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[&0], "Toy Story");
+        // u.item: `|`-separated, Latin-1.
+        let b = dir.join("u.item");
+        std::fs::write(
+            &b,
+            b"1|Toy Story (1995)|01-Jan-1995\n2|Caf\xe9 au lait (1994)|x\n",
+        )
+        .unwrap();
+        let t = read_item_titles(&b, &items).unwrap();
+        assert_eq!(t[&1], "Caf\u{e9} au lait (1994)");
+        let c = dir.join("bad.item");
+        std::fs::write(&c, "1|Toy\nno separator here\n").unwrap();
+        match read_item_titles(&c, &items) {
+            Err(RbmError::Parse { line, .. }) => assert_eq!(line, 2),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
