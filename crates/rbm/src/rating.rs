@@ -614,7 +614,8 @@ impl RatingRbm {
     }
 
     /// Predicts `(case, visible)` pairs, conditioning each case on its row of `cases` (and
-    /// `implicit`, for the conditional model). Cases are processed in parallel; output order
+    /// `implicit`, for the conditional model); a pair the row already holds is predicted from
+    /// the row's other ratings. Cases are processed in parallel; output order
     /// follows `pairs`. Returns class distributions, K per pair.
     pub fn predict_pairs(
         &self,
@@ -648,14 +649,22 @@ impl RatingRbm {
                     *p = sigmoid(xj);
                 }
                 let mut res = vec![0.0f32; g.len() * k];
+                let (mut x2, mut ph2) = (vec![0.0f32; self.m], vec![0.0f32; self.m]);
                 for (n, &p) in g.iter().enumerate() {
-                    self.predict_dist(
-                        &x,
-                        &ph,
-                        pairs[p].1 as usize,
-                        method,
-                        &mut res[n * k..(n + 1) * k],
-                    );
+                    let q = pairs[p].1 as usize;
+                    let out = &mut res[n * k..(n + 1) * k];
+                    match items.binary_search(&(q as u32)) {
+                        // Already rated: predict it from the case's other ratings.
+                        Ok(pos) => {
+                            let o = (q * k + classes[pos] as usize) * self.m;
+                            for j in 0..self.m {
+                                x2[j] = x[j] - self.w[o + j];
+                                ph2[j] = sigmoid(x2[j]);
+                            }
+                            self.predict_dist(&x2, &ph2, q, method, out);
+                        }
+                        Err(_) => self.predict_dist(&x, &ph, q, method, out),
+                    }
                 }
                 res
             })
@@ -1345,6 +1354,18 @@ pub(crate) mod tests {
             }
         }
         (gw, gb, gc, gd)
+    }
+
+    #[test]
+    fn rated_pairs_are_predicted_from_the_other_ratings() {
+        let model = random_model(5, 3, 6, false, 8);
+        let cases = Csr::from_triples(1, [(0u32, 1u32, 2u8), (0, 3, 0), (0, 4, 1)].into_iter());
+        let without = Csr::from_triples(1, [(0u32, 1u32, 2u8), (0, 4, 1)].into_iter());
+        let a = model.predict_pairs(&cases, None, &[(0, 3)], PredictMethod::Exact);
+        let b = model.predict_pairs(&without, None, &[(0, 3)], PredictMethod::Exact);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
     }
 
     #[test]
