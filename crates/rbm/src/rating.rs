@@ -1086,6 +1086,18 @@ impl RatingRbm {
             }
             let secs = t0.elapsed().as_secs_f64();
             secs_total += secs;
+            if !(self.w.iter().all(|x| x.is_finite())
+                && self.b.iter().all(|x| x.is_finite())
+                && self.c.iter().all(|x| x.is_finite()))
+            {
+                return Err(RbmError::param(
+                    "learning-rate",
+                    format!(
+                        "training diverged (non-finite weights) in epoch {}; lower the learning rate",
+                        epoch + 1
+                    ),
+                ));
+            }
             epochs_run = epoch + 1;
             let valid_rmse = (!data.validation.is_empty()).then(|| {
                 self.validation_rmse(
