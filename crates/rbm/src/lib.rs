@@ -11,6 +11,7 @@
 
 pub mod atomic;
 pub mod binary;
+pub mod data;
 pub mod error;
 pub mod linalg;
 pub mod random;
