@@ -14,6 +14,7 @@ pub mod binary;
 pub mod data;
 pub mod error;
 pub mod linalg;
+pub mod modelfile;
 pub mod random;
 
 pub use binary::BinaryRbm;
