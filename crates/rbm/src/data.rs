@@ -65,6 +65,18 @@ impl Dataset {
         })
     }
 
+    /// The examples `idx` (labels too), in that order.
+    pub fn select(&self, idx: &[usize]) -> Dataset {
+        Dataset {
+            examples: self.examples.select_cols(idx),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| idx.iter().map(|&j| l[j]).collect()),
+            image_shape: self.image_shape,
+        }
+    }
+
     /// Binarizes the examples in place; example `j` is treated as example `first_index + j` of
     /// its source for stochastic binarization, so a slice binarizes like the same rows of the
     /// whole file.
@@ -168,6 +180,16 @@ impl Binarize {
 
     /// Applies the binarization to `m` in place; column `j` is example `first_index + j`.
     pub fn apply(&self, m: &mut Matrix, first_index: usize) -> Result<()> {
+        self.apply_indexed(m, |j| first_index + j)
+    }
+
+    /// Applies the binarization to `m` in place; column `j` is example `index_of(j)` of its
+    /// source, which keys its random stream.
+    pub fn apply_indexed(
+        &self,
+        m: &mut Matrix,
+        index_of: impl Fn(usize) -> usize + Sync,
+    ) -> Result<()> {
         let rows = m.rows();
         if rows == 0 {
             return Ok(());
@@ -185,7 +207,7 @@ impl Binarize {
                     .par_chunks_mut(rows)
                     .enumerate()
                     .for_each(|(j, col)| {
-                        Stream::new(seed, Purpose::Data, 0, 0, (first_index + j) as u64)
+                        Stream::new(seed, Purpose::Data, 0, 0, index_of(j) as u64)
                             .bernoulli_in_place(col);
                     });
             }
@@ -272,7 +294,11 @@ pub struct LoadOptions {
     /// IDX labels file; without it, `load` looks for the Fashion-MNIST/MNIST sibling name
     /// (`…images-idx3-ubyte…` → `…labels-idx1-ubyte…`) and uses it if present.
     pub labels: Option<PathBuf>,
-    /// Keep only these examples (applied after loading; labels too).
+    /// Permute the examples with this seed (stream `(seed, Data, 1, 0, 0)`) before `rows`
+    /// slices them, so that a row range is a random subset. Needed for the built-in digits,
+    /// which are sorted by label (500 zeros, then 500 ones, …).
+    pub shuffle: Option<u64>,
+    /// Keep only these examples (applied after loading and shuffling; labels too).
     pub rows: Option<Range<usize>>,
     /// Binarization applied last.
     pub binarize: Binarize,
@@ -298,6 +324,12 @@ impl LoadOptions {
         self
     }
 
+    /// Shuffles the examples (before `rows`) with `seed`.
+    pub fn shuffle(mut self, seed: u64) -> Self {
+        self.shuffle = Some(seed);
+        self
+    }
+
     /// Keeps only examples `r`.
     pub fn rows(mut self, r: Range<usize>) -> Self {
         self.rows = Some(r);
@@ -320,7 +352,8 @@ impl LoadOptions {
 /// Loads a data set: `spec` is the word `digits` (the built-in 5,000 MNIST digits) or a path to
 /// an IDX images file or a CSV file, either possibly gzipped. The format is detected from the
 /// content: gzip by its magic bytes `1f 8b`, IDX by its leading two zero bytes, CSV otherwise.
-/// Then `opts.rows` slices, and `opts.binarize` binarizes (keyed by the original row index).
+/// Then `opts.shuffle` permutes, `opts.rows` slices, and `opts.binarize` binarizes (each example
+/// keyed by its row index in the file, so it gets the same bits however it was selected).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let mut ds = if spec == "digits" {
         digits_with(opts.label_column)?
@@ -363,12 +396,20 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     if let Some(shape) = opts.image_shape {
         ds = ds.with_image_shape(shape)?;
     }
-    let mut first = 0;
+    // Row indices in the file of the examples kept, in their new order.
+    let mut order: Vec<usize> = match opts.shuffle {
+        Some(seed) => Stream::new(seed, Purpose::Data, 1, 0, 0).permutation(ds.len()),
+        None => (0..ds.len()).collect(),
+    };
     if let Some(r) = &opts.rows {
-        ds = ds.slice_rows(r.clone())?;
-        first = r.start;
+        check_range(r, ds.len())?;
+        order = order[r.clone()].to_vec();
     }
-    ds.binarize(opts.binarize, first)?;
+    if order.len() != ds.len() || opts.shuffle.is_some() {
+        ds = ds.select(&order);
+    }
+    opts.binarize
+        .apply_indexed(&mut ds.examples, |j| order[j])?;
     Ok(ds)
 }
 
@@ -1179,6 +1220,37 @@ mod tests {
             &opts.binarize(Binarize::Sample { seed: 10 }).rows(30..40),
         );
         assert_ne!(other.unwrap().examples, part.examples);
+    }
+
+    #[test]
+    fn shuffled_row_ranges_mix_the_sorted_digits() {
+        let all = digits().unwrap();
+        let labels = all.labels.as_ref().unwrap();
+        // The shipped file is sorted by label: the first 4000 rows hold no 8 or 9.
+        assert!(labels[..4000].iter().all(|&l| l < 8));
+        let opts = LoadOptions::new()
+            .shuffle(5)
+            .rows(0..1000)
+            .binarize(Binarize::Sample { seed: 2 });
+        let ds = load("digits", &opts).unwrap();
+        let mut counts = [0usize; 10];
+        for &l in ds.labels.as_ref().unwrap() {
+            counts[usize::from(l)] += 1;
+        }
+        // 1000 draws of 10 equal classes: each count has sd ≈ 9.5, so 60..140 is > 4 sd.
+        assert!(counts.iter().all(|c| (60..140).contains(c)), "{counts:?}");
+        // Each kept example is the file row the permutation names, binarized as in a full load.
+        let perm = Stream::new(5, Purpose::Data, 1, 0, 0).permutation(5000);
+        let full = load(
+            "digits",
+            &LoadOptions::new().binarize(Binarize::Sample { seed: 2 }),
+        )
+        .unwrap();
+        for j in [0, 1, 500, 999] {
+            assert_eq!(ds.examples.col(j), full.examples.col(perm[j]));
+            assert_eq!(ds.labels.as_ref().unwrap()[j], labels[perm[j]]);
+        }
+        assert_eq!(load("digits", &opts).unwrap(), ds);
     }
 
     #[test]

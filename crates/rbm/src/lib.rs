@@ -15,6 +15,7 @@ pub mod data;
 pub mod error;
 pub mod linalg;
 pub mod modelfile;
+pub mod picture;
 pub mod random;
 
 pub use binary::BinaryRbm;
