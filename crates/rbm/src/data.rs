@@ -1172,7 +1172,7 @@ mod tests {
         assert_eq!(f32::from(labels[0]), first[784]);
         let scaled: Vec<f32> = first[..784].iter().map(|x| x / 255.0).collect();
         assert_eq!(ds.examples.col(0), &scaled[..]);
-        assert!(first[..784].iter().any(|&x| x == 255.0));
+        assert!(first[..784].contains(&255.0));
         // `load` with `digits` and a row slice.
         let sl = load("digits", &LoadOptions::new().rows(10..20)).unwrap();
         assert_eq!(sl.len(), 10);
