@@ -364,6 +364,31 @@ impl LoadOptions {
         self.image_shape = Some(s);
         self
     }
+
+    /// Checks the options that can be checked without the data (threshold in [0, 1], a
+    /// non-empty row range, a non-zero image shape); [`load`] calls it before reading anything.
+    pub fn check(&self) -> Result<()> {
+        if let Binarize::Threshold(t) = self.binarize {
+            check_threshold(t)?;
+        }
+        if let Some(r) = &self.rows
+            && r.start >= r.end
+        {
+            return Err(RbmError::param(
+                "rows",
+                format!("{}..{} is empty", r.start, r.end),
+            ));
+        }
+        if let Some((r, c)) = self.image_shape
+            && (r == 0 || c == 0)
+        {
+            return Err(RbmError::param(
+                "image-shape",
+                format!("{r}x{c} has no pixels"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Loads a data set: `spec` is the word `digits` (the built-in 5,000 MNIST digits) or a path to
@@ -372,6 +397,7 @@ impl LoadOptions {
 /// Then `opts.shuffle` permutes, `opts.rows` slices, and `opts.binarize` binarizes (each example
 /// keyed by its row index in the file, so it gets the same bits however it was selected).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
+    opts.check()?;
     let mut ds = if spec == "digits" {
         digits()?
     } else {
@@ -1317,6 +1343,17 @@ mod tests {
             Err(RbmError::Shape(_))
         ));
         assert!(load("digits", &LoadOptions::new().rows(4990..5001)).is_err());
+        // Options are checked before any file is read.
+        for bad in [
+            LoadOptions::new().binarize(Binarize::Threshold(-0.1)),
+            LoadOptions::new().rows(5..5),
+            LoadOptions::new().image_shape((0, 3)),
+        ] {
+            assert!(matches!(
+                load("/no/such/file", &bad),
+                Err(RbmError::InvalidParam { .. })
+            ));
+        }
     }
 
     #[test]
