@@ -14,6 +14,7 @@ pub mod binary;
 pub mod error;
 pub mod linalg;
 pub mod random;
+pub mod train;
 
 pub use binary::BinaryRbm;
 pub use error::{RbmError, Result};

@@ -237,7 +237,10 @@ mod tests {
     fn sigmoid_is_finite_and_symmetric() {
         for &x in &[-1000.0f32, -30.0, -1.0, 0.0, 1.0, 30.0, 1000.0] {
             let s = sigmoid(x);
-            assert!(s.is_finite() && (0.0..=1.0).contains(&s), "sigmoid({x}) = {s}");
+            assert!(
+                s.is_finite() && (0.0..=1.0).contains(&s),
+                "sigmoid({x}) = {s}"
+            );
             assert!((s + sigmoid(-x) - 1.0).abs() < 1e-6);
         }
         assert!((sigmoid64(-800.0) - 0.0).abs() < 1e-300 && sigmoid64(800.0) == 1.0);
@@ -266,7 +269,14 @@ mod tests {
         let a = Matrix::from_fn(3, 4, |i, j| (i * 4 + j) as f32 * 0.5 - 2.0);
         let b = Matrix::from_fn(4, 2, |i, j| (i as f32) - (j as f32) * 1.5);
         let mut c = Matrix::zeros(3, 2);
-        gemm(c.view_mut(), Accum::Replace, a.view(), b.view(), 1.0, Par::Seq);
+        gemm(
+            c.view_mut(),
+            Accum::Replace,
+            a.view(),
+            b.view(),
+            1.0,
+            Par::Seq,
+        );
         for i in 0..3 {
             for j in 0..2 {
                 let want: f32 = (0..4).map(|k| a.get(i, k) * b.get(k, j)).sum();
