@@ -15,6 +15,7 @@ pub mod error;
 pub mod linalg;
 pub mod random;
 pub mod train;
+pub mod walkthrough;
 
 pub use binary::BinaryRbm;
 pub use error::{RbmError, Result};

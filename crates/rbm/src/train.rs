@@ -9,7 +9,7 @@
 
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
-use crate::linalg::{self, Matrix, current_par, sigmoid};
+use crate::linalg::{self, Matrix, current_par};
 use crate::random::{Purpose, Stream};
 use faer::Accum;
 use rayon::prelude::*;
@@ -775,9 +775,7 @@ fn sigmoid_sample(
         .zip(out.par_chunks_mut(rows))
         .enumerate()
         .for_each(|(j, (p, o))| {
-            for (x, &c) in p.iter_mut().zip(bias) {
-                *x = sigmoid(*x + c);
-            }
+            linalg::sigmoid_bias_in_place(p, bias);
             if sample {
                 o.copy_from_slice(p);
                 Stream::new(seed, Purpose::Train, epoch, key, j as u64).bernoulli_in_place(o);
@@ -796,9 +794,7 @@ fn sigmoid_sample_inplace(
     sample: bool,
 ) {
     x.par_chunks_mut(rows).enumerate().for_each(|(j, col)| {
-        for (v, &b) in col.iter_mut().zip(bias) {
-            *v = sigmoid(*v + b);
-        }
+        linalg::sigmoid_bias_in_place(col, bias);
         if sample {
             Stream::new(seed, Purpose::Train, epoch, key, j as u64).bernoulli_in_place(col);
         }
