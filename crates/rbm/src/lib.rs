@@ -11,8 +11,11 @@
 
 pub mod atomic;
 pub mod binary;
+pub mod data;
 pub mod error;
 pub mod linalg;
+pub mod modelfile;
+pub mod picture;
 pub mod random;
 pub mod train;
 pub mod walkthrough;
