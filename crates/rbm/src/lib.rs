@@ -17,6 +17,8 @@ pub mod linalg;
 pub mod modelfile;
 pub mod picture;
 pub mod random;
+pub mod train;
+pub mod walkthrough;
 
 pub use binary::BinaryRbm;
 pub use error::{RbmError, Result};
