@@ -1171,6 +1171,10 @@ mod tests {
         check("0,0,0,0,3.5\n", LabelColumn::Last, 1, "label `3.5`");
         check("0,0,0,0,300\n", LabelColumn::Last, 1, "label `300`");
         check("7\n", LabelColumn::First, 1, "needs at least one pixel");
+        // Line numbers count lines of the decompressed text of a gzipped file.
+        let pz = dir.join("bad.csv.gz");
+        std::fs::write(&pz, gz(b"1,2\n\n3,4\n5\n")).unwrap();
+        assert_parse(read_csv(&pz, none), &pz, 4, "expected 2 values, found 1");
         std::fs::write(&p, b"1,2\n\xff\xfe\n").unwrap();
         assert_parse(read_csv(&p, none), &p, 2, "UTF-8");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -447,6 +447,33 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+        /// Any finite model and any metadata strings survive a save and load bit for bit.
+        #[test]
+        fn any_model_round_trips(
+            d in 1usize..7,
+            m in 1usize..5,
+            vals in proptest::collection::vec(proptest::num::f32::NORMAL | proptest::num::f32::ZERO | proptest::num::f32::SUBNORMAL, 64),
+            note in ".{0,12}",
+        ) {
+            let take = |n: usize, off: usize| (0..n).map(|k| vals[(k + off) % vals.len()]).collect::<Vec<f32>>();
+            let rbm = BinaryRbm::from_parts(d, m, take(d * m, 0), take(d, 7), take(m, 13)).unwrap();
+            let mut h = BTreeMap::new();
+            h.insert("note".to_string(), note);
+            let dir = tmpdir(&format!("prop{d}{m}"));
+            let p = dir.join("m.safetensors");
+            save_binary(&p, &rbm, &h).unwrap();
+            let (back, h2) = load_binary(&p).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(bits(back.weights()), bits(rbm.weights()));
+            proptest::prop_assert_eq!(bits(back.visible_bias()), bits(rbm.visible_bias()));
+            proptest::prop_assert_eq!(bits(back.hidden_bias()), bits(rbm.hidden_bias()));
+            proptest::prop_assert_eq!(h2, h);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
     #[test]
     fn wrong_dtype_is_named() {
         let dir = tmpdir("dtype");
