@@ -496,13 +496,14 @@ mod tests {
             &BTreeMap::new(),
         );
         assert!(matches!(r, Err(RbmError::InvalidParam { .. })));
-        // A directory that does not exist.
-        let q = dir.join("no/such/dir/m.safetensors");
+        // A directory that cannot be created (a plain file stands in its way).
+        std::fs::write(dir.join("blocker"), b"").unwrap();
+        let q = dir.join("blocker/sub/m.safetensors");
         assert!(matches!(
             save_binary(&q, &model(), &hyper()),
             Err(RbmError::Io { .. })
         ));
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the blocker");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
