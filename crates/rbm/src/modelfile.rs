@@ -11,8 +11,8 @@
 use crate::atomic;
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -145,16 +145,35 @@ pub fn write_tensors(
         }
         bytes.push(data.iter().flat_map(|x| x.to_le_bytes()).collect());
     }
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.to_string(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RbmError::Shape(e.to_string()))?;
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let buf = safetensors::serialize(views, Some(meta))
+    // The header is written here rather than by `safetensors::serialize`, whose metadata is a
+    // `HashMap`: its random order would make the same model give different bytes run to run.
+    // Keys are sorted (serde_json maps are ordered); tensors are laid out in the given order.
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("string map"),
+    );
+    let mut offset = 0usize;
+    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + b.len()]}),
+        );
+        offset += b.len();
+    }
+    let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).expect("valid JSON");
+    // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut buf = Vec::with_capacity(8 + head.len() + offset);
+    buf.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&head);
+    for b in &bytes {
+        buf.extend_from_slice(b);
+    }
+    // Validate with the reference parser before anything reaches the disk.
+    SafeTensors::deserialize(&buf)
         .map_err(|e| RbmError::param("tensors", format!("cannot serialize: {e}")))?;
     atomic::write_bytes_atomic(path, &buf)
 }
@@ -370,11 +389,21 @@ mod tests {
             .collect();
         let b: Vec<u8> = [0.0f32; 2].iter().flat_map(|x| x.to_le_bytes()).collect();
         let views = vec![
-            ("W", TensorView::new(Dtype::F64, vec![d, m], &w).unwrap()),
-            ("b", TensorView::new(Dtype::F32, vec![d], &b).unwrap()),
-            ("c", TensorView::new(Dtype::F32, vec![m], &b).unwrap()),
+            (
+                "W",
+                safetensors::tensor::TensorView::new(Dtype::F64, vec![d, m], &w).unwrap(),
+            ),
+            (
+                "b",
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![d], &b).unwrap(),
+            ),
+            (
+                "c",
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![m], &b).unwrap(),
+            ),
         ];
-        let meta: HashMap<String, String> = binary_meta(d, m).into_iter().collect();
+        let meta: std::collections::HashMap<String, String> =
+            binary_meta(d, m).into_iter().collect();
         std::fs::write(&p, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
         assert_format(load_binary(&p), &p, "dtype F64");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -503,7 +532,28 @@ mod tests {
             save_binary(&q, &model(), &hyper()),
             Err(RbmError::Io { .. })
         ));
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the blocker");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "only the blocker"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn same_content_gives_identical_bytes() {
+        // Many metadata keys: a hash-ordered writer would shuffle them between calls.
+        let dir = tmpdir("bytes");
+        let meta: BTreeMap<String, String> = (0..20)
+            .map(|i| (format!("key{i}"), i.to_string()))
+            .collect();
+        let data = [1.0f32, 2.0, 3.0];
+        let (p, q) = (dir.join("p.safetensors"), dir.join("q.safetensors"));
+        write_tensors(&p, &[("x", vec![3], &data)], &meta).unwrap();
+        write_tensors(&q, &[("x", vec![3], &data)], &meta).unwrap();
+        assert!(std::fs::read(&p).unwrap() == std::fs::read(&q).unwrap());
+        let back = read_tensors(&p).unwrap();
+        assert_eq!(back.metadata, meta);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
