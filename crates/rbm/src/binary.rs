@@ -212,18 +212,14 @@ impl BinaryRbm {
 
     /// `p(h = 1 | v)` into `out`: σ(c + Wᵀv).
     pub fn hidden_probs_into(&self, v: &Matrix, out: &mut Matrix) {
-        self.hidden_input_into(v, out);
-        out.as_mut_slice()
-            .par_iter_mut()
-            .for_each(|x| *x = sigmoid(*x));
+        self.check_visible(v);
+        product_then_sigmoid(out, self.wt_view(), v, &self.c);
     }
 
     /// `p(v = 1 | h)` into `out`: σ(b + Wh).
     pub fn visible_probs_into(&self, h: &Matrix, out: &mut Matrix) {
-        self.visible_input_into(h, out);
-        out.as_mut_slice()
-            .par_iter_mut()
-            .for_each(|x| *x = sigmoid(*x));
+        self.check_hidden(h);
+        product_then_sigmoid(out, self.wt_view().transpose(), h, &self.b);
     }
 
     /// `p(h = 1 | v)` for each example (column) of `v`: the `M × N` hidden probabilities.
@@ -371,6 +367,25 @@ impl BinaryRbm {
         sample_columns(&mut states, seed, Purpose::Sample, k as u64 - 1, 1);
         Ok((probs, states))
     }
+}
+
+/// `out = σ(a·x + bias)` column by column.
+fn product_then_sigmoid(out: &mut Matrix, a: MatRef<'_, f32>, x: &Matrix, bias: &[f32]) {
+    out.resize(a.nrows(), x.cols());
+    linalg::gemm(
+        out.view_mut(),
+        Accum::Replace,
+        a,
+        x.view(),
+        1.0,
+        current_par(),
+    );
+    if bias.is_empty() {
+        return;
+    }
+    out.as_mut_slice()
+        .par_chunks_mut(bias.len())
+        .for_each(|col| linalg::sigmoid_bias_in_place(col, bias));
 }
 
 /// `−biasᵀx − Σ softplus(pre)` per column: the free energy given the other layer's pre-activations.

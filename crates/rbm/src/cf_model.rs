@@ -4,7 +4,7 @@
 
 use crate::cf_eval::BiasBaseline;
 use crate::error::{RbmError, Result};
-use crate::modelfile::{read_tensors, write_tensors};
+use crate::modelfile::{check_format, read_tensors, write_tensors};
 use crate::rating::{
     EpochReport, FitSummary, PredictMethod, RatingRbm, RatingReadout, TrainData,
     ValidRatingRbmParams,
@@ -12,6 +12,12 @@ use crate::rating::{
 use crate::ratings::{Csr, IdMap, Rating, RatingMatrix};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The `format` value of rating-RBM model files.
+pub const RATING_FORMAT: &str = "rbm.rating";
+
+/// The `format_version` this build writes and reads for rating-RBM model files.
+pub const RATING_FORMAT_VERSION: &str = "1";
 
 /// Which side of the rating matrix is the RBM's cases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,7 +235,8 @@ impl CfModel {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut meta = BTreeMap::new();
         let js = |v: serde_json::Value| v.to_string();
-        meta.insert("format".into(), "rbm.rating".into());
+        meta.insert("format".into(), RATING_FORMAT.into());
+        meta.insert("format_version".into(), RATING_FORMAT_VERSION.into());
         meta.insert("K".into(), self.values.len().to_string());
         meta.insert("values".into(), js(serde_json::json!(self.values)));
         meta.insert("members".into(), self.members.len().to_string());
@@ -304,12 +311,7 @@ impl CfModel {
     pub fn load(path: &Path) -> Result<Self> {
         let mut f = read_tensors(path)?;
         let bad = |reason: String| RbmError::format(path, 0, reason);
-        if f.meta("format")? != "rbm.rating" {
-            return Err(bad(format!(
-                "format is `{}`, not rbm.rating",
-                f.meta("format")?
-            )));
-        }
+        check_format(&f, RATING_FORMAT, RATING_FORMAT_VERSION)?;
         let parse_json = |s: &str, what: &str| -> Result<serde_json::Value> {
             serde_json::from_str(s).map_err(|e| bad(format!("metadata `{what}`: {e}")))
         };
@@ -383,6 +385,7 @@ impl CfModel {
             _ => RatingReadout::Expected,
         };
         let implicit_targets = f.meta("implicit_targets")? == "true";
+        f.ensure_all_taken()?;
         Ok(CfModel {
             members,
             values,

@@ -13,12 +13,16 @@ pub mod atomic;
 pub mod binary;
 pub mod cf_eval;
 pub mod cf_model;
+pub mod data;
 pub mod error;
 pub mod linalg;
 pub mod modelfile;
+pub mod picture;
 pub mod random;
 pub mod rating;
 pub mod ratings;
+pub mod train;
+pub mod walkthrough;
 
 pub use binary::BinaryRbm;
 pub use error::{RbmError, Result};
