@@ -71,12 +71,15 @@ pub struct ModelArgs {
     /// Learning rate for the weights.
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Learning rate for the biases (default: same as --lr).
-    #[arg(long)]
-    pub bias_lr: Option<f32>,
-    /// Final momentum.
+    /// Learning rate for the biases b and c (default: same as --lr).
+    #[arg(long, alias = "bias-lr")]
+    pub lr_b: Option<f32>,
+    /// Constant momentum (default: the schedule 0.5 → 0.9 from epoch 5, as for binary RBMs).
     #[arg(long)]
     pub momentum: Option<f32>,
+    /// Standard deviation of the initial weights.
+    #[arg(long)]
+    pub init_std: Option<f32>,
     /// Weight decay on W.
     #[arg(long)]
     pub weight_decay: Option<f32>,
@@ -143,8 +146,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
     /// Where to save the model (safetensors).
-    #[arg(long, short)]
-    out: Option<PathBuf>,
+    #[arg(long, short, default_value = "model.safetensors")]
+    out: PathBuf,
     /// Skip the top-N metrics.
     #[arg(long)]
     no_topn: bool,
@@ -388,11 +391,15 @@ fn config(a: &ModelArgs) -> Result<Config> {
         p.learning_rate = v;
         p.bias_learning_rate = v;
     }
-    if let Some(v) = a.bias_lr {
+    if let Some(v) = a.lr_b {
         p.bias_learning_rate = v;
     }
     if let Some(v) = a.momentum {
         p.momentum = v;
+        p.initial_momentum = v;
+    }
+    if let Some(v) = a.init_std {
+        p.init_std = v;
     }
     if let Some(v) = a.weight_decay {
         p.weight_decay = v;
@@ -697,9 +704,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
     let t0 = Instant::now();
     let fitted = fit(&cfg, &data, &extra, common, &mut metrics, "")?;
     let train_secs = t0.elapsed().as_secs_f64();
-    if let Some(out) = &a.out {
-        fitted.model.save(out)?;
-    }
+    fitted.model.save(&a.out)?;
     let mut report = json!({
         "ratings": path.display().to_string(),
         "train_ratings": data.train.len(),
@@ -712,7 +717,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         "train_seconds": train_secs,
         "valid_rmse": fitted.valid_rmse,
         "valid_baseline_rmse": fitted.valid_baseline_rmse,
-        "model": a.out.as_ref().map(|p| p.display().to_string()),
+        "model": a.out.display().to_string(),
     });
     if let Some(test) = &test {
         let ev = evaluate(&fitted, test, !a.no_topn, common)?;
@@ -758,9 +763,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
                 );
             }
         }
-        if let Some(out) = &a.out {
-            println!("model saved to {}", out.display());
-        }
+        println!("model saved to {}", a.out.display());
     }
     Ok(())
 }
