@@ -424,48 +424,71 @@ pub struct Csr {
 
 impl Csr {
     /// Builds from `(row, col, class)` triples; a repeated `(row, col)` keeps the last class.
+    /// Memory: the output (5 bytes per entry) plus one row of scratch, so a Netflix-sized set
+    /// (10⁸ ratings) builds in about 0.5 GB; the iterator is walked twice.
     pub fn from_triples(rows: usize, triples: impl Iterator<Item = (u32, u32, u8)> + Clone) -> Csr {
-        let mut counts = vec![0usize; rows + 1];
+        let mut offsets = vec![0usize; rows + 1];
         for (r, _, _) in triples.clone() {
-            counts[r as usize + 1] += 1;
+            offsets[r as usize + 1] += 1;
         }
         for r in 0..rows {
-            counts[r + 1] += counts[r];
+            offsets[r + 1] += offsets[r];
         }
-        let nnz = counts[rows];
-        let mut fill = counts.clone();
-        let mut seq = vec![0u32; nnz];
+        let nnz = offsets[rows];
+        // Counting sort by row: stable, so each row keeps the input order.
+        let mut fill = offsets.clone();
         let mut cols = vec![0u32; nnz];
         let mut classes = vec![0u8; nnz];
-        for (n, (r, c, k)) in triples.enumerate() {
+        for (r, c, k) in triples {
             let p = fill[r as usize];
             fill[r as usize] += 1;
             cols[p] = c;
             classes[p] = k;
-            seq[p] = n as u32;
         }
-        // Sort each row by column (ties by input order) and drop earlier duplicates.
-        let mut out = Csr {
-            offsets: Vec::with_capacity(rows + 1),
-            cols: Vec::with_capacity(nnz),
-            classes: Vec::with_capacity(nnz),
-        };
-        out.offsets.push(0);
-        let mut idx: Vec<usize> = Vec::new();
+        drop(fill);
+        // Sort each row by column (stable, so among duplicates the last input comes last), keep
+        // the last of each duplicate run, and compact in place (the write position never passes
+        // the start of the row being read).
+        let mut scratch: Vec<(u32, u8)> = Vec::new();
+        let mut out = 0usize;
+        let mut start = 0usize;
         for r in 0..rows {
-            idx.clear();
-            idx.extend(counts[r]..counts[r + 1]);
-            idx.sort_unstable_by_key(|&p| (cols[p], seq[p]));
-            for (n, &p) in idx.iter().enumerate() {
-                if n + 1 < idx.len() && cols[idx[n + 1]] == cols[p] {
-                    continue;
+            let end = offsets[r + 1];
+            let row = &cols[start..end];
+            if row.windows(2).all(|w| w[0] < w[1]) {
+                cols.copy_within(start..end, out);
+                classes.copy_within(start..end, out);
+                out += end - start;
+            } else {
+                scratch.clear();
+                scratch.extend(
+                    cols[start..end]
+                        .iter()
+                        .copied()
+                        .zip(classes[start..end].iter().copied()),
+                );
+                scratch.sort_by_key(|e| e.0);
+                for n in 0..scratch.len() {
+                    if n + 1 < scratch.len() && scratch[n + 1].0 == scratch[n].0 {
+                        continue;
+                    }
+                    cols[out] = scratch[n].0;
+                    classes[out] = scratch[n].1;
+                    out += 1;
                 }
-                out.cols.push(cols[p]);
-                out.classes.push(classes[p]);
             }
-            out.offsets.push(out.cols.len());
+            start = end;
+            offsets[r + 1] = out;
         }
-        out
+        cols.truncate(out);
+        classes.truncate(out);
+        cols.shrink_to_fit();
+        classes.shrink_to_fit();
+        Csr {
+            offsets,
+            cols,
+            classes,
+        }
     }
 
     /// Number of rows.
@@ -485,13 +508,32 @@ impl Csr {
         (&self.cols[a..b], &self.classes[a..b])
     }
 
-    /// The transpose, as a matrix with `cols` rows.
+    /// The transpose, as a matrix with `cols` rows (a counting sort: rows come out sorted).
     pub fn transpose(&self, cols: usize) -> Csr {
-        let triples = (0..self.rows()).flat_map(move |r| {
-            let (c, k) = self.row(r);
-            c.iter().zip(k).map(move |(&c, &k)| (c, r as u32, k))
-        });
-        Csr::from_triples(cols, triples)
+        let mut offsets = vec![0usize; cols + 1];
+        for &c in &self.cols {
+            offsets[c as usize + 1] += 1;
+        }
+        for c in 0..cols {
+            offsets[c + 1] += offsets[c];
+        }
+        let mut fill = offsets.clone();
+        let mut tcols = vec![0u32; self.nnz()];
+        let mut tclasses = vec![0u8; self.nnz()];
+        for r in 0..self.rows() {
+            let (cs, ks) = self.row(r);
+            for (&c, &k) in cs.iter().zip(ks) {
+                let p = fill[c as usize];
+                fill[c as usize] += 1;
+                tcols[p] = r as u32;
+                tclasses[p] = k;
+            }
+        }
+        Csr {
+            offsets,
+            cols: tcols,
+            classes: tclasses,
+        }
     }
 }
 
@@ -517,7 +559,8 @@ impl RatingMatrix {
         ratings: &[Rating],
         scale: &RatingScale,
     ) -> Result<Self> {
-        let mut triples = Vec::with_capacity(ratings.len());
+        // Validate first, so the build below can stream the ratings twice without a copy.
+        let mut classes = Vec::with_capacity(ratings.len());
         for r in ratings {
             let k = scale.class_of(r.value).ok_or_else(|| {
                 RbmError::param(
@@ -535,9 +578,16 @@ impl RatingMatrix {
                     r.user, r.item
                 )));
             }
-            triples.push((r.user, r.item, k));
+            classes.push(k);
         }
-        let by_user = Csr::from_triples(n_users, triples.iter().copied());
+        let by_user = Csr::from_triples(
+            n_users,
+            ratings
+                .iter()
+                .zip(&classes)
+                .map(|(r, &k)| (r.user, r.item, k)),
+        );
+        drop(classes);
         let by_item = by_user.transpose(n_items);
         Ok(RatingMatrix {
             n_users,
@@ -828,6 +878,28 @@ mod tests {
             value: 2.5,
         }];
         assert!(RatingMatrix::from_ratings(1, 1, &bad, &scale).is_err());
+    }
+
+    #[test]
+    fn csr_matches_a_map_with_last_wins() {
+        let mut s = Stream::new(9, Purpose::Data, 0, 0, 0);
+        let triples: Vec<(u32, u32, u8)> = (0..3000)
+            .map(|_| (s.below(40) as u32, s.below(25) as u32, s.below(5) as u8))
+            .collect();
+        let mut want = std::collections::BTreeMap::new();
+        for &(r, c, k) in &triples {
+            want.insert((r, c), k);
+        }
+        let csr = Csr::from_triples(41, triples.iter().copied());
+        let mut got = Vec::new();
+        for r in 0..csr.rows() {
+            let (cs, ks) = csr.row(r);
+            got.extend(cs.iter().zip(ks).map(|(&c, &k)| ((r as u32, c), k)));
+        }
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+        let t = csr.transpose(25);
+        assert_eq!(t.nnz(), csr.nnz());
+        assert_eq!(t.transpose(41), csr);
     }
 
     #[test]
