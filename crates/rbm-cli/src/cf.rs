@@ -476,6 +476,8 @@ struct Fitted {
     matrix: RatingMatrix,
     seconds_per_epoch: f64,
     epochs: usize,
+    best_epoch: usize,
+    validation_ratings: usize,
     valid_rmse: Option<f64>,
     valid_baseline_rmse: Option<f64>,
 }
@@ -504,6 +506,7 @@ fn fit(
     let mut members = Vec::new();
     let mut secs = 0.0;
     let mut epochs = 0;
+    let mut best_epoch = 0;
     let mut vr = None;
     let total = cfg.orientations.len() * cfg.ensemble;
     for (n, &o) in cfg.orientations.iter().enumerate() {
@@ -546,6 +549,7 @@ fn fit(
             bar.finish();
             secs += summary.seconds_per_epoch;
             epochs = summary.epochs;
+            best_epoch = summary.best_epoch;
             vr = summary.best_valid_rmse;
             members.push(member);
         }
@@ -578,6 +582,8 @@ fn fit(
         matrix,
         seconds_per_epoch: secs / total as f64,
         epochs,
+        best_epoch,
+        validation_ratings: valid.len(),
         valid_rmse: vr,
         valid_baseline_rmse,
     })
@@ -713,6 +719,8 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         "K": data.scale.k(),
         "members": fitted.model.members.len(),
         "epochs": fitted.epochs,
+        "best_epoch": fitted.best_epoch,
+        "validation_ratings": fitted.validation_ratings,
         "seconds_per_epoch": fitted.seconds_per_epoch,
         "train_seconds": train_secs,
         "valid_rmse": fitted.valid_rmse,
@@ -734,7 +742,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         println!(
             "trained {} RBM(s) on {} ratings ({} users, {} items, K={}): {:.3} s/epoch, {:.1} s in all",
             fitted.model.members.len(),
-            data.train.len(),
+            data.train.len() - fitted.validation_ratings,
             data.users.len(),
             data.items.len(),
             data.scale.k(),
