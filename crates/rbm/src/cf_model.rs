@@ -335,6 +335,11 @@ impl CfModel {
             return Err(bad("metadata `range` needs two values".into()));
         }
         let nmem = num(f.meta("members")?, "members")?;
+        if nmem == 0 || values.len() < 2 {
+            return Err(bad(
+                "a rating model needs at least one RBM and two rating values".into(),
+            ));
+        }
         let mut members = Vec::with_capacity(nmem);
         for n in 0..nmem {
             let orientation: Orientation = f.meta(&format!("m{n}.orientation"))?.parse()?;
