@@ -21,6 +21,7 @@ pub mod picture;
 pub mod random;
 pub mod rating;
 pub mod ratings;
+pub mod synthetic;
 pub mod train;
 pub mod walkthrough;
 

@@ -157,15 +157,47 @@ fn parse_value(s: &str) -> Option<f32> {
 /// Reads a rating file, interning user and item tokens into `users` and `items` (shared between a
 /// training and a test file so both use the same indices). Blank lines are skipped; any other
 /// line that does not hold a user, an item and a finite numeric rating is an error naming the
-/// file and line.
+/// file and line. A binary rating file (see [`crate::synthetic`]) is recognised by its magic
+/// whatever `format` says.
 pub fn read_ratings(
     path: &Path,
     format: RatingFormat,
     users: &mut IdMap,
     items: &mut IdMap,
 ) -> Result<Vec<Rating>> {
+    if crate::synthetic::is_binary_ratings(path) {
+        return read_binary_as_ratings(path, users, items);
+    }
     let file = std::fs::File::open(path).map_err(|e| RbmError::io(path, e))?;
     read_ratings_from(BufReader::new(file), path, format, users, items)
+}
+
+/// A binary (`RBMR`) rating file as rating records; its dense ids become the tokens `"0"`,
+/// `"1"`, ... For large files prefer [`crate::synthetic::read_binary`], which keeps the compact
+/// sparse form (5 bytes per rating instead of 12).
+fn read_binary_as_ratings(
+    path: &Path,
+    users: &mut IdMap,
+    items: &mut IdMap,
+) -> Result<Vec<Rating>> {
+    let set = crate::synthetic::read_binary(path)?;
+    let uid: Vec<u32> = (0..set.n_users)
+        .map(|u| users.intern(&u.to_string()))
+        .collect();
+    let iid: Vec<u32> = (0..set.n_items)
+        .map(|i| items.intern(&i.to_string()))
+        .collect();
+    let c = &set.by_user;
+    let mut out = Vec::with_capacity(c.nnz());
+    for u in 0..set.n_users {
+        let (its, cls) = c.row(u);
+        out.extend(its.iter().zip(cls).map(|(&i, &k)| Rating {
+            user: uid[u],
+            item: iid[i as usize],
+            value: set.values[k as usize],
+        }));
+    }
+    Ok(out)
 }
 
 /// [`read_ratings`] from any reader; `path` only names the source in errors.
