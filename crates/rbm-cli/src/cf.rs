@@ -32,6 +32,62 @@ pub enum CfCommand {
     Split(SplitArgs),
     /// Download MovieLens-100K (via pip, from the recbole wheel) into the cache.
     Fetch(FetchArgs),
+    /// Generate planted synthetic ratings (Netflix-shaped by default) into a binary file.
+    Generate(GenerateArgs),
+}
+
+/// `rbm cf generate`.
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Users.
+    #[arg(long, default_value_t = 480_189)]
+    users: usize,
+    /// Items.
+    #[arg(long, default_value_t = 17_770)]
+    items: usize,
+    /// Total ratings.
+    #[arg(long, default_value_t = 100_480_507)]
+    ratings: u64,
+    /// Rank of the planted model.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file (binary `RBMR` format, accepted by every `--ratings`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn generate(a: GenerateArgs, common: &Common) -> Result<()> {
+    let spec = rbm::synthetic::PlantedSpec {
+        users: a.users,
+        items: a.items,
+        ratings: a.ratings,
+        rank: a.rank,
+        seed: a.seed,
+    };
+    let t = Instant::now();
+    let set = common.in_pool(|| rbm::synthetic::generate_planted(&spec))??;
+    let gen_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    rbm::synthetic::write_binary(&a.out, &set)?;
+    let write_s = t.elapsed().as_secs_f64();
+    if common.json {
+        print_json(&json!({
+            "out": a.out.display().to_string(), "users": a.users, "items": a.items,
+            "ratings": a.ratings, "generate_seconds": gen_s, "write_seconds": write_s,
+        }));
+    } else {
+        println!(
+            "wrote {} ratings ({} users × {} items) to {} (generated in {gen_s:.2} s, written in {write_s:.2} s)",
+            a.ratings,
+            a.users,
+            a.items,
+            a.out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where the ratings come from.
@@ -243,6 +299,7 @@ pub fn run(cmd: CfCommand, common: &Common) -> Result<()> {
         CfCommand::Predict(a) => predict(a, common),
         CfCommand::Recommend(a) => recommend(a, common),
         CfCommand::Split(a) => split(a, common),
+        CfCommand::Generate(a) => generate(a, common),
         CfCommand::Fetch(a) => {
             let dir = fetch(&cache_dir(a.cache.as_deref())?, common)?;
             if common.json {
