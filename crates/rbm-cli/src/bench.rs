@@ -8,7 +8,11 @@ use rbm::Matrix;
 use rbm::linalg::{self, current_par};
 use rbm::train::{Momentum, TrainParams, Trainer};
 use serde_json::{Value, json};
+use rbm::rating::{CdSchedule, EpochReport, RatingRbm, RatingRbmParams, TrainData};
+use rbm::ratings::{Csr, IdMap, RatingFormat, RatingMatrix, RatingScale, read_ratings};
+use rbm::synthetic::{PlantedSpec, generate_planted};
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `rbm bench`: measure training throughput against the GEMM peak.
@@ -20,6 +24,102 @@ pub struct BenchArgs {
     /// Also sweep hidden sizes 100..4096 and batch sizes 10..1000 for CD-1.
     #[arg(long)]
     sweep: bool,
+    /// MovieLens-100K ratings for the rating-RBM case (default: the `rbm cf fetch` cache,
+    /// $RBM_CACHE or ~/.cache/rbm; the case is skipped with a note if neither exists).
+    #[arg(long)]
+    ratings: Option<PathBuf>,
+    /// Epochs timed for the MovieLens-100K case (the median epoch is reported).
+    #[arg(long, default_value_t = 5)]
+    cf_epochs: usize,
+    /// Netflix-shaped binary rating file (`rbm cf generate`); default: generate it in memory.
+    #[arg(long)]
+    netflix: Option<PathBuf>,
+    /// Skip the Netflix-scale case (10⁸ ratings, about a minute and 1 GiB).
+    #[arg(long)]
+    skip_netflix: bool,
+    /// Skip the binary-RBM cases.
+    #[arg(long)]
+    skip_binary: bool,
+}
+
+/// Where the MovieLens-100K ratings are, if anywhere.
+fn ml100k_path(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_path_buf());
+    }
+    let cache = std::env::var_os("RBM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rbm")))?;
+    let p = cache.join("ml-100k").join("ml-100k.inter");
+    p.is_file().then_some(p)
+}
+
+/// Trains the default rating RBM (M = 100, CD-1) for `epochs` epochs on `cases`; returns the
+/// per-epoch training seconds.
+fn rating_epochs(
+    cases: &Csr,
+    d: usize,
+    values: &[f32],
+    batch: usize,
+    epochs: usize,
+) -> Result<Vec<f64>> {
+    let params = RatingRbmParams::new()
+        .hidden(100)
+        .epochs(epochs)
+        .batch_size(batch)
+        .cd(CdSchedule::constant(1))
+        .check()?;
+    let data = TrainData {
+        cases,
+        d,
+        values,
+        implicit: None,
+        validation: &[],
+    };
+    let mut secs = Vec::new();
+    RatingRbm::fit(&params, &data, &mut |r: &EpochReport| secs.push(r.seconds))?;
+    Ok(secs)
+}
+
+/// The MovieLens-100K epoch, user- and item-based.
+fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
+    let (mut users, mut items) = (IdMap::new(), IdMap::new());
+    let ratings = read_ratings(path, RatingFormat::Auto, &mut users, &mut items)?;
+    let scale = RatingScale::infer(&ratings)?;
+    let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
+    let user = rating_epochs(&m.by_user, m.n_items, scale.values(), 100, epochs)?;
+    let item = rating_epochs(&m.by_item, m.n_users, scale.values(), 100, epochs)?;
+    Ok(json!({
+        "path": path.display().to_string(), "ratings": ratings.len(), "hidden": 100, "cd": 1,
+        "batch": 100, "user_epoch_seconds": median(user.clone()), "item_epoch_seconds": median(item.clone()),
+        "user_epochs": user, "item_epochs": item,
+    }))
+}
+
+/// The Netflix-shaped epoch: generated in memory (or loaded), one epoch at M = 100, K = 5,
+/// CD-1, mini-batches of 1000 users (the paper's). The peak-memory counter is reset first
+/// (Linux `clear_refs`), so the figure belongs to this case.
+fn netflix_case(file: Option<&Path>) -> Result<Value> {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let mut out = serde_json::Map::new();
+    let t = Instant::now();
+    let set = match file {
+        Some(p) => {
+            let s = rbm::synthetic::read_binary(p)?;
+            out.insert("netflix_load_seconds".into(), json!(t.elapsed().as_secs_f64()));
+            s
+        }
+        None => {
+            let s = generate_planted(&PlantedSpec::netflix(0))?;
+            out.insert("netflix_generate_seconds".into(), json!(t.elapsed().as_secs_f64()));
+            s
+        }
+    };
+    let secs = rating_epochs(&set.by_user, set.n_items, &set.values, 1000, 1)?;
+    out.insert("netflix_epoch_seconds".into(), json!(secs[0]));
+    out.insert("netflix_ratings".into(), json!(set.by_user.nnz()));
+    out.insert("netflix_peak_rss_bytes".into(), json!(peak_rss_bytes()));
+    Ok(Value::Object(out))
 }
 
 /// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
@@ -96,41 +196,68 @@ fn binary_case(
 
 /// Runs `rbm bench`.
 pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
-    let digits = rbm::data::digits()?;
+    let ml_path = ml100k_path(args.ratings.as_deref());
     let report = common.in_pool(|| -> Result<Value> {
-        let peak = gemm_peak();
-        let data = &digits.examples;
-        let n = data.cols() as f64;
+        let mut report = serde_json::Map::new();
+        report.insert("threads".into(), json!(rayon::current_num_threads()));
         let mut cases = Vec::new();
-        let mut add = |name: String, hidden, batch, cd, pcd| -> Result<(f64, f64)> {
-            let (s, gf) = binary_case(data, hidden, batch, cd, pcd, args.epochs)?;
-            cases.push(json!({
-                "case": name, "hidden": hidden, "batch": batch, "cd_k": cd, "persistent": pcd,
-                "seconds_per_epoch": s, "examples_per_sec": n / s, "gflops": gf, "peak_fraction": gf / peak,
-            }));
-            Ok((s, gf))
-        };
-        let (s1, gf1) = add("binary CD-1 784→500 batch 100".into(), 500, 100, 1, false)?;
-        add("binary PCD-1 784→500 batch 100".into(), 500, 100, 1, true)?;
-        add("binary CD-10 784→500 batch 100".into(), 500, 100, 10, false)?;
-        if args.sweep {
-            for h in [100, 250, 1000, 2048, 4096] {
-                add(format!("binary CD-1 784→{h} batch 100"), h, 100, 1, false)?;
+        if !args.skip_binary {
+            let digits = rbm::data::digits()?;
+            let peak = gemm_peak();
+            let data = &digits.examples;
+            let n = data.cols() as f64;
+            let mut add = |name: String, hidden, batch, cd, pcd| -> Result<(f64, f64)> {
+                let (s, gf) = binary_case(data, hidden, batch, cd, pcd, args.epochs)?;
+                cases.push(json!({
+                    "case": name, "hidden": hidden, "batch": batch, "cd_k": cd, "persistent": pcd,
+                    "seconds_per_epoch": s, "examples_per_sec": n / s, "gflops": gf, "peak_fraction": gf / peak,
+                }));
+                Ok((s, gf))
+            };
+            let (s1, gf1) = add("binary CD-1 784→500 batch 100".into(), 500, 100, 1, false)?;
+            add("binary PCD-1 784→500 batch 100".into(), 500, 100, 1, true)?;
+            add("binary CD-10 784→500 batch 100".into(), 500, 100, 10, false)?;
+            if args.sweep {
+                for h in [100, 250, 1000, 2048, 4096] {
+                    add(format!("binary CD-1 784→{h} batch 100"), h, 100, 1, false)?;
+                }
+                for b in [10, 50, 200, 500, 1000] {
+                    add(format!("binary CD-1 784→500 batch {b}"), 500, b, 1, false)?;
+                }
             }
-            for b in [10, 50, 200, 500, 1000] {
-                add(format!("binary CD-1 784→500 batch {b}"), 500, b, 1, false)?;
+            report.insert("gemm_peak_gflops".into(), json!(peak));
+            report.insert("binary_examples_per_sec".into(), json!(n / s1));
+            report.insert("binary_seconds_per_epoch".into(), json!(s1));
+            report.insert("binary_gflops".into(), json!(gf1));
+            report.insert("binary_peak_fraction".into(), json!(gf1 / peak));
+        }
+        report.insert("cases".into(), json!(cases));
+        let mut notes = Vec::new();
+        match &ml_path {
+            Some(p) => {
+                let c = ml100k_case(p, args.cf_epochs.max(1))?;
+                report.insert("ml100k_epoch_seconds".into(), c["user_epoch_seconds"].clone());
+                report.insert("ml100k_item_epoch_seconds".into(), c["item_epoch_seconds"].clone());
+                report.insert("ml100k".into(), c);
+            }
+            None => {
+                report.insert("ml100k_epoch_seconds".into(), Value::Null);
+                notes.push("MovieLens-100K case skipped: pass --ratings PATH or run `rbm cf fetch`".to_string());
             }
         }
-        Ok(json!({
-            "threads": rayon::current_num_threads(),
-            "gemm_peak_gflops": peak,
-            "binary_examples_per_sec": n / s1,
-            "binary_seconds_per_epoch": s1,
-            "binary_gflops": gf1,
-            "binary_peak_fraction": gf1 / peak,
-            "peak_rss_bytes": peak_rss_bytes(),
-            "cases": cases,
-        }))
+        // Peak memory of everything before the Netflix case (which resets the counter).
+        report.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
+        if args.skip_netflix {
+            report.insert("netflix_epoch_seconds".into(), Value::Null);
+            notes.push("Netflix-scale case skipped (--skip-netflix)".to_string());
+        } else {
+            let c = netflix_case(args.netflix.as_deref())?;
+            for (k, v) in c.as_object().into_iter().flatten() {
+                report.insert(k.clone(), v.clone());
+            }
+        }
+        report.insert("notes".into(), json!(notes));
+        Ok(Value::Object(report))
     })??;
     if common.json {
         print_json(&report);
@@ -153,6 +280,33 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 c["gflops"].as_f64().unwrap_or(0.0),
                 100.0 * c["peak_fraction"].as_f64().unwrap_or(0.0)
             );
+        }
+        if let Some(s) = report["ml100k_epoch_seconds"].as_f64() {
+            println!(
+                "rating RBM, MovieLens-100K (M=100, K=5, CD-1, batch 100): {:.2} ms/epoch user-based, {:.2} ms/epoch item-based",
+                s * 1e3,
+                report["ml100k_item_epoch_seconds"].as_f64().unwrap_or(0.0) * 1e3
+            );
+        }
+        if let Some(s) = report["netflix_epoch_seconds"].as_f64() {
+            let prep = report
+                .get("netflix_load_seconds")
+                .map(|v| format!("loaded in {:.2} s", v.as_f64().unwrap_or(0.0)))
+                .or_else(|| {
+                    report
+                        .get("netflix_generate_seconds")
+                        .map(|v| format!("generated in {:.2} s", v.as_f64().unwrap_or(0.0)))
+                })
+                .unwrap_or_default();
+            println!(
+                "rating RBM, Netflix-shaped ({} ratings, {prep}; M=100, K=5, CD-1, batch 1000): {:.2} s/epoch, peak memory {:.0} MiB",
+                report["netflix_ratings"],
+                s,
+                report["netflix_peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+        }
+        for n in report["notes"].as_array().into_iter().flatten() {
+            println!("note: {}", n.as_str().unwrap_or(""));
         }
         println!(
             "peak memory: {:.1} MiB",
