@@ -6,11 +6,11 @@ use anyhow::Result;
 use faer::Accum;
 use rbm::Matrix;
 use rbm::linalg::{self, current_par};
-use rbm::train::{Momentum, TrainParams, Trainer};
-use serde_json::{Value, json};
 use rbm::rating::{CdSchedule, EpochReport, RatingRbm, RatingRbmParams, TrainData};
 use rbm::ratings::{Csr, IdMap, RatingFormat, RatingMatrix, RatingScale, read_ratings};
 use rbm::synthetic::{PlantedSpec, generate_planted};
+use rbm::train::{Momentum, TrainParams, Trainer};
+use serde_json::{Value, json};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,7 +49,9 @@ fn ml100k_path(given: Option<&Path>) -> Option<PathBuf> {
     }
     let cache = std::env::var_os("RBM_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rbm")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rbm"))
+        })?;
     let p = cache.join("ml-100k").join("ml-100k.inter");
     p.is_file().then_some(p)
 }
@@ -106,12 +108,18 @@ fn netflix_case(file: Option<&Path>) -> Result<Value> {
     let set = match file {
         Some(p) => {
             let s = rbm::synthetic::read_binary(p)?;
-            out.insert("netflix_load_seconds".into(), json!(t.elapsed().as_secs_f64()));
+            out.insert(
+                "netflix_load_seconds".into(),
+                json!(t.elapsed().as_secs_f64()),
+            );
             s
         }
         None => {
             let s = generate_planted(&PlantedSpec::netflix(0))?;
-            out.insert("netflix_generate_seconds".into(), json!(t.elapsed().as_secs_f64()));
+            out.insert(
+                "netflix_generate_seconds".into(),
+                json!(t.elapsed().as_secs_f64()),
+            );
             s
         }
     };

@@ -366,6 +366,148 @@ struct StepCfg {
 
 const OPT_CHUNK: usize = 4096;
 
+macro_rules! simd_wrapper {
+    ($name:ident, $method:ident, ($($arg:ident : $t:ty),*) -> $ret:ty) => {
+        /// Calls the method of the same name, compiled for AVX2 when the CPU has it.
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        fn $name(model: &RatingRbm, $($arg: $t),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2(model: &RatingRbm, $($arg: $t),*) -> $ret {
+                    model.$method($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2(model, $($arg),*) };
+                }
+            }
+            model.$method($($arg),*)
+        }
+    };
+}
+
+simd_wrapper!(simd_case_positive, case_positive, (items: &[u32], classes: &[u8], implicit: &[u32],
+    rng: &mut Stream, base: &mut [f32], p0: &mut [f32], h: &mut [f32]) -> ());
+simd_wrapper!(simd_item_negative, item_negative, (i: usize, ents: &[(u32, u32, u8)], h: &[f32],
+    negative: NegativePhase, last: bool, rng: &mut Stream, z: &mut [f32]) -> f64);
+simd_wrapper!(simd_case_negative_hidden, case_negative_hidden, (items: &[u32], pos: &[u32],
+    zbi: &[f32], base: &[f32], p1: &mut [f32], vneg: &mut [f32]) -> ());
+
+/// The fused momentum step of one visible unit: parameters, velocities and their configs.
+pub(crate) struct ItemMomentum<'a> {
+    w: &'a mut [f32],
+    vw: &'a mut [f32],
+    b: &'a mut [f32],
+    vb: &'a mut [f32],
+    wcfg: &'a StepCfg,
+    bcfg: &'a StepCfg,
+}
+
+/// Phase 2 for one visible unit: its W and b gradient (ascent direction, averaged over the
+/// batch) from its ratings `ents` into `gwi`/`gbi`, summed in a fixed order; with `step`, the
+/// momentum update of that unit follows at once while the block is in cache (the same
+/// arithmetic as [`opt_step`], so the result is bit-identical to the unfused path).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn item_step_body(
+    ents: &[(u32, u32, u8)],
+    p0: &[f32],
+    p1: &[f32],
+    vneg: &[f32],
+    inv_b: f32,
+    gwi: &mut [f32],
+    gbi: &mut [f32],
+    step: Option<ItemMomentum<'_>>,
+) {
+    let (k, m) = (gbi.len(), gwi.len() / gbi.len());
+    gwi.fill(0.0);
+    gbi.fill(0.0);
+    for &(n, r, cl) in ents {
+        let (n, r, cl) = (n as usize, r as usize, cl as usize);
+        let a = &p0[n * m..(n + 1) * m];
+        let bneg = &p1[n * m..(n + 1) * m];
+        axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
+        gbi[cl] += inv_b;
+        for (kk, &v) in vneg[r * k..(r + 1) * k].iter().enumerate() {
+            if v != 0.0 {
+                axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
+                gbi[kk] -= v * inv_b;
+            }
+        }
+    }
+    if let Some(st) = step {
+        let c = st.wcfg;
+        for n in 0..gwi.len() {
+            st.vw[n] = c.momentum * st.vw[n] + c.lr * (gwi[n] - c.decay * st.w[n]);
+            st.w[n] += st.vw[n];
+        }
+        let c = st.bcfg;
+        for n in 0..gbi.len() {
+            st.vb[n] = c.momentum * st.vb[n] + c.lr * (gbi[n] - c.decay * st.b[n]);
+            st.b[n] += st.vb[n];
+        }
+    }
+}
+
+/// [`item_step_body`], compiled for AVX2 when the CPU has it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn item_step(
+    ents: &[(u32, u32, u8)],
+    p0: &[f32],
+    p1: &[f32],
+    vneg: &[f32],
+    inv_b: f32,
+    gwi: &mut [f32],
+    gbi: &mut [f32],
+    step: Option<ItemMomentum<'_>>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn avx2(
+            ents: &[(u32, u32, u8)],
+            p0: &[f32],
+            p1: &[f32],
+            vneg: &[f32],
+            inv_b: f32,
+            gwi: &mut [f32],
+            gbi: &mut [f32],
+            step: Option<ItemMomentum<'_>>,
+        ) {
+            item_step_body(ents, p0, p1, vneg, inv_b, gwi, gbi, step)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(ents, p0, p1, vneg, inv_b, gwi, gbi, step) };
+        }
+    }
+    item_step_body(ents, p0, p1, vneg, inv_b, gwi, gbi, step)
+}
+
+/// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
+/// inside it use 8-wide vectors (without FMA contraction the results are bit-identical to the
+/// baseline SSE2 build; only the speed changes).
+#[inline(always)]
+fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// One optimizer step on `p` with ascent direction `g` (already averaged over the batch).
 fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool) {
     if adam {
@@ -378,22 +520,26 @@ fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool) {
             .zip(s.m1.par_chunks_mut(OPT_CHUNK))
             .zip(s.m2.par_chunks_mut(OPT_CHUNK))
             .for_each(|(((p, g), m1), m2)| {
-                for n in 0..p.len() {
-                    let gr = g[n] - cfg.decay * p[n];
-                    m1[n] = b1 * m1[n] + (1.0 - b1) * gr;
-                    m2[n] = b2 * m2[n] + (1.0 - b2) * gr * gr;
-                    p[n] += lr * m1[n] / (m2[n].sqrt() + eps);
-                }
+                with_simd(|| {
+                    for n in 0..p.len() {
+                        let gr = g[n] - cfg.decay * p[n];
+                        m1[n] = b1 * m1[n] + (1.0 - b1) * gr;
+                        m2[n] = b2 * m2[n] + (1.0 - b2) * gr * gr;
+                        p[n] += lr * m1[n] / (m2[n].sqrt() + eps);
+                    }
+                })
             });
     } else {
         p.par_chunks_mut(OPT_CHUNK)
             .zip(g.par_chunks(OPT_CHUNK))
             .zip(s.m1.par_chunks_mut(OPT_CHUNK))
             .for_each(|((p, g), v)| {
-                for n in 0..p.len() {
-                    v[n] = cfg.momentum * v[n] + cfg.lr * (g[n] - cfg.decay * p[n]);
-                    p[n] += v[n];
-                }
+                with_simd(|| {
+                    for n in 0..p.len() {
+                        v[n] = cfg.momentum * v[n] + cfg.lr * (g[n] - cfg.decay * p[n]);
+                        p[n] += v[n];
+                    }
+                })
             });
     }
 }
@@ -412,22 +558,164 @@ fn add(y: &mut [f32], x: &[f32]) {
     }
 }
 
-/// Dot product with 8 independent accumulators so it vectorizes.
+/// Dot product with 16 independent accumulators so it vectorizes and hides add latency.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
+        for l in 0..16 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut s = acc.iter().sum::<f32>();
+    let mut s = 0.0;
+    for l in 0..8 {
+        acc[l] += acc[l + 8];
+    }
+    for v in acc[..8].iter() {
+        s += v;
+    }
     for (x, y) in ra.iter().zip(rb) {
         s += x * y;
     }
     s
+}
+
+/// Four dot products of `h` with the consecutive rows of `w` (4 × len(h)) in one pass, so `h`
+/// is loaded once and the four accumulator chains overlap.
+#[inline(always)]
+fn dot4(h: &[f32], w: &[f32], out: &mut [f32]) {
+    let m = h.len();
+    let (w0, w1, w2, w3) = (&w[..m], &w[m..2 * m], &w[2 * m..3 * m], &w[3 * m..4 * m]);
+    let (mut c0, mut c1, mut c2, mut c3) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+    for ((((x, a0), a1), a2), a3) in h
+        .chunks_exact(8)
+        .zip(w0.chunks_exact(8))
+        .zip(w1.chunks_exact(8))
+        .zip(w2.chunks_exact(8))
+        .zip(w3.chunks_exact(8))
+    {
+        for l in 0..8 {
+            c0[l] += x[l] * a0[l];
+            c1[l] += x[l] * a1[l];
+            c2[l] += x[l] * a2[l];
+            c3[l] += x[l] * a3[l];
+        }
+    }
+    let n8 = m / 8 * 8;
+    let acc = [c0, c1, c2, c3];
+    for (r, wr) in [w0, w1, w2, w3].iter().enumerate() {
+        let mut s = 0.0;
+        for v in acc[r].iter() {
+            s += v;
+        }
+        for jj in n8..m {
+            s += h[jj] * wr[jj];
+        }
+        out[r] = s;
+    }
+}
+
+/// True when the CPU has AVX2 and FMA (cached by the standard library).
+#[inline(always)]
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, four rows per pass over `h` with
+/// fused multiply-adds (AVX2 + FMA; the caller checks [`avx2_fma`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_rows_avx2(h: &[f32], w: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let m = h.len();
+    let rows = out.len();
+    assert!(w.len() >= rows * m);
+    let n8 = m / 8 * 8;
+    let hsum = |v: __m256| -> f32 {
+        let mut a = [0.0f32; 8];
+        // SAFETY: `a` holds 8 floats.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+    };
+    let hp = h.as_ptr();
+    let wp = w.as_ptr();
+    let mut r = 0;
+    while r + 4 <= rows {
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut j = 0;
+        while j < n8 {
+            // SAFETY: j + 8 <= m and rows r..r+4 lie within w (asserted above).
+            unsafe {
+                let x = _mm256_loadu_ps(hp.add(j));
+                a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add(r * m + j)), a0);
+                a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((r + 1) * m + j)), a1);
+                a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((r + 2) * m + j)), a2);
+                a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((r + 3) * m + j)), a3);
+            }
+            j += 8;
+        }
+        for (q, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+            let row = &w[(r + q) * m..(r + q + 1) * m];
+            let mut s = hsum(a);
+            for jj in n8..m {
+                s += h[jj] * row[jj];
+            }
+            out[r + q] = s;
+        }
+        r += 4;
+    }
+    while r < rows {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut j = 0;
+        while j + 16 <= n8 {
+            // SAFETY: j + 16 <= m and row r lies within w.
+            unsafe {
+                a0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(hp.add(j)),
+                    _mm256_loadu_ps(wp.add(r * m + j)),
+                    a0,
+                );
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(hp.add(j + 8)),
+                    _mm256_loadu_ps(wp.add(r * m + j + 8)),
+                    a1,
+                );
+            }
+            j += 16;
+        }
+        while j < n8 {
+            // SAFETY: j + 8 <= m.
+            unsafe {
+                a0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(hp.add(j)),
+                    _mm256_loadu_ps(wp.add(r * m + j)),
+                    a0,
+                );
+            }
+            j += 8;
+        }
+        let row = &w[r * m..(r + 1) * m];
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        for jj in n8..m {
+            s += h[jj] * row[jj];
+        }
+        out[r] = s;
+        r += 1;
+    }
 }
 
 /// In-place softmax; returns nothing, `z` holds probabilities after.
@@ -453,7 +741,9 @@ pub(crate) struct BatchGrad {
     /// Negative-phase visible units, K per rating of the batch.
     pub(crate) vneg: Vec<f32>,
     rec_off: Vec<usize>,
-    err_per_case: Vec<f64>,
+    pos_of: Vec<u32>,
+    zbi: Vec<f32>,
+    err_item: Vec<f64>,
     by_item_ptr: Vec<usize>,
     by_item: Vec<(u32, u32, u8)>,
     imp_ptr: Vec<usize>,
@@ -476,7 +766,9 @@ impl BatchGrad {
             base: vec![0.0; bs * m],
             vneg: Vec::new(),
             rec_off: Vec::with_capacity(bs + 1),
-            err_per_case: vec![0.0; bs],
+            pos_of: Vec::new(),
+            zbi: Vec::new(),
+            err_item: Vec::new(),
             by_item_ptr: vec![0; d + 1],
             by_item: Vec::new(),
             imp_ptr: vec![0; d + 1],
@@ -491,15 +783,6 @@ impl BatchGrad {
             },
         }
     }
-}
-
-/// Per-case slots of one mini-batch (phase 1 writes them, phase 2 reads them).
-struct CaseWork<'a> {
-    case: usize,
-    p0: &'a mut [f32],
-    p1: &'a mut [f32],
-    base: &'a mut [f32],
-    vneg: &'a mut [f32],
 }
 
 impl RatingRbm {
@@ -694,95 +977,142 @@ impl RatingRbm {
         }
     }
 
-    /// Phase 1 for one case: the CD-T chain. Writes p(h|v⁰) into `p0`, p(h|vᵀ) into `p1`, the
-    /// negative visible (one-hot samples or probabilities, K per rated item) into `vneg`, and
-    /// c + implicit input into `base`. Returns the squared reconstruction error.
-    #[allow(clippy::too_many_arguments)]
-    fn chain(
+    /// Positive phase of one case: `base` = c + implicit input, `p0` = p(h|v⁰), and h⁰ ~ p0
+    /// sampled into `h`.
+    #[inline(always)]
+    fn case_positive(
         &self,
         items: &[u32],
         classes: &[u8],
         implicit: &[u32],
-        t_steps: usize,
-        negative: NegativePhase,
         rng: &mut Stream,
-        w: &mut CaseWork<'_>,
-    ) -> f64 {
+        base: &mut [f32],
+        p0: &mut [f32],
+        h: &mut [f32],
+    ) {
         let (k, m) = (self.k, self.m);
-        w.base.copy_from_slice(&self.c);
+        base.copy_from_slice(&self.c);
         if let Some(dm) = &self.dmat {
             for &i in implicit {
-                add(w.base, &dm[i as usize * m..(i as usize + 1) * m]);
+                add(base, &dm[i as usize * m..(i as usize + 1) * m]);
             }
         }
-        w.p0.copy_from_slice(w.base);
+        p0.copy_from_slice(base);
         for (&i, &cl) in items.iter().zip(classes) {
             let o = (i as usize * k + cl as usize) * m;
-            add(w.p0, &self.w[o..o + m]);
+            add(p0, &self.w[o..o + m]);
         }
-        for x in w.p0.iter_mut() {
+        for x in p0.iter_mut() {
             *x = sigmoid(*x);
         }
-        // h⁰ ~ p0, held in the p1 slot while the visible layer is reconstructed.
-        w.p1.copy_from_slice(w.p0);
-        rng.bernoulli_in_place(w.p1);
+        h.copy_from_slice(p0);
+        rng.bernoulli_in_place(h);
+    }
+
+    /// Negative visible step of one item for all its ratings in the batch (item-major, so the
+    /// item's K×M block is read once per batch, not once per rating): softmax over K of
+    /// b + W·h for each rating's case, sampled (or kept as probabilities) into `z`.
+    /// Returns the squared reconstruction error when `last`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn item_negative(
+        &self,
+        i: usize,
+        ents: &[(u32, u32, u8)],
+        h: &[f32],
+        negative: NegativePhase,
+        last: bool,
+        rng: &mut Stream,
+        z: &mut [f32],
+    ) -> f64 {
+        let (k, m) = (self.k, self.m);
+        let wi = &self.w[i * k * m..(i + 1) * k * m];
+        let bi = &self.b[i * k..(i + 1) * k];
+        let fast = avx2_fma();
         let mut err = 0.0f64;
-        for t in 0..t_steps {
-            for (r, &i) in items.iter().enumerate() {
-                let z = &mut w.vneg[r * k..(r + 1) * k];
-                for (kk, zk) in z.iter_mut().enumerate() {
-                    let o = (i as usize * k + kk) * m;
-                    *zk = self.b[i as usize * k + kk] + dot(w.p1, &self.w[o..o + m]);
+        for (e, &(n, _, cl)) in ents.iter().enumerate() {
+            let hn = &h[n as usize * m..(n as usize + 1) * m];
+            let z = &mut z[e * k..(e + 1) * k];
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
+                unsafe { dot_rows_avx2(hn, wi, z) };
+            }
+            if !fast {
+                let mut kk = 0;
+                while kk + 4 <= k {
+                    dot4(hn, &wi[kk * m..(kk + 4) * m], &mut z[kk..kk + 4]);
+                    kk += 4;
                 }
-                softmax(z);
-                if t + 1 == t_steps {
-                    let cl = classes[r] as usize;
-                    for (kk, &p) in z.iter().enumerate() {
-                        let target = if kk == cl { 1.0 } else { 0.0 };
-                        err += f64::from((target - p) * (target - p));
-                    }
-                }
-                if negative == NegativePhase::Sample {
-                    let u = rng.uniform();
-                    let mut acc = 0.0;
-                    let mut pick = k - 1;
-                    for (kk, &p) in z.iter().enumerate() {
-                        acc += p;
-                        if u < acc {
-                            pick = kk;
-                            break;
-                        }
-                    }
-                    z.fill(0.0);
-                    z[pick] = 1.0;
+                for kk in kk..k {
+                    z[kk] = dot(hn, &wi[kk * m..(kk + 1) * m]);
                 }
             }
-            w.p1.copy_from_slice(w.base);
-            for (r, &i) in items.iter().enumerate() {
-                let z = &w.vneg[r * k..(r + 1) * k];
+            for kk in 0..k {
+                z[kk] += bi[kk];
+            }
+            softmax(z);
+            if last {
+                let cl = cl as usize;
                 for (kk, &p) in z.iter().enumerate() {
-                    if p != 0.0 {
-                        let o = (i as usize * k + kk) * m;
-                        axpy(w.p1, p, &self.w[o..o + m]);
-                    }
+                    let target = if kk == cl { 1.0 } else { 0.0 };
+                    err += f64::from((target - p) * (target - p));
                 }
             }
-            for x in w.p1.iter_mut() {
-                *x = sigmoid(*x);
-            }
-            if t + 1 < t_steps {
-                rng.bernoulli_in_place(w.p1);
+            if negative == NegativePhase::Sample {
+                let u = rng.uniform();
+                let mut acc = 0.0;
+                let mut pick = k - 1;
+                for (kk, &p) in z.iter().enumerate() {
+                    acc += p;
+                    if u < acc {
+                        pick = kk;
+                        break;
+                    }
+                }
+                z.fill(0.0);
+                z[pick] = 1.0;
             }
         }
         err
     }
 
-    /// One mini-batch's CD-T gradient (ascent direction, averaged over the batch) into `g`:
-    /// phase 1 runs each case's chain in parallel, phase 2 sums each visible unit's statistics
-    /// over the batch in a fixed order. `key` = (seed, epoch, batch) keys the random streams.
-    /// Returns (squared reconstruction error, ratings in the batch).
+    /// Negative hidden step of one case: p(h|vᵗ) from the case's reconstructed visible units
+    /// (read from the item-major `zbi` through `pos`), copied into the case's own `vneg` slot.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn batch_gradient(
+    #[inline(always)]
+    fn case_negative_hidden(
+        &self,
+        items: &[u32],
+        pos: &[u32],
+        zbi: &[f32],
+        base: &[f32],
+        p1: &mut [f32],
+        vneg: &mut [f32],
+    ) {
+        let (k, m) = (self.k, self.m);
+        p1.copy_from_slice(base);
+        for (r, &i) in items.iter().enumerate() {
+            let p = pos[r] as usize;
+            let z = &zbi[p * k..(p + 1) * k];
+            vneg[r * k..(r + 1) * k].copy_from_slice(z);
+            for (kk, &pz) in z.iter().enumerate() {
+                if pz != 0.0 {
+                    let o = (i as usize * k + kk) * m;
+                    axpy(p1, pz, &self.w[o..o + m]);
+                }
+            }
+        }
+        for x in p1.iter_mut() {
+            *x = sigmoid(*x);
+        }
+    }
+
+    /// Phase 1 of a mini-batch: the CD-T chains, leaving p(h|v⁰), p(h|vᵀ), the negative
+    /// visible units and the per-unit index of the batch's ratings in `g`. Returns (squared
+    /// reconstruction error, ratings in the batch).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_chains(
         &self,
         cases: &Csr,
         implicit: &Csr,
@@ -799,21 +1129,17 @@ impl RatingRbm {
             base,
             vneg,
             rec_off,
-            err_per_case,
+            pos_of,
+            zbi,
+            err_item,
             by_item_ptr,
             by_item,
-            imp_ptr,
-            imp_ent,
-            gw,
-            gb,
-            gc,
-            gd,
+            ..
         } = g;
         if p0.len() < batch.len() * m {
             p0.resize(batch.len() * m, 0.0);
             p1.resize(batch.len() * m, 0.0);
             base.resize(batch.len() * m, 0.0);
-            err_per_case.resize(batch.len(), 0.0);
         }
         let nb = batch.len();
         rec_off.clear();
@@ -824,41 +1150,8 @@ impl RatingRbm {
         let nr = *rec_off.last().unwrap();
         vneg.resize(nr * k, 0.0);
 
-        // Phase 1: the chains, in parallel over cases, each in its own slots.
-        {
-            let mut work: Vec<CaseWork<'_>> = Vec::with_capacity(nb);
-            let mut rest_v: &mut [f32] = &mut vneg[..];
-            for ((((&p, a), b), c), n) in batch
-                .iter()
-                .zip(p0.chunks_mut(m))
-                .zip(p1.chunks_mut(m))
-                .zip(base.chunks_mut(m))
-                .zip(0..)
-            {
-                let len = (rec_off[n + 1] - rec_off[n]) * k;
-                let (v, r) = std::mem::take(&mut rest_v).split_at_mut(len);
-                rest_v = r;
-                work.push(CaseWork {
-                    case: p,
-                    p0: a,
-                    p1: b,
-                    base: c,
-                    vneg: v,
-                });
-            }
-            let model = &self;
-            work.par_iter_mut()
-                .zip(err_per_case[..nb].par_iter_mut())
-                .for_each(|(w, e)| {
-                    let (items, classes) = cases.row(w.case);
-                    let imp = implicit.row(w.case).0;
-                    let mut rng = Stream::new(key.0, Purpose::Train, key.1, key.2, w.case as u64);
-                    *e = model.chain(items, classes, imp, t_steps, negative, &mut rng, w);
-                });
-        }
-        let err = err_per_case[..nb].iter().sum::<f64>();
-
-        // Index the batch's ratings by visible unit (counting sort, fixed order).
+        // Index the batch's ratings by visible unit (counting sort, fixed order); `pos_of`
+        // maps a rating (case-major) to its place in the item-major order.
         by_item_ptr.fill(0);
         for &p in batch {
             for &i in cases.row(p).0 {
@@ -869,6 +1162,7 @@ impl RatingRbm {
             by_item_ptr[i + 1] += by_item_ptr[i];
         }
         by_item.resize(nr, (0, 0, 0));
+        pos_of.resize(nr, 0);
         {
             let mut fill = by_item_ptr.clone();
             for (n, &p) in batch.iter().enumerate() {
@@ -876,36 +1170,110 @@ impl RatingRbm {
                 for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
                     let slot = &mut fill[i as usize];
                     by_item[*slot] = (n as u32, (rec_off[n] + r) as u32, cl);
+                    pos_of[rec_off[n] + r] = *slot as u32;
                     *slot += 1;
                 }
             }
         }
+        zbi.resize(nr * k, 0.0);
+        err_item.resize(d, 0.0);
 
-        // Phase 2: gradients, in parallel over visible units.
-        let inv_b = 1.0 / nb as f32;
-        {
-            let (p0, p1, vneg, by_item, by_item_ptr) = (&p0, &p1, &vneg, &by_item, &by_item_ptr);
-            gw.par_chunks_mut(k * m)
-                .zip(gb.par_chunks_mut(k))
+        // Phase 1, in three parallel sweeps per Gibbs step: positive phase over cases, visible
+        // reconstruction over items, hidden probabilities over cases. Streams are keyed by
+        // (case, step) and (item, step), so no draw depends on the thread schedule.
+        let model = &self;
+        let case_rng = |n: usize, t: usize| {
+            Stream::new(
+                key.0,
+                Purpose::Train,
+                key.1,
+                key.2,
+                ((batch[n] as u64) << 16) | t as u64,
+            )
+        };
+        p0[..nb * m]
+            .par_chunks_mut(m)
+            .zip(p1[..nb * m].par_chunks_mut(m))
+            .zip(base[..nb * m].par_chunks_mut(m))
+            .enumerate()
+            .for_each(|(n, ((p0, h), base))| {
+                let (items, classes) = cases.row(batch[n]);
+                let imp = implicit.row(batch[n]).0;
+                let mut rng = case_rng(n, 0);
+                simd_case_positive(model, items, classes, imp, &mut rng, base, p0, h);
+            });
+        let mut err = 0.0f64;
+        for t in 0..t_steps {
+            let last = t + 1 == t_steps;
+            {
+                let mut jobs: Vec<(usize, &mut [f32], &mut f64)> = Vec::new();
+                let mut rest: &mut [f32] = &mut zbi[..nr * k];
+                for (i, e) in err_item.iter_mut().enumerate() {
+                    let len = (by_item_ptr[i + 1] - by_item_ptr[i]) * k;
+                    *e = 0.0;
+                    if len > 0 {
+                        let (z, r) = std::mem::take(&mut rest).split_at_mut(len);
+                        rest = r;
+                        jobs.push((i, z, e));
+                    }
+                }
+                let (h, by_item, by_item_ptr) = (&p1[..nb * m], &by_item[..], &by_item_ptr[..]);
+                jobs.into_par_iter().for_each(|(i, z, e)| {
+                    let ents = &by_item[by_item_ptr[i]..by_item_ptr[i + 1]];
+                    let mut rng = Stream::new(
+                        key.0,
+                        Purpose::Train,
+                        key.1,
+                        key.2,
+                        (1u64 << 62) | ((i as u64) << 16) | t as u64,
+                    );
+                    *e = simd_item_negative(model, i, ents, h, negative, last, &mut rng, z);
+                });
+            }
+            if last {
+                err = err_item.iter().sum::<f64>();
+            }
+            let mut vslots: Vec<&mut [f32]> = Vec::with_capacity(nb);
+            let mut rest: &mut [f32] = &mut vneg[..nr * k];
+            for n in 0..nb {
+                let (v, r) =
+                    std::mem::take(&mut rest).split_at_mut((rec_off[n + 1] - rec_off[n]) * k);
+                rest = r;
+                vslots.push(v);
+            }
+            let (zbi, pos_of, rec_off) = (&zbi[..], &pos_of[..], &rec_off[..]);
+            p1[..nb * m]
+                .par_chunks_mut(m)
+                .zip(base[..nb * m].par_chunks(m))
+                .zip(vslots.into_par_iter())
                 .enumerate()
-                .for_each(|(i, (gwi, gbi))| {
-                    gwi.fill(0.0);
-                    gbi.fill(0.0);
-                    for &(n, r, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
-                        let (n, r, cl) = (n as usize, r as usize, cl as usize);
-                        let a = &p0[n * m..(n + 1) * m];
-                        let bneg = &p1[n * m..(n + 1) * m];
-                        axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
-                        gbi[cl] += inv_b;
-                        for (kk, &v) in vneg[r * k..(r + 1) * k].iter().enumerate() {
-                            if v != 0.0 {
-                                axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
-                                gbi[kk] -= v * inv_b;
-                            }
-                        }
+                .for_each(|(n, ((p1, base), vn))| {
+                    let items = cases.row(batch[n]).0;
+                    let pos = &pos_of[rec_off[n]..rec_off[n + 1]];
+                    simd_case_negative_hidden(model, items, pos, zbi, base, p1, vn);
+                    if !last {
+                        case_rng(n, t + 1).bernoulli_in_place(p1);
                     }
                 });
         }
+
+        (err, nr)
+    }
+
+    /// The hidden-bias gradient (and the conditional D's) from the slots [`Self::batch_chains`]
+    /// filled.
+    fn hidden_grads(&self, implicit: &Csr, batch: &[usize], g: &mut BatchGrad) {
+        let (d, m, nb) = (self.d, self.m, batch.len());
+        let inv_b = 1.0 / nb as f32;
+        let BatchGrad {
+            p0,
+            p1,
+            imp_ptr,
+            imp_ent,
+            gc,
+            gd,
+            ..
+        } = g;
         gc.fill(0.0);
         for n in 0..nb {
             for j in 0..m {
@@ -941,8 +1309,46 @@ impl RatingRbm {
                 }
             });
         }
+    }
 
-        (err, nr)
+    /// One mini-batch's CD-T gradient (ascent direction, averaged over the batch) into `g`:
+    /// the chains ([`Self::batch_chains`]), then each visible unit's statistics summed over
+    /// the batch in a fixed order, in parallel over units. `key` = (seed, epoch, batch) keys
+    /// the random streams. Returns (squared reconstruction error, ratings in the batch).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn batch_gradient(
+        &self,
+        cases: &Csr,
+        implicit: &Csr,
+        batch: &[usize],
+        t_steps: usize,
+        negative: NegativePhase,
+        key: (u64, u64, u64),
+        g: &mut BatchGrad,
+    ) -> (f64, usize) {
+        let out = self.batch_chains(cases, implicit, batch, t_steps, negative, key, g);
+        let (k, m) = (self.k, self.m);
+        let inv_b = 1.0 / batch.len() as f32;
+        let BatchGrad {
+            p0,
+            p1,
+            vneg,
+            by_item,
+            by_item_ptr,
+            gw,
+            gb,
+            ..
+        } = g;
+        let (p0, p1, vneg, by_item, by_item_ptr) = (&p0, &p1, &vneg, &by_item, &by_item_ptr);
+        gw.par_chunks_mut(k * m)
+            .zip(gb.par_chunks_mut(k))
+            .enumerate()
+            .for_each(|(i, (gwi, gbi))| {
+                let ents = &by_item[by_item_ptr[i]..by_item_ptr[i + 1]];
+                item_step(ents, p0, p1, vneg, inv_b, gwi, gbi, None);
+            });
+        self.hidden_grads(implicit, batch, g);
+        out
     }
 
     /// Trains a model from scratch with CD-T; calls `progress` after every epoch.
@@ -1021,20 +1427,6 @@ impl RatingRbm {
             for (bi, chunk) in perm.chunks(bs).enumerate() {
                 batch_cases.clear();
                 batch_cases.extend(chunk.iter().map(|&p| active[p]));
-                let (err, nr) = self.batch_gradient(
-                    cases,
-                    implicit,
-                    &batch_cases,
-                    t_steps,
-                    params.negative,
-                    (params.seed, epoch as u64, bi as u64),
-                    &mut g,
-                );
-                err_sum += err;
-                n_rated += nr;
-                let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
-
-                // Optimizer steps.
                 adam_t += 1;
                 let wcfg = StepCfg {
                     lr: params.learning_rate,
@@ -1048,6 +1440,67 @@ impl RatingRbm {
                     momentum,
                     adam_t,
                 };
+                let key = (params.seed, epoch as u64, bi as u64);
+                if !adam && self.factors.is_none() {
+                    // Fused: each visible unit's gradient goes straight into its momentum
+                    // step while its K×M block is in cache (no D×K×M gradient pass).
+                    let (err, nr) = self.batch_chains(
+                        cases,
+                        implicit,
+                        &batch_cases,
+                        t_steps,
+                        params.negative,
+                        key,
+                        &mut g,
+                    );
+                    err_sum += err;
+                    n_rated += nr;
+                    let inv_b = 1.0 / batch_cases.len() as f32;
+                    let (p0, p1, vneg, by_item, by_item_ptr) =
+                        (&g.p0, &g.p1, &g.vneg, &g.by_item, &g.by_item_ptr);
+                    let (wc, bc) = (&wcfg, &bcfg);
+                    self.w
+                        .par_chunks_mut(k * m)
+                        .zip(s_w.m1.par_chunks_mut(k * m))
+                        .zip(self.b.par_chunks_mut(k))
+                        .zip(s_b.m1.par_chunks_mut(k))
+                        .enumerate()
+                        .for_each_init(
+                            || (vec![0.0f32; k * m], vec![0.0f32; k]),
+                            |(gwi, gbi), (i, (((w, vw), b), vb))| {
+                                let ents = &by_item[by_item_ptr[i]..by_item_ptr[i + 1]];
+                                let step = ItemMomentum {
+                                    w,
+                                    vw,
+                                    b,
+                                    vb,
+                                    wcfg: wc,
+                                    bcfg: bc,
+                                };
+                                item_step(ents, p0, p1, vneg, inv_b, gwi, gbi, Some(step));
+                            },
+                        );
+                    self.hidden_grads(implicit, &batch_cases, &mut g);
+                    opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
+                    if let Some(dm) = &mut self.dmat {
+                        opt_step(dm, &g.gd, &mut s_d, &wcfg, adam);
+                    }
+                    continue;
+                }
+                let (err, nr) = self.batch_gradient(
+                    cases,
+                    implicit,
+                    &batch_cases,
+                    t_steps,
+                    params.negative,
+                    key,
+                    &mut g,
+                );
+                err_sum += err;
+                n_rated += nr;
+                let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
+
+                // Optimizer steps.
                 match &mut self.factors {
                     None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam),
                     Some((cf, a, bf)) => {
