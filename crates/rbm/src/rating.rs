@@ -366,6 +366,10 @@ struct StepCfg {
 
 const OPT_CHUNK: usize = 4096;
 
+/// Fixed number of visible-unit chunks in the item-major sweeps (independent of the thread
+/// count, so results are too).
+const N_CHUNKS: usize = 8;
+
 macro_rules! simd_wrapper {
     ($name:ident, $method:ident, ($($arg:ident : $t:ty),*) -> $ret:ty) => {
         /// Calls the method of the same name, compiled for AVX2 when the CPU has it.
@@ -389,12 +393,11 @@ macro_rules! simd_wrapper {
     };
 }
 
-simd_wrapper!(simd_case_positive, case_positive, (items: &[u32], classes: &[u8], implicit: &[u32],
-    rng: &mut Stream, base: &mut [f32], p0: &mut [f32], h: &mut [f32]) -> ());
-simd_wrapper!(simd_item_negative, item_negative, (i: usize, ents: &[(u32, u32, u8)], h: &[f32],
-    negative: NegativePhase, last: bool, rng: &mut Stream, z: &mut [f32]) -> f64);
-simd_wrapper!(simd_case_negative_hidden, case_negative_hidden, (items: &[u32], pos: &[u32],
-    zbi: &[f32], base: &[f32], p1: &mut [f32], vneg: &mut [f32]) -> ());
+simd_wrapper!(simd_chunk_positive, chunk_positive, (i0: usize, i1: usize,
+    by_item: &[(u32, u32, u8)], by_item_ptr: &[usize], acc: &mut [f32]) -> ());
+simd_wrapper!(simd_chunk_negative, chunk_negative, (i0: usize, i1: usize,
+    by_item: &[(u32, u32, u8)], by_item_ptr: &[usize], h: &[f32], negative: NegativePhase,
+    last: bool, rngkey: (u64, u64, u64, usize), z: &mut [f32], acc: &mut [f32]) -> f64);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
 pub(crate) struct ItemMomentum<'a> {
@@ -407,7 +410,7 @@ pub(crate) struct ItemMomentum<'a> {
 }
 
 /// Phase 2 for one visible unit: its W and b gradient (ascent direction, averaged over the
-/// batch) from its ratings `ents` into `gwi`/`gbi`, summed in a fixed order; with `step`, the
+/// batch) from its ratings `ents` and their negative visible units `zi` (K each) into `gwi`/`gbi`, summed in a fixed order; with `step`, the
 /// momentum update of that unit follows at once while the block is in cache (the same
 /// arithmetic as [`opt_step`], so the result is bit-identical to the unfused path).
 #[allow(clippy::too_many_arguments)]
@@ -416,7 +419,7 @@ fn item_step_body(
     ents: &[(u32, u32, u8)],
     p0: &[f32],
     p1: &[f32],
-    vneg: &[f32],
+    zi: &[f32],
     inv_b: f32,
     gwi: &mut [f32],
     gbi: &mut [f32],
@@ -425,13 +428,13 @@ fn item_step_body(
     let (k, m) = (gbi.len(), gwi.len() / gbi.len());
     gwi.fill(0.0);
     gbi.fill(0.0);
-    for &(n, r, cl) in ents {
-        let (n, r, cl) = (n as usize, r as usize, cl as usize);
+    for (e, &(n, _, cl)) in ents.iter().enumerate() {
+        let (n, cl) = (n as usize, cl as usize);
         let a = &p0[n * m..(n + 1) * m];
         let bneg = &p1[n * m..(n + 1) * m];
         axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
         gbi[cl] += inv_b;
-        for (kk, &v) in vneg[r * k..(r + 1) * k].iter().enumerate() {
+        for (kk, &v) in zi[e * k..(e + 1) * k].iter().enumerate() {
             if v != 0.0 {
                 axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
                 gbi[kk] -= v * inv_b;
@@ -459,7 +462,7 @@ fn item_step(
     ents: &[(u32, u32, u8)],
     p0: &[f32],
     p1: &[f32],
-    vneg: &[f32],
+    zi: &[f32],
     inv_b: f32,
     gwi: &mut [f32],
     gbi: &mut [f32],
@@ -473,20 +476,20 @@ fn item_step(
             ents: &[(u32, u32, u8)],
             p0: &[f32],
             p1: &[f32],
-            vneg: &[f32],
+            zi: &[f32],
             inv_b: f32,
             gwi: &mut [f32],
             gbi: &mut [f32],
             step: Option<ItemMomentum<'_>>,
         ) {
-            item_step_body(ents, p0, p1, vneg, inv_b, gwi, gbi, step)
+            item_step_body(ents, p0, p1, zi, inv_b, gwi, gbi, step)
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(ents, p0, p1, vneg, inv_b, gwi, gbi, step) };
+            return unsafe { avx2(ents, p0, p1, zi, inv_b, gwi, gbi, step) };
         }
     }
-    item_step_body(ents, p0, p1, vneg, inv_b, gwi, gbi, step)
+    item_step_body(ents, p0, p1, zi, inv_b, gwi, gbi, step)
 }
 
 /// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
@@ -742,8 +745,11 @@ pub(crate) struct BatchGrad {
     pub(crate) vneg: Vec<f32>,
     rec_off: Vec<usize>,
     pos_of: Vec<u32>,
-    zbi: Vec<f32>,
+    /// Negative visible units in the batch's item-major order, K per rating.
+    pub(crate) zbi: Vec<f32>,
     err_item: Vec<f64>,
+    chunk_bounds: Vec<usize>,
+    acc: Vec<f32>,
     by_item_ptr: Vec<usize>,
     by_item: Vec<(u32, u32, u8)>,
     imp_ptr: Vec<usize>,
@@ -769,6 +775,8 @@ impl BatchGrad {
             pos_of: Vec::new(),
             zbi: Vec::new(),
             err_item: Vec::new(),
+            chunk_bounds: Vec::new(),
+            acc: Vec::new(),
             by_item_ptr: vec![0; d + 1],
             by_item: Vec::new(),
             imp_ptr: vec![0; d + 1],
@@ -977,36 +985,78 @@ impl RatingRbm {
         }
     }
 
-    /// Positive phase of one case: `base` = c + implicit input, `p0` = p(h|v⁰), and h⁰ ~ p0
-    /// sampled into `h`.
+    /// Positive pass over one chunk of visible units (item-major, so W is read as a stream):
+    /// adds W[i, class] into the chunk's per-case accumulator `acc` (nb × M) for every rating.
     #[inline(always)]
-    fn case_positive(
+    fn chunk_positive(
         &self,
-        items: &[u32],
-        classes: &[u8],
-        implicit: &[u32],
-        rng: &mut Stream,
-        base: &mut [f32],
-        p0: &mut [f32],
-        h: &mut [f32],
+        i0: usize,
+        i1: usize,
+        by_item: &[(u32, u32, u8)],
+        by_item_ptr: &[usize],
+        acc: &mut [f32],
     ) {
         let (k, m) = (self.k, self.m);
-        base.copy_from_slice(&self.c);
-        if let Some(dm) = &self.dmat {
-            for &i in implicit {
-                add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+        acc.fill(0.0);
+        for i in i0..i1 {
+            for &(n, _, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
+                let o = (i * k + cl as usize) * m;
+                let n = n as usize;
+                add(&mut acc[n * m..(n + 1) * m], &self.w[o..o + m]);
             }
         }
-        p0.copy_from_slice(base);
-        for (&i, &cl) in items.iter().zip(classes) {
-            let o = (i as usize * k + cl as usize) * m;
-            add(p0, &self.w[o..o + m]);
+    }
+
+    /// Negative pass over one chunk of visible units: each rating's softmax reconstruction
+    /// from h (sampled or kept as probabilities) into `z` (item-major, K per rating), and its
+    /// contribution Σ_k z_k W[i, k] to the case's hidden input, accumulated in `acc` while the
+    /// item's block is in cache. Returns the squared reconstruction error when `last`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn chunk_negative(
+        &self,
+        i0: usize,
+        i1: usize,
+        by_item: &[(u32, u32, u8)],
+        by_item_ptr: &[usize],
+        h: &[f32],
+        negative: NegativePhase,
+        last: bool,
+        rngkey: (u64, u64, u64, usize),
+        z: &mut [f32],
+        acc: &mut [f32],
+    ) -> f64 {
+        let (k, m) = (self.k, self.m);
+        acc.fill(0.0);
+        let base_pos = by_item_ptr[i0];
+        let mut err = 0.0;
+        for i in i0..i1 {
+            let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
+            if a == b {
+                continue;
+            }
+            let ents = &by_item[a..b];
+            let zi = &mut z[(a - base_pos) * k..(b - base_pos) * k];
+            let mut rng = Stream::new(
+                rngkey.0,
+                Purpose::Train,
+                rngkey.1,
+                rngkey.2,
+                (1u64 << 62) | ((i as u64) << 16) | rngkey.3 as u64,
+            );
+            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi);
+            for (e, &(n, _, _)) in ents.iter().enumerate() {
+                let n = n as usize;
+                let an = &mut acc[n * m..(n + 1) * m];
+                for (kk, &pz) in zi[e * k..(e + 1) * k].iter().enumerate() {
+                    if pz != 0.0 {
+                        let o = (i * k + kk) * m;
+                        axpy(an, pz, &self.w[o..o + m]);
+                    }
+                }
+            }
         }
-        for x in p0.iter_mut() {
-            *x = sigmoid(*x);
-        }
-        h.copy_from_slice(p0);
-        rng.bernoulli_in_place(h);
+        err
     }
 
     /// Negative visible step of one item for all its ratings in the batch (item-major, so the
@@ -1077,37 +1127,6 @@ impl RatingRbm {
         err
     }
 
-    /// Negative hidden step of one case: p(h|vᵗ) from the case's reconstructed visible units
-    /// (read from the item-major `zbi` through `pos`), copied into the case's own `vneg` slot.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn case_negative_hidden(
-        &self,
-        items: &[u32],
-        pos: &[u32],
-        zbi: &[f32],
-        base: &[f32],
-        p1: &mut [f32],
-        vneg: &mut [f32],
-    ) {
-        let (k, m) = (self.k, self.m);
-        p1.copy_from_slice(base);
-        for (r, &i) in items.iter().enumerate() {
-            let p = pos[r] as usize;
-            let z = &zbi[p * k..(p + 1) * k];
-            vneg[r * k..(r + 1) * k].copy_from_slice(z);
-            for (kk, &pz) in z.iter().enumerate() {
-                if pz != 0.0 {
-                    let o = (i as usize * k + kk) * m;
-                    axpy(p1, pz, &self.w[o..o + m]);
-                }
-            }
-        }
-        for x in p1.iter_mut() {
-            *x = sigmoid(*x);
-        }
-    }
-
     /// Phase 1 of a mini-batch: the CD-T chains, leaving p(h|v⁰), p(h|vᵀ), the negative
     /// visible units and the per-unit index of the batch's ratings in `g`. Returns (squared
     /// reconstruction error, ratings in the batch).
@@ -1132,6 +1151,8 @@ impl RatingRbm {
             pos_of,
             zbi,
             err_item,
+            chunk_bounds,
+            acc,
             by_item_ptr,
             by_item,
             ..
@@ -1176,81 +1197,109 @@ impl RatingRbm {
             }
         }
         zbi.resize(nr * k, 0.0);
-        err_item.resize(d, 0.0);
+        err_item.resize(N_CHUNKS, 0.0);
+        // Fixed chunks of visible units with about equal numbers of ratings: each chunk sums
+        // into its own per-case accumulator, and the chunks are added in order, so the result
+        // does not depend on the thread count.
+        chunk_bounds.clear();
+        chunk_bounds.push(0);
+        for c in 1..N_CHUNKS {
+            let target = nr * c / N_CHUNKS;
+            let i = by_item_ptr.partition_point(|&p| p < target).min(d);
+            chunk_bounds.push(i.max(*chunk_bounds.last().unwrap()));
+        }
+        chunk_bounds.push(d);
+        acc.resize(N_CHUNKS * nb * m, 0.0);
 
-        // Phase 1, in three parallel sweeps per Gibbs step: positive phase over cases, visible
-        // reconstruction over items, hidden probabilities over cases. Streams are keyed by
-        // (case, step) and (item, step), so no draw depends on the thread schedule.
         let model = &self;
         let case_rng = |n: usize, t: usize| {
-            Stream::new(
-                key.0,
-                Purpose::Train,
-                key.1,
-                key.2,
-                ((batch[n] as u64) << 16) | t as u64,
-            )
+            Stream::new(key.0, Purpose::Train, key.1, key.2, ((batch[n] as u64) << 16) | t as u64)
         };
-        p0[..nb * m]
-            .par_chunks_mut(m)
-            .zip(p1[..nb * m].par_chunks_mut(m))
-            .zip(base[..nb * m].par_chunks_mut(m))
-            .enumerate()
-            .for_each(|(n, ((p0, h), base))| {
-                let (items, classes) = cases.row(batch[n]);
-                let imp = implicit.row(batch[n]).0;
-                let mut rng = case_rng(n, 0);
-                simd_case_positive(model, items, classes, imp, &mut rng, base, p0, h);
-            });
+        // Positive phase, item-major.
+        {
+            let (by_item, by_item_ptr, chunk_bounds) = (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
+            acc[..N_CHUNKS * nb * m]
+                .par_chunks_mut(nb * m)
+                .enumerate()
+                .for_each(|(c, acc)| {
+                    simd_chunk_positive(model, chunk_bounds[c], chunk_bounds[c + 1], by_item, by_item_ptr, acc);
+                });
+        }
+        {
+            let accr = &acc[..];
+            p0[..nb * m]
+                .par_chunks_mut(m)
+                .zip(p1[..nb * m].par_chunks_mut(m))
+                .zip(base[..nb * m].par_chunks_mut(m))
+                .enumerate()
+                .for_each(|(n, ((p0, h), base))| {
+                    base.copy_from_slice(&model.c);
+                    if let Some(dm) = &model.dmat {
+                        for &i in implicit.row(batch[n]).0 {
+                            add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+                        }
+                    }
+                    p0.copy_from_slice(base);
+                    for c in 0..N_CHUNKS {
+                        add(p0, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
+                    }
+                    for x in p0.iter_mut() {
+                        *x = sigmoid(*x);
+                    }
+                    h.copy_from_slice(p0);
+                    case_rng(n, 0).bernoulli_in_place(h);
+                });
+        }
         let mut err = 0.0f64;
         for t in 0..t_steps {
             let last = t + 1 == t_steps;
             {
-                let mut jobs: Vec<(usize, &mut [f32], &mut f64)> = Vec::new();
-                let mut rest: &mut [f32] = &mut zbi[..nr * k];
-                for (i, e) in err_item.iter_mut().enumerate() {
-                    let len = (by_item_ptr[i + 1] - by_item_ptr[i]) * k;
-                    *e = 0.0;
-                    if len > 0 {
-                        let (z, r) = std::mem::take(&mut rest).split_at_mut(len);
-                        rest = r;
-                        jobs.push((i, z, e));
-                    }
+                let mut jobs = Vec::with_capacity(N_CHUNKS);
+                let mut rest_z: &mut [f32] = &mut zbi[..nr * k];
+                for ((c, a), e) in acc[..N_CHUNKS * nb * m]
+                    .chunks_mut(nb * m)
+                    .enumerate()
+                    .zip(err_item.iter_mut())
+                {
+                    let len = (by_item_ptr[chunk_bounds[c + 1]] - by_item_ptr[chunk_bounds[c]]) * k;
+                    let (z, r) = std::mem::take(&mut rest_z).split_at_mut(len);
+                    rest_z = r;
+                    jobs.push((c, z, a, e));
                 }
-                let (h, by_item, by_item_ptr) = (&p1[..nb * m], &by_item[..], &by_item_ptr[..]);
-                jobs.into_par_iter().for_each(|(i, z, e)| {
-                    let ents = &by_item[by_item_ptr[i]..by_item_ptr[i + 1]];
-                    let mut rng = Stream::new(
-                        key.0,
-                        Purpose::Train,
-                        key.1,
-                        key.2,
-                        (1u64 << 62) | ((i as u64) << 16) | t as u64,
+                let (h, by_item, by_item_ptr, chunk_bounds) =
+                    (&p1[..nb * m], &by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
+                jobs.into_par_iter().for_each(|(c, z, a, e)| {
+                    *e = simd_chunk_negative(
+                        model,
+                        chunk_bounds[c],
+                        chunk_bounds[c + 1],
+                        by_item,
+                        by_item_ptr,
+                        h,
+                        negative,
+                        last,
+                        (key.0, key.1, key.2, t),
+                        z,
+                        a,
                     );
-                    *e = simd_item_negative(model, i, ents, h, negative, last, &mut rng, z);
                 });
             }
             if last {
-                err = err_item.iter().sum::<f64>();
+                err = err_item[..N_CHUNKS].iter().sum::<f64>();
             }
-            let mut vslots: Vec<&mut [f32]> = Vec::with_capacity(nb);
-            let mut rest: &mut [f32] = &mut vneg[..nr * k];
-            for n in 0..nb {
-                let (v, r) =
-                    std::mem::take(&mut rest).split_at_mut((rec_off[n + 1] - rec_off[n]) * k);
-                rest = r;
-                vslots.push(v);
-            }
-            let (zbi, pos_of, rec_off) = (&zbi[..], &pos_of[..], &rec_off[..]);
+            let accr = &acc[..];
             p1[..nb * m]
                 .par_chunks_mut(m)
                 .zip(base[..nb * m].par_chunks(m))
-                .zip(vslots.into_par_iter())
                 .enumerate()
-                .for_each(|(n, ((p1, base), vn))| {
-                    let items = cases.row(batch[n]).0;
-                    let pos = &pos_of[rec_off[n]..rec_off[n + 1]];
-                    simd_case_negative_hidden(model, items, pos, zbi, base, p1, vn);
+                .for_each(|(n, (p1, base))| {
+                    p1.copy_from_slice(base);
+                    for c in 0..N_CHUNKS {
+                        add(p1, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
+                    }
+                    for x in p1.iter_mut() {
+                        *x = sigmoid(*x);
+                    }
                     if !last {
                         case_rng(n, t + 1).bernoulli_in_place(p1);
                     }
@@ -1333,19 +1382,27 @@ impl RatingRbm {
             p0,
             p1,
             vneg,
+            zbi,
+            pos_of,
             by_item,
             by_item_ptr,
             gw,
             gb,
             ..
         } = g;
-        let (p0, p1, vneg, by_item, by_item_ptr) = (&p0, &p1, &vneg, &by_item, &by_item_ptr);
+        // The negative visible units case by case too (for inspection).
+        vneg.resize(pos_of.len() * k, 0.0);
+        for (r, &p) in pos_of.iter().enumerate() {
+            let p = p as usize;
+            vneg[r * k..(r + 1) * k].copy_from_slice(&zbi[p * k..(p + 1) * k]);
+        }
+        let (p0, p1, zbi, by_item, by_item_ptr) = (&p0, &p1, &zbi, &by_item, &by_item_ptr);
         gw.par_chunks_mut(k * m)
             .zip(gb.par_chunks_mut(k))
             .enumerate()
             .for_each(|(i, (gwi, gbi))| {
-                let ents = &by_item[by_item_ptr[i]..by_item_ptr[i + 1]];
-                item_step(ents, p0, p1, vneg, inv_b, gwi, gbi, None);
+                let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                item_step(&by_item[a..b], p0, p1, &zbi[a * k..b * k], inv_b, gwi, gbi, None);
             });
         self.hidden_grads(implicit, batch, g);
         out
@@ -1456,8 +1513,8 @@ impl RatingRbm {
                     err_sum += err;
                     n_rated += nr;
                     let inv_b = 1.0 / batch_cases.len() as f32;
-                    let (p0, p1, vneg, by_item, by_item_ptr) =
-                        (&g.p0, &g.p1, &g.vneg, &g.by_item, &g.by_item_ptr);
+                    let (p0, p1, zbi, by_item, by_item_ptr) =
+                        (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
                     let (wc, bc) = (&wcfg, &bcfg);
                     self.w
                         .par_chunks_mut(k * m)
@@ -1468,7 +1525,7 @@ impl RatingRbm {
                         .for_each_init(
                             || (vec![0.0f32; k * m], vec![0.0f32; k]),
                             |(gwi, gbi), (i, (((w, vw), b), vb))| {
-                                let ents = &by_item[by_item_ptr[i]..by_item_ptr[i + 1]];
+                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
                                 let step = ItemMomentum {
                                     w,
                                     vw,
@@ -1477,7 +1534,8 @@ impl RatingRbm {
                                     wcfg: wc,
                                     bcfg: bc,
                                 };
-                                item_step(ents, p0, p1, vneg, inv_b, gwi, gbi, Some(step));
+                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                item_step(ents, p0, p1, zi, inv_b, gwi, gbi, Some(step));
                             },
                         );
                     self.hidden_grads(implicit, &batch_cases, &mut g);
