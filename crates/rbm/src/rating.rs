@@ -1213,16 +1213,30 @@ impl RatingRbm {
 
         let model = &self;
         let case_rng = |n: usize, t: usize| {
-            Stream::new(key.0, Purpose::Train, key.1, key.2, ((batch[n] as u64) << 16) | t as u64)
+            Stream::new(
+                key.0,
+                Purpose::Train,
+                key.1,
+                key.2,
+                ((batch[n] as u64) << 16) | t as u64,
+            )
         };
         // Positive phase, item-major.
         {
-            let (by_item, by_item_ptr, chunk_bounds) = (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
+            let (by_item, by_item_ptr, chunk_bounds) =
+                (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
             acc[..N_CHUNKS * nb * m]
                 .par_chunks_mut(nb * m)
                 .enumerate()
                 .for_each(|(c, acc)| {
-                    simd_chunk_positive(model, chunk_bounds[c], chunk_bounds[c + 1], by_item, by_item_ptr, acc);
+                    simd_chunk_positive(
+                        model,
+                        chunk_bounds[c],
+                        chunk_bounds[c + 1],
+                        by_item,
+                        by_item_ptr,
+                        acc,
+                    );
                 });
         }
         {
@@ -1266,8 +1280,12 @@ impl RatingRbm {
                     rest_z = r;
                     jobs.push((c, z, a, e));
                 }
-                let (h, by_item, by_item_ptr, chunk_bounds) =
-                    (&p1[..nb * m], &by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
+                let (h, by_item, by_item_ptr, chunk_bounds) = (
+                    &p1[..nb * m],
+                    &by_item[..],
+                    &by_item_ptr[..],
+                    &chunk_bounds[..],
+                );
                 jobs.into_par_iter().for_each(|(c, z, a, e)| {
                     *e = simd_chunk_negative(
                         model,
@@ -1402,7 +1420,16 @@ impl RatingRbm {
             .enumerate()
             .for_each(|(i, (gwi, gbi))| {
                 let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                item_step(&by_item[a..b], p0, p1, &zbi[a * k..b * k], inv_b, gwi, gbi, None);
+                item_step(
+                    &by_item[a..b],
+                    p0,
+                    p1,
+                    &zbi[a * k..b * k],
+                    inv_b,
+                    gwi,
+                    gbi,
+                    None,
+                );
             });
         self.hidden_grads(implicit, batch, g);
         out
