@@ -2065,6 +2065,87 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fused_momentum_step_equals_gradient_then_step() {
+        // The training loop fuses each visible unit's gradient with its momentum update; the
+        // unfused reference below (full gradient, then `opt_step` on every tensor) must give
+        // the same bits, through the momentum warm-up switch and several batches.
+        let ratings = planted(60, 30, 3, 0.5, 4);
+        let scale = RatingScale::infer(&ratings).unwrap();
+        let mat = RatingMatrix::from_ratings(60, 30, &ratings, &scale).unwrap();
+        let params = RatingRbmParams::new()
+            .hidden(12)
+            .epochs(3)
+            .batch_size(16)
+            .momentum_warmup(1)
+            .conditional(true)
+            .seed(9)
+            .check()
+            .unwrap();
+        let data = TrainData {
+            cases: &mat.by_user,
+            d: 30,
+            values: scale.values(),
+            implicit: None,
+            validation: &[],
+        };
+        let init = RatingRbm::init(&params, &mat.by_user, 30, 5);
+        let fused = init.clone().train(&params, &data, &mut |_| {}).unwrap().0;
+
+        let mut m = init.clone();
+        let (d, k, mm) = (30, 5, 12);
+        let mut g = BatchGrad::new(d, k, mm, 16, true);
+        let (mut s_w, mut s_b, mut s_c, mut s_d) = (
+            Slot::new(d * k * mm, false),
+            Slot::new(d * k, false),
+            Slot::new(mm, false),
+            Slot::new(d * mm, false),
+        );
+        let active: Vec<usize> = (0..60)
+            .filter(|&r| !mat.by_user.row(r).0.is_empty())
+            .collect();
+        for epoch in 0..3 {
+            let momentum = if epoch < 1 {
+                params.initial_momentum
+            } else {
+                params.momentum
+            };
+            let perm =
+                Stream::new(9, Purpose::Shuffle, epoch as u64, 0, 0).permutation(active.len());
+            for (bi, chunk) in perm.chunks(16).enumerate() {
+                let batch: Vec<usize> = chunk.iter().map(|&p| active[p]).collect();
+                let by_user = &mat.by_user;
+                m.batch_gradient(
+                    by_user,
+                    by_user,
+                    &batch,
+                    1,
+                    NegativePhase::Sample,
+                    (9, epoch as u64, bi as u64),
+                    &mut g,
+                );
+                let wcfg = StepCfg {
+                    lr: params.learning_rate,
+                    decay: params.weight_decay,
+                    momentum,
+                    adam_t: 0,
+                };
+                let bcfg = StepCfg {
+                    lr: params.bias_learning_rate,
+                    decay: 0.0,
+                    momentum,
+                    adam_t: 0,
+                };
+                opt_step(&mut m.w, &g.gw, &mut s_w, &wcfg, false);
+                opt_step(&mut m.b, &g.gb, &mut s_b, &bcfg, false);
+                opt_step(&mut m.c, &g.gc, &mut s_c, &bcfg, false);
+                opt_step(m.dmat.as_mut().unwrap(), &g.gd, &mut s_d, &wcfg, false);
+            }
+        }
+        assert_ne!(fused.w, init.w, "training moved the weights");
+        assert_eq!(m, fused);
+    }
+
+    #[test]
     fn training_is_deterministic_for_any_thread_count() {
         let a = fit_planted(1, 4);
         let b = fit_planted(3, 4);
