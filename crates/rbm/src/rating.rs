@@ -724,7 +724,13 @@ fn dot_rows_avx2(h: &[f32], w: &[f32], out: &mut [f32]) {
 /// In-place softmax; returns nothing, `z` holds probabilities after.
 #[inline]
 fn softmax(z: &mut [f32]) {
-    let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // A plain comparison chain (no NaN-aware `f32::max`, whose blend serializes the loop).
+    let mut mx = f32::NEG_INFINITY;
+    for &v in z.iter() {
+        if v > mx {
+            mx = v;
+        }
+    }
     let mut s = 0.0;
     for v in z.iter_mut() {
         *v = (*v - mx).exp();
