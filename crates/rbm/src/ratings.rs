@@ -189,10 +189,10 @@ fn read_binary_as_ratings(
         .collect();
     let c = &set.by_user;
     let mut out = Vec::with_capacity(c.nnz());
-    for u in 0..set.n_users {
+    for (u, &user) in uid.iter().enumerate() {
         let (its, cls) = c.row(u);
         out.extend(its.iter().zip(cls).map(|(&i, &k)| Rating {
-            user: uid[u],
+            user,
             item: iid[i as usize],
             value: set.values[k as usize],
         }));

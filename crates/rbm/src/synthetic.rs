@@ -182,8 +182,8 @@ pub fn generate_planted(spec: &PlantedSpec) -> Result<RatingSet> {
         },
         |(seen, pick, keys), (b0, b1, c, k)| {
             let mut at = 0usize;
-            for u in b0..b1 {
-                let n = counts[u] as usize;
+            for (u, &n) in counts.iter().enumerate().take(b1).skip(b0) {
+                let n = n as usize;
                 let mut s = Stream::new(spec.seed, Purpose::Data, 0x5EED_0004, 0, u as u64);
                 let bias = 3.6 + 0.4 * normal32(&mut s);
                 let uf: Vec<f32> = (0..r).map(|_| normal32(&mut s)).collect();
@@ -191,7 +191,7 @@ pub fn generate_planted(spec: &PlantedSpec) -> Result<RatingSet> {
                 if n <= ni / 4 {
                     // Rejection: the items already picked hold at most ~3/4 of the mass.
                     while pick.len() < n {
-                        let x = q * (log_span * f64::from(s.uniform64())).exp() - q;
+                        let x = q * (log_span * s.uniform64()).exp() - q;
                         let rank = (x as usize).min(ni - 1);
                         let i = by_rank[rank];
                         let (w, bit) = (i as usize / 64, 1u64 << (i % 64));
@@ -207,9 +207,9 @@ pub fn generate_planted(spec: &PlantedSpec) -> Result<RatingSet> {
                     // Heavy users: weighted sampling without replacement by exponential keys
                     // (Efraimidis–Spirakis): keep the n smallest E_i / w_i.
                     keys.clear();
-                    for rank in 0..ni {
+                    for (rank, &item) in by_rank.iter().enumerate() {
                         let e = -(1.0 - s.uniform64()).ln();
-                        keys.push(((e * (rank as f64 + q)) as f32, by_rank[rank]));
+                        keys.push(((e * (rank as f64 + q)) as f32, item));
                     }
                     keys.select_nth_unstable_by(n - 1, |a, b| {
                         a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
