@@ -12,6 +12,7 @@
 pub mod atomic;
 pub mod binary;
 pub mod error;
+pub mod eval;
 pub mod linalg;
 pub mod random;
 
