@@ -7,7 +7,7 @@
 //! costs only `N` additions and softplus evaluations. Blocks run in parallel; partial sums are
 //! merged in block order, so the result does not depend on the number of threads.
 
-use super::kernels::softplus_sum_shifted;
+use super::kernels::{add_assign64, softplus_sum_shifted};
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
 use crate::linalg::Matrix;
@@ -146,9 +146,7 @@ impl Enumeration {
         while bits != 0 {
             let j = lo + bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            for (s, &w) in shift.iter_mut().zip(self.row(j)) {
-                *s += w;
-            }
+            add_assign64(shift, self.row(j));
             own_hi += self.own_bias[j];
         }
         for (t, col) in table.chunks_exact(self.n).enumerate() {
