@@ -14,6 +14,7 @@ pub mod binary;
 pub mod error;
 pub mod eval;
 pub mod linalg;
+pub mod npy;
 pub mod random;
 
 pub use binary::BinaryRbm;
