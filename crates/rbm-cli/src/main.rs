@@ -1,5 +1,7 @@
 //! `rbm`: train, sample, inspect and evaluate Restricted Boltzmann Machines from the command line.
 
+mod bench;
+mod binary_cmd;
 mod common;
 
 use anyhow::Result;
@@ -17,7 +19,20 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Train a binary RBM (CD-k or persistent CD) and save it.
+    Train(binary_cmd::TrainArgs),
+    /// Generate data by Gibbs sampling from a model.
+    Sample(binary_cmd::SampleArgs),
+    /// Hidden probabilities of each example as features (CSV).
+    Transform(binary_cmd::TransformArgs),
+    /// Draw a model's weight filters as a PNG grid.
+    Filters(binary_cmd::FiltersArgs),
+    /// One CD-1 step on a tiny RBM with every intermediate printed.
+    Walkthrough(binary_cmd::WalkthroughArgs),
+    /// Measure training throughput against the machine's GEMM peak.
+    Bench(bench::BenchArgs),
+}
 
 fn main() {
     let cli = Cli::parse();
@@ -33,6 +48,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let Cli { common, command } = cli;
-    let _ = &common;
-    match command {}
+    match command {
+        Command::Train(a) => binary_cmd::train(a, &common),
+        Command::Sample(a) => binary_cmd::sample(a, &common),
+        Command::Transform(a) => binary_cmd::transform(a, &common),
+        Command::Filters(a) => binary_cmd::filters(a, &common),
+        Command::Walkthrough(a) => binary_cmd::walkthrough_cmd(a, &common),
+        Command::Bench(a) => bench::bench(a, &common),
+    }
 }

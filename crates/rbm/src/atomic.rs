@@ -57,7 +57,11 @@ mod tests {
         });
         assert!(err.is_err());
         assert!(!target.exists());
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "temporary file left behind");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "temporary file left behind"
+        );
         write_bytes_atomic(&target, b"whole").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -84,14 +84,12 @@ impl BinaryRbm {
     /// or `b = 0` without data.
     pub fn init(visible: usize, hidden: usize, std: f32, data: Option<&Matrix>, seed: u64) -> Self {
         let mut m = BinaryRbm::zeros(visible, hidden);
-        m.w.par_chunks_mut(hidden)
-            .enumerate()
-            .for_each(|(i, row)| {
-                let mut s = Stream::new(seed, Purpose::Init, 0, 0, i as u64);
-                for x in row {
-                    *x = (s.normal() * f64::from(std)) as f32;
-                }
-            });
+        m.w.par_chunks_mut(hidden).enumerate().for_each(|(i, row)| {
+            let mut s = Stream::new(seed, Purpose::Init, 0, 0, i as u64);
+            for x in row {
+                *x = (s.normal() * f64::from(std)) as f32;
+            }
+        });
         if let Some(data) = data {
             let means = column_means(data);
             for (b, p) in m.b.iter_mut().zip(means) {
@@ -214,14 +212,14 @@ impl BinaryRbm {
 
     /// `p(h = 1 | v)` into `out`: σ(c + Wᵀv).
     pub fn hidden_probs_into(&self, v: &Matrix, out: &mut Matrix) {
-        self.hidden_input_into(v, out);
-        out.as_mut_slice().par_iter_mut().for_each(|x| *x = sigmoid(*x));
+        self.check_visible(v);
+        product_then_sigmoid(out, self.wt_view(), v, &self.c);
     }
 
     /// `p(v = 1 | h)` into `out`: σ(b + Wh).
     pub fn visible_probs_into(&self, h: &Matrix, out: &mut Matrix) {
-        self.visible_input_into(h, out);
-        out.as_mut_slice().par_iter_mut().for_each(|x| *x = sigmoid(*x));
+        self.check_hidden(h);
+        product_then_sigmoid(out, self.wt_view().transpose(), h, &self.b);
     }
 
     /// `p(h = 1 | v)` for each example (column) of `v`: the `M × N` hidden probabilities.
@@ -371,6 +369,25 @@ impl BinaryRbm {
     }
 }
 
+/// `out = σ(a·x + bias)` column by column.
+fn product_then_sigmoid(out: &mut Matrix, a: MatRef<'_, f32>, x: &Matrix, bias: &[f32]) {
+    out.resize(a.nrows(), x.cols());
+    linalg::gemm(
+        out.view_mut(),
+        Accum::Replace,
+        a,
+        x.view(),
+        1.0,
+        current_par(),
+    );
+    if bias.is_empty() {
+        return;
+    }
+    out.as_mut_slice()
+        .par_chunks_mut(bias.len())
+        .for_each(|col| linalg::sigmoid_bias_in_place(col, bias));
+}
+
 /// `−biasᵀx − Σ softplus(pre)` per column: the free energy given the other layer's pre-activations.
 fn dual_free_energy(x: &Matrix, pre: &Matrix, bias: &[f32]) -> Vec<f64> {
     (0..x.cols())
@@ -511,9 +528,14 @@ mod tests {
 
     #[test]
     fn energy_matches_hand_computation() {
-        let rbm =
-            BinaryRbm::from_parts(2, 2, vec![1.0, -2.0, 0.5, 3.0], vec![0.1, -0.2], vec![0.3, 0.4])
-                .unwrap();
+        let rbm = BinaryRbm::from_parts(
+            2,
+            2,
+            vec![1.0, -2.0, 0.5, 3.0],
+            vec![0.1, -0.2],
+            vec![0.3, 0.4],
+        )
+        .unwrap();
         // v = (1,1), h = (1,0): −(W00 + W10) − (b0 + b1) − c0 = −1.5 + 0.1 − 0.3.
         let e = rbm.energy(&[1.0, 1.0], &[1.0, 0.0]);
         assert!((e - (-1.5 + 0.1 - 0.3)).abs() < 1e-6);
@@ -532,7 +554,11 @@ mod tests {
         let (_, states) = rbm.generate(chains, 50, ChainStart::Random, 11).unwrap();
         let mut counts = vec![0.0f64; 1 << d];
         for col in states.cols_iter() {
-            let x: usize = col.iter().enumerate().map(|(i, &b)| (b as usize) << i).sum();
+            let x: usize = col
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b as usize) << i)
+                .sum();
             counts[x] += 1.0;
         }
         let chi2: f64 = counts
@@ -544,12 +570,21 @@ mod tests {
             })
             .sum();
         // 15 degrees of freedom: the 0.999 quantile of χ²(15) is 37.7.
-        assert!(chi2 < 37.7, "chi² = {chi2}, counts {counts:?}, exact {exact:?}");
+        assert!(
+            chi2 < 37.7,
+            "chi² = {chi2}, counts {counts:?}, exact {exact:?}"
+        );
     }
 
     #[test]
     fn init_follows_hintons_guide() {
-        let data = Matrix::from_fn(3, 4, |i, j| if i == 0 || (i == 1 && j == 0) { 1.0 } else { 0.0 });
+        let data = Matrix::from_fn(3, 4, |i, j| {
+            if i == 0 || (i == 1 && j == 0) {
+                1.0
+            } else {
+                0.0
+            }
+        });
         let rbm = BinaryRbm::init(3, 2000, 0.01, Some(&data), 0);
         let w = rbm.weights();
         let mean = w.iter().map(|&x| f64::from(x)).sum::<f64>() / w.len() as f64;
@@ -564,6 +599,8 @@ mod tests {
     #[test]
     fn from_parts_rejects_bad_shapes() {
         assert!(BinaryRbm::from_parts(2, 2, vec![0.0; 3], vec![0.0; 2], vec![0.0; 2]).is_err());
-        assert!(BinaryRbm::from_parts(2, 2, vec![f32::NAN; 4], vec![0.0; 2], vec![0.0; 2]).is_err());
+        assert!(
+            BinaryRbm::from_parts(2, 2, vec![f32::NAN; 4], vec![0.0; 2], vec![0.0; 2]).is_err()
+        );
     }
 }

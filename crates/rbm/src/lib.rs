@@ -16,6 +16,8 @@ pub mod eval;
 pub mod linalg;
 pub mod npy;
 pub mod random;
+pub mod train;
+pub mod walkthrough;
 
 pub use binary::BinaryRbm;
 pub use error::{RbmError, Result};

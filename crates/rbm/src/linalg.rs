@@ -188,10 +188,66 @@ pub fn add_bias_map(m: &mut Matrix, bias: &[f32], f: impl Fn(f32) -> f32 + Sync)
     });
 }
 
-/// The logistic function, written so neither branch overflows.
+/// The logistic function, written so neither branch overflows: the input is clamped to ±80,
+/// where σ is within f32 rounding of 0 or 1 and `e^80` is still a normal float.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_f32(-x.clamp(-80.0, 80.0)))
+}
+
+/// `e^x` for f32 with about 2 ulp of error, written without branches or calls so loops using
+/// it vectorize (the libm call was 40 % of a training run). Inputs are clamped to
+/// [−87, 88], the range where the result is a normal float.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to nearest.
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let f = x - n * LN2_HI - n * LN2_LO;
+    // Cephes expf polynomial for e^f on [−ln2/2, ln2/2].
+    let mut p = 1.987_569_1e-4f32;
+    p = p * f + 1.398_199_9e-3;
+    p = p * f + 8.333_452e-3;
+    p = p * f + 4.166_579_6e-2;
+    p = p * f + 0.166_666_65;
+    p = p * f + 0.5;
+    let y = p * f * f + f + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `x[i] ← σ(x[i] + bias[i])` over one example, compiled for the widest SIMD the CPU has
+/// (chosen at run time, so the binary stays portable).
+pub fn sigmoid_bias_in_place(x: &mut [f32], bias: &[f32]) {
+    #[inline(always)]
+    fn body(x: &mut [f32], bias: &[f32]) {
+        for (v, &b) in x.iter_mut().zip(bias) {
+            *v = sigmoid(*v + b);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(x: &mut [f32], bias: &[f32]) {
+            body(x, bias)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(x: &mut [f32], bias: &[f32]) {
+            body(x, bias)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { avx512(x, bias) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { avx2(x, bias) };
+        }
+    }
+    body(x, bias)
 }
 
 /// The logistic function in f64.
@@ -237,10 +293,43 @@ mod tests {
     fn sigmoid_is_finite_and_symmetric() {
         for &x in &[-1000.0f32, -30.0, -1.0, 0.0, 1.0, 30.0, 1000.0] {
             let s = sigmoid(x);
-            assert!(s.is_finite() && (0.0..=1.0).contains(&s), "sigmoid({x}) = {s}");
+            assert!(
+                s.is_finite() && (0.0..=1.0).contains(&s),
+                "sigmoid({x}) = {s}"
+            );
             assert!((s + sigmoid(-x) - 1.0).abs() < 1e-6);
         }
         assert!((sigmoid64(-800.0) - 0.0).abs() < 1e-300 && sigmoid64(800.0) == 1.0);
+    }
+
+    #[test]
+    fn fast_exp_is_accurate_over_its_range() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_f32(x));
+            assert!(
+                ((got - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+            x += 0.0137;
+        }
+        assert!(exp_f32(-1000.0) > 0.0 && exp_f32(1000.0).is_finite());
+    }
+
+    #[test]
+    fn simd_sigmoid_matches_scalar_definition() {
+        let mut x: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.173).collect();
+        let bias: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 * 0.1).collect();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&bias)
+            .map(|(&v, &b)| sigmoid64(f64::from(v + b)))
+            .collect();
+        sigmoid_bias_in_place(&mut x, &bias);
+        for (g, w) in x.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{g} vs {w}");
+        }
     }
 
     #[test]
@@ -266,7 +355,14 @@ mod tests {
         let a = Matrix::from_fn(3, 4, |i, j| (i * 4 + j) as f32 * 0.5 - 2.0);
         let b = Matrix::from_fn(4, 2, |i, j| (i as f32) - (j as f32) * 1.5);
         let mut c = Matrix::zeros(3, 2);
-        gemm(c.view_mut(), Accum::Replace, a.view(), b.view(), 1.0, Par::Seq);
+        gemm(
+            c.view_mut(),
+            Accum::Replace,
+            a.view(),
+            b.view(),
+            1.0,
+            Par::Seq,
+        );
         for i in 0..3 {
             for j in 0..2 {
                 let want: f32 = (0..4).map(|k| a.get(i, k) * b.get(k, j)).sum();

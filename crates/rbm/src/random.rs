@@ -151,7 +151,10 @@ mod tests {
             let mut v = vec![p; n];
             s.bernoulli_in_place(&mut v);
             let freq = v.iter().sum::<f32>() as f64 / n as f64;
-            assert!((freq - f64::from(p)).abs() < 0.006, "p = {p}, freq = {freq}");
+            assert!(
+                (freq - f64::from(p)).abs() < 0.006,
+                "p = {p}, freq = {freq}"
+            );
             if p == 0.0 || p == 1.0 {
                 assert_eq!(freq, f64::from(p));
             }
@@ -165,7 +168,10 @@ mod tests {
         let xs: Vec<f64> = (0..n).map(|_| s.normal()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 
     #[test]
