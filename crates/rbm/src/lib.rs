@@ -11,10 +11,13 @@
 
 pub mod atomic;
 pub mod binary;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod linalg;
+pub mod modelfile;
 pub mod npy;
+pub mod picture;
 pub mod random;
 pub mod train;
 pub mod walkthrough;

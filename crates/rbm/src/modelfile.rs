@@ -1,0 +1,508 @@
+//! Model files in the safetensors format: a generic layer (named f32 tensors plus string
+//! metadata, validated on the way in) and the binary RBM's file layout on top of it.
+//!
+//! safetensors is a JSON header followed by raw little-endian tensors, readable from Python
+//! (`safetensors.numpy.load_file`) and by every major framework, with no code execution on load.
+//!
+//! Binary RBM layout: tensors `W` `[D, M]` (row-major, exactly [`BinaryRbm`]'s storage, numpy's C
+//! order), `b` `[D]`, `c` `[M]`, all F32; metadata `format` = `rbm.binary`, `format_version` =
+//! `1`, `visible` = D, `hidden` = M, plus the caller's hyperparameters.
+
+use crate::atomic;
+use crate::binary::BinaryRbm;
+use crate::error::{RbmError, Result};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Byte offset of the safetensors JSON header (after its 8-byte length): where tensor names,
+/// dtypes, shapes and metadata are declared, so header-level problems are reported there.
+const HEADER_OFFSET: u64 = 8;
+
+/// The `format` value of binary RBM files.
+pub const BINARY_FORMAT: &str = "rbm.binary";
+
+/// The `format_version` this build writes and reads for binary RBM files.
+pub const BINARY_FORMAT_VERSION: &str = "1";
+
+/// Metadata keys [`save_binary`] writes itself; callers' hyperparameters may not use them.
+const BINARY_RESERVED: [&str; 4] = ["format", "format_version", "visible", "hidden"];
+
+/// The content of a safetensors file: its F32 tensors and its metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorFile {
+    /// The file, for error messages.
+    pub path: PathBuf,
+    /// F32 tensors by name: (shape, values in row-major order).
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Tensors of any other dtype, by name: (dtype name, shape). Kept so that [`TensorFile::take`]
+    /// can say what it found instead of "missing".
+    pub other_dtypes: BTreeMap<String, (String, Vec<usize>)>,
+    /// The string-to-string metadata of the header.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl TensorFile {
+    fn err(&self, reason: impl Into<String>) -> RbmError {
+        RbmError::format(&self.path, HEADER_OFFSET, reason)
+    }
+
+    /// Removes and returns tensor `name`, checking that it exists, is F32 and has exactly
+    /// `expected_shape`.
+    pub fn take(&mut self, name: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some((dtype, shape)) = self.other_dtypes.get(name) {
+            return Err(self.err(format!(
+                "tensor `{name}` (shape {shape:?}) has dtype {dtype}; only F32 is supported"
+            )));
+        }
+        let Some((shape, _)) = self.tensors.get(name) else {
+            let have: Vec<&str> = self
+                .tensors
+                .keys()
+                .chain(self.other_dtypes.keys())
+                .map(String::as_str)
+                .collect();
+            return Err(self.err(format!(
+                "tensor `{name}` is missing (the file has {have:?})"
+            )));
+        };
+        if shape.as_slice() != expected_shape {
+            return Err(self.err(format!(
+                "tensor `{name}` has shape {shape:?}, expected {expected_shape:?}"
+            )));
+        }
+        Ok(self.tensors.remove(name).expect("checked above").1)
+    }
+
+    /// An error if any tensor has not been taken, so unexpected content is never ignored.
+    pub fn ensure_all_taken(&self) -> Result<()> {
+        let left: Vec<&str> = self
+            .tensors
+            .keys()
+            .chain(self.other_dtypes.keys())
+            .map(String::as_str)
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err(format!("unexpected tensors {left:?}")))
+        }
+    }
+
+    /// Metadata value `key`, or an error naming the file and the key.
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| self.err(format!("metadata key `{key}` is missing")))
+    }
+
+    /// Metadata value `key` parsed as a `T`.
+    pub fn meta_parse<T: FromStr>(&self, key: &str) -> Result<T> {
+        let v = self.meta(key)?;
+        v.parse().map_err(|_| {
+            self.err(format!(
+                "metadata `{key}` = `{v}` is not a valid {}",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// Metadata value `key` as a count or size.
+    pub fn meta_usize(&self, key: &str) -> Result<usize> {
+        self.meta_parse(key)
+    }
+
+    /// Metadata value `key` as a real number.
+    pub fn meta_f64(&self, key: &str) -> Result<f64> {
+        self.meta_parse(key)
+    }
+}
+
+/// Writes named f32 tensors (little-endian, row-major) and string metadata to a safetensors
+/// file, atomically. Each tensor's length must equal the product of its shape.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(tensors.len());
+    for (name, shape, data) in tensors {
+        if !seen.insert(*name) {
+            return Err(RbmError::param(
+                "tensors",
+                format!("tensor name `{name}` appears twice"),
+            ));
+        }
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(data.len()) {
+            return Err(RbmError::Shape(format!(
+                "tensor `{name}` has {} values but shape {shape:?}",
+                data.len()
+            )));
+        }
+        bytes.push(data.iter().flat_map(|x| x.to_le_bytes()).collect());
+    }
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.to_string(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RbmError::Shape(e.to_string()))?;
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let buf = safetensors::serialize(views, Some(meta))
+        .map_err(|e| RbmError::param("tensors", format!("cannot serialize: {e}")))?;
+    atomic::write_bytes_atomic(path, &buf)
+}
+
+/// Reads a safetensors file. F32 tensors are decoded; others are listed in
+/// [`TensorFile::other_dtypes`]. A file that is not safetensors is an [`RbmError::Format`].
+pub fn read_tensors(path: &Path) -> Result<TensorFile> {
+    let buf = std::fs::read(path).map_err(|e| RbmError::io(path, e))?;
+    let st = SafeTensors::deserialize(&buf).map_err(|e| {
+        let offset = match e {
+            SafeTensorError::HeaderTooSmall
+            | SafeTensorError::HeaderTooLarge
+            | SafeTensorError::InvalidHeaderLength => 0,
+            SafeTensorError::MetadataIncompleteBuffer => buf.len() as u64,
+            _ => HEADER_OFFSET,
+        };
+        RbmError::format(path, offset, format!("not a valid safetensors file: {e}"))
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(&buf)
+        .map_err(|e| RbmError::format(path, HEADER_OFFSET, e.to_string()))?;
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut tensors = BTreeMap::new();
+    let mut other_dtypes = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        if view.dtype() == Dtype::F32 {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            tensors.insert(name, (shape, values));
+        } else {
+            other_dtypes.insert(name, (view.dtype().to_string(), shape));
+        }
+    }
+    Ok(TensorFile {
+        path: path.to_path_buf(),
+        tensors,
+        other_dtypes,
+        metadata,
+    })
+}
+
+/// Saves a binary RBM with its hyperparameters (any string pairs except the reserved keys
+/// `format`, `format_version`, `visible`, `hidden`, which this function writes).
+pub fn save_binary(
+    path: &Path,
+    rbm: &BinaryRbm,
+    hyperparams: &BTreeMap<String, String>,
+) -> Result<()> {
+    if let Some(k) = BINARY_RESERVED
+        .iter()
+        .find(|k| hyperparams.contains_key(**k))
+    {
+        return Err(RbmError::param(
+            "hyperparams",
+            format!("`{k}` is reserved for the file format"),
+        ));
+    }
+    let (d, m) = (rbm.visible(), rbm.hidden());
+    let mut meta = hyperparams.clone();
+    meta.insert("format".into(), BINARY_FORMAT.into());
+    meta.insert("format_version".into(), BINARY_FORMAT_VERSION.into());
+    meta.insert("visible".into(), d.to_string());
+    meta.insert("hidden".into(), m.to_string());
+    write_tensors(
+        path,
+        &[
+            ("W", vec![d, m], rbm.weights()),
+            ("b", vec![d], rbm.visible_bias()),
+            ("c", vec![m], rbm.hidden_bias()),
+        ],
+        &meta,
+    )
+}
+
+/// Checks the `format` and `format_version` metadata of a model file.
+pub fn check_format(file: &TensorFile, format: &str, version: &str) -> Result<()> {
+    let found = file.metadata.get("format").ok_or_else(|| {
+        file.err(format!(
+            "no `format` metadata: not a model file written by rbm (expected `{format}`)"
+        ))
+    })?;
+    if found != format {
+        return Err(file.err(format!("this is a `{found}` model file, not `{format}`")));
+    }
+    let v = file.meta("format_version")?;
+    if v != version {
+        return Err(file.err(format!(
+            "`{format}` format_version `{v}` is not supported (this build reads `{version}`)"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a binary RBM saved by [`save_binary`], returning it and its hyperparameters (the
+/// metadata without the reserved keys). Every tensor's name, dtype and shape is checked against
+/// the metadata; a file of another kind (a rating RBM, say) is refused.
+pub fn load_binary(path: &Path) -> Result<(BinaryRbm, BTreeMap<String, String>)> {
+    let mut f = read_tensors(path)?;
+    check_format(&f, BINARY_FORMAT, BINARY_FORMAT_VERSION)?;
+    let d = f.meta_usize("visible")?;
+    let m = f.meta_usize("hidden")?;
+    let w = f.take("W", &[d, m])?;
+    let b = f.take("b", &[d])?;
+    let c = f.take("c", &[m])?;
+    f.ensure_all_taken()?;
+    let rbm = BinaryRbm::from_parts(d, m, w, b, c).map_err(|e| f.err(e.to_string()))?;
+    let mut hyper = f.metadata;
+    for k in BINARY_RESERVED {
+        hyper.remove(k);
+    }
+    Ok((rbm, hyper))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rbm-mf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn model() -> BinaryRbm {
+        let (d, m) = (5, 3);
+        // Awkward values: signed zero, a subnormal, extremes, and ordinary numbers.
+        let specials = [-0.0f32, 1e-40, f32::MAX, f32::MIN_POSITIVE, -3.25];
+        let w: Vec<f32> = (0..d * m)
+            .map(|k| specials.get(k).copied().unwrap_or((k as f32 * 0.37).sin()))
+            .collect();
+        let b = (0..d).map(|i| i as f32 / 7.0 - 0.3).collect();
+        let c = (0..m).map(|j| -(j as f32) * 1.1).collect();
+        BinaryRbm::from_parts(d, m, w, b, c).unwrap()
+    }
+
+    fn hyper() -> BTreeMap<String, String> {
+        [("learning_rate", "0.05"), ("cd_k", "1"), ("seed", "42")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Asserts a Format error naming `path` whose reason contains `needle`.
+    fn assert_format<T: std::fmt::Debug>(r: Result<T>, path: &Path, needle: &str) {
+        match r {
+            Err(RbmError::Format {
+                path: p, reason, ..
+            }) => {
+                assert_eq!(p, path);
+                assert!(reason.contains(needle), "`{reason}` lacks `{needle}`");
+            }
+            other => panic!("expected a Format error, got {other:?}"),
+        }
+    }
+
+    /// The binary model metadata `save_binary` writes, for hand-made files.
+    fn binary_meta(d: usize, m: usize) -> BTreeMap<String, String> {
+        let mut meta = BTreeMap::new();
+        meta.insert("format".to_string(), BINARY_FORMAT.to_string());
+        meta.insert("format_version".to_string(), "1".to_string());
+        meta.insert("visible".to_string(), d.to_string());
+        meta.insert("hidden".to_string(), m.to_string());
+        meta
+    }
+
+    #[test]
+    fn binary_model_round_trips_bit_for_bit() {
+        let dir = tmpdir("rt");
+        let p = dir.join("m.safetensors");
+        let rbm = model();
+        save_binary(&p, &rbm, &hyper()).unwrap();
+        let (back, h) = load_binary(&p).unwrap();
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(back.weights()), bits(rbm.weights()));
+        assert_eq!(bits(back.visible_bias()), bits(rbm.visible_bias()));
+        assert_eq!(bits(back.hidden_bias()), bits(rbm.hidden_bias()));
+        assert_eq!(h, hyper());
+        // The raw file: W is stored row-major [D, M] exactly as the model holds it.
+        let f = read_tensors(&p).unwrap();
+        assert_eq!(f.tensors["W"].0, vec![5, 3]);
+        assert_eq!(f.tensors["W"].1[3 + 2], rbm.weight(1, 2));
+        assert_eq!(f.metadata["format"], "rbm.binary");
+        assert_eq!(f.metadata["visible"], "5");
+        assert_eq!(f.meta_f64("learning_rate").unwrap(), 0.05);
+        // Reserved keys cannot be overridden by hyperparameters.
+        let mut bad = hyper();
+        bad.insert("hidden".into(), "9".into());
+        assert!(matches!(
+            save_binary(&dir.join("x"), &rbm, &bad),
+            Err(RbmError::InvalidParam { .. })
+        ));
+        assert!(!dir.join("x").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wrong_dtype_is_named() {
+        let dir = tmpdir("dtype");
+        let p = dir.join("f64.safetensors");
+        let (d, m) = (2, 2);
+        let w: Vec<u8> = [0.5f64, 1.0, -1.0, 2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let b: Vec<u8> = [0.0f32; 2].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let views = vec![
+            ("W", TensorView::new(Dtype::F64, vec![d, m], &w).unwrap()),
+            ("b", TensorView::new(Dtype::F32, vec![d], &b).unwrap()),
+            ("c", TensorView::new(Dtype::F32, vec![m], &b).unwrap()),
+        ];
+        let meta: HashMap<String, String> = binary_meta(d, m).into_iter().collect();
+        std::fs::write(&p, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        assert_format(load_binary(&p), &p, "dtype F64");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_extra_and_misshapen_tensors_are_refused() {
+        let dir = tmpdir("shape");
+        let p = dir.join("m.safetensors");
+        let (d, m) = (3, 2);
+        let w = vec![0.1f32; 6];
+        let b = vec![0.0f32; 3];
+        let c = vec![0.0f32; 2];
+        let meta = binary_meta(d, m);
+        write_tensors(&p, &[("W", vec![3, 2], &w), ("b", vec![3], &b)], &meta).unwrap();
+        assert_format(load_binary(&p), &p, "tensor `c` is missing");
+        write_tensors(
+            &p,
+            &[
+                ("W", vec![2, 3], &w),
+                ("b", vec![3], &b),
+                ("c", vec![2], &c),
+            ],
+            &meta,
+        )
+        .unwrap();
+        assert_format(load_binary(&p), &p, "`W` has shape [2, 3], expected [3, 2]");
+        write_tensors(
+            &p,
+            &[
+                ("W", vec![3, 2], &w),
+                ("b", vec![3], &b),
+                ("c", vec![2], &c),
+                ("extra", vec![2], &c),
+            ],
+            &meta,
+        )
+        .unwrap();
+        assert_format(load_binary(&p), &p, "unexpected tensors [\"extra\"]");
+        // Metadata that disagrees with the tensors.
+        let mut meta4 = meta.clone();
+        meta4.insert("hidden".into(), "4".into());
+        write_tensors(
+            &p,
+            &[
+                ("W", vec![3, 2], &w),
+                ("b", vec![3], &b),
+                ("c", vec![2], &c),
+            ],
+            &meta4,
+        )
+        .unwrap();
+        assert_format(load_binary(&p), &p, "expected [3, 4]");
+        meta4.insert("hidden".into(), "two".into());
+        write_tensors(&p, &[("W", vec![3, 2], &w)], &meta4).unwrap();
+        assert_format(load_binary(&p), &p, "`hidden` = `two` is not a valid usize");
+        // Non-finite parameters are refused.
+        let nan = vec![f32::NAN; 6];
+        write_tensors(
+            &p,
+            &[
+                ("W", vec![3, 2], &nan),
+                ("b", vec![3], &b),
+                ("c", vec![2], &c),
+            ],
+            &meta,
+        )
+        .unwrap();
+        assert_format(load_binary(&p), &p, "NaN");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn other_formats_and_garbage_are_refused() {
+        let dir = tmpdir("garbage");
+        let p = dir.join("m.safetensors");
+        let mut meta = binary_meta(2, 2);
+        meta.insert("format".into(), "rbm.rating".into());
+        let z = vec![0.0f32; 4];
+        write_tensors(&p, &[("W", vec![2, 2], &z)], &meta).unwrap();
+        assert_format(
+            load_binary(&p),
+            &p,
+            "this is a `rbm.rating` model file, not `rbm.binary`",
+        );
+        meta.remove("format");
+        write_tensors(&p, &[("W", vec![2, 2], &z)], &meta).unwrap();
+        assert_format(load_binary(&p), &p, "no `format` metadata");
+        meta.insert("format".into(), "rbm.binary".into());
+        meta.insert("format_version".into(), "2".into());
+        write_tensors(&p, &[("W", vec![2, 2], &z)], &meta).unwrap();
+        assert_format(load_binary(&p), &p, "format_version `2`");
+        // Garbage bytes, an empty file, and a good file cut short.
+        let g = dir.join("garbage.safetensors");
+        std::fs::write(&g, b"this is not a model file at all, just text").unwrap();
+        assert_format(load_binary(&g), &g, "not a valid safetensors file");
+        std::fs::write(&g, b"").unwrap();
+        assert_format(read_tensors(&g), &g, "not a valid safetensors file");
+        save_binary(&p, &model(), &hyper()).unwrap();
+        let full = std::fs::read(&p).unwrap();
+        for cut in [4, 20, full.len() - 7] {
+            std::fs::write(&g, &full[..cut]).unwrap();
+            assert_format(load_binary(&g), &g, "not a valid safetensors file");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn failed_writes_leave_no_file() {
+        let dir = tmpdir("fail");
+        let p = dir.join("m.safetensors");
+        let z = vec![0.0f32; 5];
+        // A shape that does not match the data.
+        let r = write_tensors(&p, &[("W", vec![2, 2], &z)], &BTreeMap::new());
+        assert!(matches!(r, Err(RbmError::Shape(_))));
+        let r = write_tensors(
+            &p,
+            &[("a", vec![5], &z), ("a", vec![5], &z)],
+            &BTreeMap::new(),
+        );
+        assert!(matches!(r, Err(RbmError::InvalidParam { .. })));
+        // A directory that does not exist.
+        let q = dir.join("no/such/dir/m.safetensors");
+        assert!(matches!(
+            save_binary(&q, &model(), &hyper()),
+            Err(RbmError::Io { .. })
+        ));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
