@@ -212,28 +212,14 @@ impl BinaryRbm {
 
     /// `p(h = 1 | v)` into `out`: σ(c + Wᵀv).
     pub fn hidden_probs_into(&self, v: &Matrix, out: &mut Matrix) {
-<<<<<<< HEAD
         self.check_visible(v);
         product_then_sigmoid(out, self.wt_view(), v, &self.c);
-=======
-        self.hidden_input_into(v, out);
-        out.as_mut_slice()
-            .par_iter_mut()
-            .for_each(|x| *x = sigmoid(*x));
->>>>>>> io
     }
 
     /// `p(v = 1 | h)` into `out`: σ(b + Wh).
     pub fn visible_probs_into(&self, h: &Matrix, out: &mut Matrix) {
-<<<<<<< HEAD
         self.check_hidden(h);
         product_then_sigmoid(out, self.wt_view().transpose(), h, &self.b);
-=======
-        self.visible_input_into(h, out);
-        out.as_mut_slice()
-            .par_iter_mut()
-            .for_each(|x| *x = sigmoid(*x));
->>>>>>> io
     }
 
     /// `p(h = 1 | v)` for each example (column) of `v`: the `M × N` hidden probabilities.
