@@ -43,7 +43,14 @@ fn gemm_peak() -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        linalg::gemm(c.view_mut(), Accum::Replace, a.view(), b.view(), 1.0, current_par());
+        linalg::gemm(
+            c.view_mut(),
+            Accum::Replace,
+            a.view(),
+            b.view(),
+            1.0,
+            current_par(),
+        );
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9
@@ -55,7 +62,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Times one binary configuration: median seconds per epoch over `epochs` epochs.
-fn binary_case(data: &Matrix, hidden: usize, batch: usize, cd: usize, pcd: bool, epochs: usize) -> Result<(f64, f64)> {
+fn binary_case(
+    data: &Matrix,
+    hidden: usize,
+    batch: usize,
+    cd: usize,
+    pcd: bool,
+    epochs: usize,
+) -> Result<(f64, f64)> {
     let cfg = TrainParams::new()
         .hidden(hidden)
         .epochs(epochs)
@@ -75,7 +89,8 @@ fn binary_case(data: &Matrix, hidden: usize, batch: usize, cd: usize, pcd: bool,
     let per_epoch = median(secs);
     let (d, m, n) = (data.rows() as f64, hidden as f64, data.cols() as f64);
     // Per example: positive pass, k×(down + up) passes, and the fused gradient (2 products).
-    let flops = 2.0 * d * m * n * (1.0 + 2.0 * cd as f64 + 2.0) + if pcd { 2.0 * d * m * n } else { 0.0 };
+    let flops =
+        2.0 * d * m * n * (1.0 + 2.0 * cd as f64 + 2.0) + if pcd { 2.0 * d * m * n } else { 0.0 };
     Ok((per_epoch, flops / per_epoch / 1e9))
 }
 
@@ -122,9 +137,13 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
     } else {
         println!(
             "threads {}   f32 GEMM peak (2048³, faer): {:.1} GFLOP/s",
-            report["threads"], report["gemm_peak_gflops"].as_f64().unwrap_or(0.0)
+            report["threads"],
+            report["gemm_peak_gflops"].as_f64().unwrap_or(0.0)
         );
-        println!("{:<36} {:>10} {:>12} {:>9} {:>7}", "case", "s/epoch", "examples/s", "GFLOP/s", "peak");
+        println!(
+            "{:<36} {:>10} {:>12} {:>9} {:>7}",
+            "case", "s/epoch", "examples/s", "GFLOP/s", "peak"
+        );
         for c in report["cases"].as_array().into_iter().flatten() {
             println!(
                 "{:<36} {:>10.4} {:>12.0} {:>9.1} {:>6.0}%",
@@ -135,7 +154,10 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 100.0 * c["peak_fraction"].as_f64().unwrap_or(0.0)
             );
         }
-        println!("peak memory: {:.1} MiB", report["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
+        println!(
+            "peak memory: {:.1} MiB",
+            report["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
     }
     Ok(())
 }

@@ -139,9 +139,15 @@ fn momentum_of(args: &TrainArgs) -> Result<Momentum> {
                 bail!("--momentum-schedule wants INITIAL,FINAL,SWITCH_EPOCH, got `{s}`");
             };
             Ok(Momentum {
-                initial: a.parse().with_context(|| format!("bad initial momentum `{a}`"))?,
-                final_value: b.parse().with_context(|| format!("bad final momentum `{b}`"))?,
-                switch_epoch: e.parse().with_context(|| format!("bad switch epoch `{e}`"))?,
+                initial: a
+                    .parse()
+                    .with_context(|| format!("bad initial momentum `{a}`"))?,
+                final_value: b
+                    .parse()
+                    .with_context(|| format!("bad final momentum `{b}`"))?,
+                switch_epoch: e
+                    .parse()
+                    .with_context(|| format!("bad switch epoch `{e}`"))?,
             })
         }
     }
@@ -165,7 +171,10 @@ fn hyper_metadata(args: &TrainArgs, epochs_run: usize) -> BTreeMap<String, Strin
     put("cd_k", args.cd.to_string());
     put("persistent", args.pcd.to_string());
     put("weight_decay", args.weight_decay.to_string());
-    put("optimizer", if args.adam { "adam" } else { "sgd" }.to_string());
+    put(
+        "optimizer",
+        if args.adam { "adam" } else { "sgd" }.to_string(),
+    );
     put("seed", args.seed.to_string());
     m
 }
@@ -254,7 +263,9 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
     let (recon, heldout_recon) = common.in_pool(|| {
         (
             model.reconstruction_mse(&train_set.examples),
-            heldout.as_ref().map(|h| model.reconstruction_mse(&h.examples)),
+            heldout
+                .as_ref()
+                .map(|h| model.reconstruction_mse(&h.examples)),
         )
     })?;
     modelfile::save_binary(&args.out, &model, &hyper_metadata(&args, summary.epochs))?;
@@ -264,7 +275,8 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
     }
     if let Some(p) = &args.samples {
         let start = train_set.examples.cols_range(0, train_set.len().min(100));
-        let (probs, _) = common.in_pool(|| model.generate(100, 1000, ChainStart::Data(&start), args.seed))??;
+        let (probs, _) =
+            common.in_pool(|| model.generate(100, 1000, ChainStart::Data(&start), args.seed))??;
         picture::grid_png(p, &probs, require_shape(shape, p)?, None)?;
     }
     if let Some(p) = &args.curves {
@@ -307,7 +319,10 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
             println!("mean-field reconstruction MSE (held-out): {h:.5}");
         }
         println!("model written to {}", args.out.display());
-        for p in [&args.filters, &args.samples, &args.curves].into_iter().flatten() {
+        for p in [&args.filters, &args.samples, &args.curves]
+            .into_iter()
+            .flatten()
+        {
             println!("picture written to {}", p.display());
         }
     }
@@ -402,9 +417,16 @@ pub fn sample(args: SampleArgs, common: &Common) -> Result<()> {
         data::write_csv(csv, &probs, None)?;
     }
     if common.json {
-        print_json(&json!({"samples": args.n, "steps": args.steps, "out": args.out, "csv": args.csv}));
+        print_json(
+            &json!({"samples": args.n, "steps": args.steps, "out": args.out, "csv": args.csv}),
+        );
     } else {
-        println!("{} samples after {} Gibbs steps written to {}", args.n, args.steps, args.out.display());
+        println!(
+            "{} samples after {} Gibbs steps written to {}",
+            args.n,
+            args.steps,
+            args.out.display()
+        );
     }
     Ok(())
 }
@@ -451,7 +473,12 @@ pub fn transform(args: TransformArgs, common: &Common) -> Result<()> {
     if common.json {
         print_json(&json!({"examples": set.len(), "features": model.hidden(), "out": args.out}));
     } else {
-        println!("{} examples × {} features written to {}", set.len(), model.hidden(), args.out.display());
+        println!(
+            "{} examples × {} features written to {}",
+            set.len(),
+            model.hidden(),
+            args.out.display()
+        );
     }
     Ok(())
 }
@@ -479,7 +506,9 @@ pub fn filters(args: FiltersArgs, common: &Common) -> Result<()> {
     let shape = args.shape.as_deref().map(parse_shape).transpose()?;
     write_filters(&args.out, &model, shape, args.max_tiles)?;
     if common.json {
-        print_json(&json!({"tiles": args.max_tiles.unwrap_or(model.hidden()).min(model.hidden()), "out": args.out}));
+        print_json(
+            &json!({"tiles": args.max_tiles.unwrap_or(model.hidden()).min(model.hidden()), "out": args.out}),
+        );
     } else {
         println!("filters written to {}", args.out.display());
     }
@@ -553,7 +582,11 @@ pub fn walkthrough_cmd(args: WalkthroughArgs, common: &Common) -> Result<()> {
         .map(|r| parse_vec(r, "--w"))
         .collect::<Result<_>>()?;
     let draws = |s: &str, what: &str| -> Result<Option<Vec<f64>>> {
-        if s == "random" { Ok(None) } else { parse_vec(s, what).map(Some) }
+        if s == "random" {
+            Ok(None)
+        } else {
+            parse_vec(s, what).map(Some)
+        }
     };
     let input = WalkthroughInput {
         w,
@@ -579,21 +612,47 @@ pub fn walkthrough_cmd(args: WalkthroughArgs, common: &Common) -> Result<()> {
         }));
         return Ok(());
     }
-    println!("One CD-1 step (REFERENCE §1), κ = {}, γ = {}, rate_c = {}", input.lr_w, input.lr_b, input.lr_c);
-    println!("v⁰ = {}   W = {}   b = {}   c = {}", fmt_vec(&input.v0), fmt_mat(&input.w), fmt_vec(&input.b), fmt_vec(&input.c));
+    println!(
+        "One CD-1 step (REFERENCE §1), κ = {}, γ = {}, rate_c = {}",
+        input.lr_w, input.lr_b, input.lr_c
+    );
+    println!(
+        "v⁰ = {}   W = {}   b = {}   c = {}",
+        fmt_vec(&input.v0),
+        fmt_mat(&input.w),
+        fmt_vec(&input.b),
+        fmt_vec(&input.c)
+    );
     println!("1. recognition:  c + v⁰ᵀW = {}", fmt_vec(&t.hidden_input0));
     println!("                 p⁰ = σ(·) = {}", fmt_vec(&t.p0));
     println!("   positive statistics v⁰p⁰ᵀ = {}", fmt_mat(&t.positive));
-    println!("2. sample h⁰:    draws u = {}  (u < p ⇒ 1)  h⁰ = {}", fmt_vec(&t.hidden_draws), fmt_vec(&t.h0));
+    println!(
+        "2. sample h⁰:    draws u = {}  (u < p ⇒ 1)  h⁰ = {}",
+        fmt_vec(&t.hidden_draws),
+        fmt_vec(&t.h0)
+    );
     println!("3. generation:   b + Wh⁰ = {}", fmt_vec(&t.visible_input));
     println!("                 p(v|h⁰) = {}", fmt_vec(&t.pv));
-    println!("   sample v¹:    draws u = {}  v¹ = {}", fmt_vec(&t.visible_draws), fmt_vec(&t.v1));
+    println!(
+        "   sample v¹:    draws u = {}  v¹ = {}",
+        fmt_vec(&t.visible_draws),
+        fmt_vec(&t.v1)
+    );
     println!("4. recognition 2: c + v¹ᵀW = {}", fmt_vec(&t.hidden_input1));
-    println!("                 p¹ = σ(·) = {}  (probabilities, not samples)", fmt_vec(&t.p1));
+    println!(
+        "                 p¹ = σ(·) = {}  (probabilities, not samples)",
+        fmt_vec(&t.p1)
+    );
     println!("   negative statistics v¹p¹ᵀ = {}", fmt_mat(&t.negative));
-    println!("5. updates:      ΔW = κ(v⁰p⁰ᵀ − v¹p¹ᵀ) = {}", fmt_mat(&t.delta_w));
+    println!(
+        "5. updates:      ΔW = κ(v⁰p⁰ᵀ − v¹p¹ᵀ) = {}",
+        fmt_mat(&t.delta_w)
+    );
     println!("                 Δb = γ(v⁰ − v¹) = {}", fmt_vec(&t.delta_b));
-    println!("                 Δc = rate_c(p⁰ − p¹) = {}", fmt_vec(&t.delta_c));
+    println!(
+        "                 Δc = rate_c(p⁰ − p¹) = {}",
+        fmt_vec(&t.delta_c)
+    );
     println!("new parameters:  W = {}", fmt_mat(&t.new_w));
     println!("                 b = {}", fmt_vec(&t.new_b));
     println!("                 c = {}", fmt_vec(&t.new_c));

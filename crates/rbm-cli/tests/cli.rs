@@ -38,8 +38,15 @@ fn assert_refused(out: &Output, needles: &[&str], not_written: &Path) {
     for n in needles {
         assert!(err.contains(n), "stderr lacks `{n}`: {err}");
     }
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
-    assert!(!not_written.exists(), "{} was written", not_written.display());
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(
+        !not_written.exists(),
+        "{} was written",
+        not_written.display()
+    );
 }
 
 #[test]
@@ -48,8 +55,25 @@ fn train_reports_metrics_and_same_seed_gives_identical_bytes() {
     let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
     let args = |out: &Path| {
         vec![
-            "train", "--data", "digits", "--rows", "0..300", "--hidden", "24", "--epochs", "2",
-            "--batch", "50", "--cd", "2", "--seed", "7", "--threads", "2", "--json", "--out",
+            "train",
+            "--data",
+            "digits",
+            "--rows",
+            "0..300",
+            "--hidden",
+            "24",
+            "--epochs",
+            "2",
+            "--batch",
+            "50",
+            "--cd",
+            "2",
+            "--seed",
+            "7",
+            "--threads",
+            "2",
+            "--json",
+            "--out",
         ]
         .into_iter()
         .map(String::from)
@@ -68,7 +92,11 @@ fn train_reports_metrics_and_same_seed_gives_identical_bytes() {
     assert_eq!(ja["epochs"], 2);
     let mse = ja["recon_mse"].as_f64().unwrap();
     assert!(mse > 0.0 && mse < 0.2, "recon_mse {mse}");
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, different bytes");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same seed, different bytes"
+    );
 }
 
 #[test]
@@ -83,7 +111,13 @@ fn walkthrough_json_matches_hand_computation() {
     let text = rbm(&["walkthrough"]);
     assert!(text.status.success());
     let out = String::from_utf8_lossy(&text.stdout);
-    for step in ["1. recognition", "2. sample h⁰", "3. generation", "4. recognition 2", "5. updates"] {
+    for step in [
+        "1. recognition",
+        "2. sample h⁰",
+        "3. generation",
+        "4. recognition 2",
+        "5. updates",
+    ] {
         assert!(out.contains(step), "missing `{step}` in\n{out}");
     }
 }
@@ -94,15 +128,45 @@ fn malformed_csv_is_refused_with_file_and_line() {
     let out = d.join("model.safetensors");
     let ragged = d.join("ragged.csv");
     std::fs::write(&ragged, "0,1,0,1\n1,1,0,1\n0,1,1\n").unwrap();
-    let r = rbm(&["train", "--data", s(&ragged), "--hidden", "3", "--epochs", "1", "--out", s(&out)]);
+    let r = rbm(&[
+        "train",
+        "--data",
+        s(&ragged),
+        "--hidden",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
     assert_refused(&r, &["ragged.csv", ":3"], &out);
     let text = d.join("text.csv");
     std::fs::write(&text, "0,1,0,1\n1,x,0,1\n").unwrap();
-    let r = rbm(&["train", "--data", s(&text), "--hidden", "3", "--epochs", "1", "--out", s(&out)]);
+    let r = rbm(&[
+        "train",
+        "--data",
+        s(&text),
+        "--hidden",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
     assert_refused(&r, &["text.csv", ":2"], &out);
     let empty = d.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
-    let r = rbm(&["train", "--data", s(&empty), "--hidden", "3", "--epochs", "1", "--out", s(&out)]);
+    let r = rbm(&[
+        "train",
+        "--data",
+        s(&empty),
+        "--hidden",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
     assert_refused(&r, &["empty.csv"], &out);
 }
 
@@ -114,12 +178,32 @@ fn malformed_idx_is_refused_with_offset() {
     idx.extend([0u8; 15]); // 10 images of 2×2 need 40 bytes
     let trunc = d.join("trunc-idx3-ubyte");
     std::fs::write(&trunc, &idx).unwrap();
-    let r = rbm(&["train", "--data", s(&trunc), "--hidden", "3", "--epochs", "1", "--out", s(&out)]);
+    let r = rbm(&[
+        "train",
+        "--data",
+        s(&trunc),
+        "--hidden",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
     assert_refused(&r, &["trunc-idx3-ubyte", "offset"], &out);
     idx[2] = 9; // not the unsigned-byte type code
     let magic = d.join("magic-idx3-ubyte");
     std::fs::write(&magic, &idx).unwrap();
-    let r = rbm(&["train", "--data", s(&magic), "--hidden", "3", "--epochs", "1", "--out", s(&out)]);
+    let r = rbm(&[
+        "train",
+        "--data",
+        s(&magic),
+        "--hidden",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
     assert_refused(&r, &["magic-idx3-ubyte"], &out);
 }
 
@@ -132,7 +216,13 @@ fn wrong_model_file_is_refused() {
     let r = rbm(&["sample", "--model", s(&garbage), "--out", s(&png)]);
     assert_refused(&r, &["garbage.safetensors"], &png);
     let csv = d.join("features.csv");
-    let r = rbm(&["transform", "--model", s(&d.join("missing.safetensors")), "--out", s(&csv)]);
+    let r = rbm(&[
+        "transform",
+        "--model",
+        s(&d.join("missing.safetensors")),
+        "--out",
+        s(&csv),
+    ]);
     assert_refused(&r, &["missing.safetensors"], &csv);
 }
 
@@ -141,18 +231,54 @@ fn sample_transform_and_filters_write_their_files() {
     let d = tmpdir("outputs");
     let model = d.join("m.safetensors");
     json(&rbm(&[
-        "train", "--rows", "0..200", "--hidden", "16", "--epochs", "1", "--json", "--out", s(&model),
+        "train",
+        "--rows",
+        "0..200",
+        "--hidden",
+        "16",
+        "--epochs",
+        "1",
+        "--json",
+        "--out",
+        s(&model),
     ]));
     let png = d.join("samples.png");
-    json(&rbm(&["sample", "--model", s(&model), "-n", "9", "--steps", "5", "--out", s(&png), "--json"]));
+    json(&rbm(&[
+        "sample",
+        "--model",
+        s(&model),
+        "-n",
+        "9",
+        "--steps",
+        "5",
+        "--out",
+        s(&png),
+        "--json",
+    ]));
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     let csv = d.join("f.csv");
-    json(&rbm(&["transform", "--model", s(&model), "--rows", "0..10", "--out", s(&csv), "--json"]));
+    json(&rbm(&[
+        "transform",
+        "--model",
+        s(&model),
+        "--rows",
+        "0..10",
+        "--out",
+        s(&csv),
+        "--json",
+    ]));
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 11, "header + 10 rows");
     assert_eq!(lines[1].split(',').count(), 17, "16 features + label");
     let f = d.join("filters.png");
-    json(&rbm(&["filters", "--model", s(&model), "--out", s(&f), "--json"]));
+    json(&rbm(&[
+        "filters",
+        "--model",
+        s(&model),
+        "--out",
+        s(&f),
+        "--json",
+    ]));
     assert_eq!(&std::fs::read(&f).unwrap()[1..4], b"PNG");
 }

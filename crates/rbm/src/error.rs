@@ -13,13 +13,14 @@ pub enum RbmError {
         /// Why it is rejected.
         reason: String,
     },
-    /// An operating-system error on a named file.
-    #[error("{}: {source}", path.display())]
+    /// An operating-system error on a named file. (The I/O error is part of the message rather
+    /// than a `source`, so error chains do not print it twice.)
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A text file with a bad line (1-based line number).
     #[error("{}:{line}: {reason}", path.display())]
@@ -57,10 +58,10 @@ pub type Result<T, E = RbmError> = std::result::Result<T, E>;
 
 impl RbmError {
     /// Wraps an I/O error with the path it happened on.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         RbmError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
