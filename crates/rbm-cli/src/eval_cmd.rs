@@ -198,11 +198,9 @@ pub fn run_eval(args: EvalArgs, common: &Common) -> Result<()> {
             Some(z) if binary => json!(eval::average_log_likelihood(&model, &data.examples, z)?),
             _ => Value::Null,
         };
-        if let (Some(z), Some(lo), Some(hi)) = (
-            log_z,
-            out["log_z_lo"].as_f64(),
-            out["log_z_hi"].as_f64(),
-        ) && let Some(ll) = out["log_likelihood"].as_f64()
+        if let (Some(z), Some(lo), Some(hi)) =
+            (log_z, out["log_z_lo"].as_f64(), out["log_z_hi"].as_f64())
+            && let Some(ll) = out["log_likelihood"].as_f64()
         {
             // A larger Z means a smaller likelihood: the interval flips.
             out["log_likelihood_lo"] = json!(ll - (hi - z));
@@ -250,12 +248,12 @@ fn print_table(r: &Value, binary: bool) {
             .map(|s| format!(" rows {s}"))
             .unwrap_or_default()
     );
-    println!(
-        "binarized: {}",
-        r["binarize"].as_str().unwrap_or("?")
-    );
+    println!("binarized: {}", r["binarize"].as_str().unwrap_or("?"));
     let row = |name: &str, value: String| println!("  {name:<34} {value}");
-    row("reconstruction MSE", format!("{:.5}", f("recon_mse").unwrap_or(f64::NAN)));
+    row(
+        "reconstruction MSE",
+        format!("{:.5}", f("recon_mse").unwrap_or(f64::NAN)),
+    );
     row(
         "pseudo-likelihood (sklearn)",
         format!("{:.3}", f("pseudo_likelihood").unwrap_or(f64::NAN)),
@@ -275,7 +273,10 @@ fn print_table(r: &Value, binary: bool) {
         row("free-energy gap (data − reference)", format!("{g:.3}"));
     }
     match r["log_z_method"].as_str() {
-        Some("exact") => row("log Z (exact)", format!("{:.4}", f("log_z").unwrap_or(f64::NAN))),
+        Some("exact") => row(
+            "log Z (exact)",
+            format!("{:.4}", f("log_z").unwrap_or(f64::NAN)),
+        ),
         Some("ais") => row(
             "log Z (AIS)",
             format!(
@@ -297,7 +298,10 @@ fn print_table(r: &Value, binary: bool) {
                 (Some(lo), Some(hi)) if lo != hi => format!("  (±3σ: [{lo:.3}, {hi:.3}])"),
                 _ => String::new(),
             };
-            row("average log-likelihood (nats)", format!("{ll:.3}{interval}"));
+            row(
+                "average log-likelihood (nats)",
+                format!("{ll:.3}{interval}"),
+            );
         }
         None if !binary => row(
             "average log-likelihood",
@@ -342,7 +346,10 @@ pub struct ImportArgs {
 /// Runs `rbm import-sklearn`.
 pub fn run_import(args: ImportArgs, common: &Common) -> Result<()> {
     let (model, source) = match (&args.safetensors, &args.components) {
-        (Some(st), None) => (npy::import_sklearn_safetensors(st)?, st.display().to_string()),
+        (Some(st), None) => (
+            npy::import_sklearn_safetensors(st)?,
+            st.display().to_string(),
+        ),
         (None, Some(c)) => {
             let (v, h) = match (&args.intercept_visible, &args.intercept_hidden) {
                 (Some(v), Some(h)) => (v, h),
@@ -350,10 +357,15 @@ pub fn run_import(args: ImportArgs, common: &Common) -> Result<()> {
             };
             (npy::import_sklearn(c, v, h)?, c.display().to_string())
         }
-        _ => bail!("give either --safetensors FILE or --components/--intercept-visible/--intercept-hidden"),
+        _ => bail!(
+            "give either --safetensors FILE or --components/--intercept-visible/--intercept-hidden"
+        ),
     };
     let mut meta = BTreeMap::new();
-    meta.insert("imported_from".to_string(), "scikit-learn BernoulliRBM".to_string());
+    meta.insert(
+        "imported_from".to_string(),
+        "scikit-learn BernoulliRBM".to_string(),
+    );
     meta.insert("source".to_string(), source);
     modelfile::save_binary(&args.out, &model, &meta)
         .with_context(|| format!("cannot write {}", args.out.display()))?;

@@ -7,21 +7,33 @@ use rbm::linalg::Matrix;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let runs = args.first().copied().unwrap_or(100);
     let steps = args.get(1).copied();
     // Data-like base: 13% of pixels on.
-    let data = Matrix::from_fn(784, 200, |i, j| f32::from(u8::from((i * 31 + j * 17) % 100 < 13)));
+    let data = Matrix::from_fn(784, 200, |i, j| {
+        f32::from(u8::from((i * 31 + j * 17) % 100 < 13))
+    });
     let small = BinaryRbm::init(784, 20, 0.1, Some(&data), 1);
     let t = Instant::now();
     let z = exact_log_z(&small).unwrap();
-    println!("exact log Z 784×20: {z:.4} in {:.3} s", t.elapsed().as_secs_f64());
+    println!(
+        "exact log Z 784×20: {z:.4} in {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
     let big = BinaryRbm::init(784, 500, 0.05, Some(&data), 2);
     let schedule = match steps {
         Some(n) => BetaSchedule::SmShaped(n),
         None => BetaSchedule::SalakhutdinovMurray,
     };
-    let p = AisParams::new().runs(runs).schedule(schedule).check().unwrap();
+    let p = AisParams::new()
+        .runs(runs)
+        .schedule(schedule)
+        .check()
+        .unwrap();
     let t = Instant::now();
     let est = ais_log_z(&big, &data, &p).unwrap();
     println!(

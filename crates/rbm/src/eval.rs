@@ -31,11 +31,7 @@ pub fn is_binary(data: &Matrix) -> bool {
 }
 
 fn require_binary(data: &Matrix) -> Result<()> {
-    if let Some(pos) = data
-        .as_slice()
-        .iter()
-        .position(|&x| x != 0.0 && x != 1.0)
-    {
+    if let Some(pos) = data.as_slice().iter().position(|&x| x != 0.0 && x != 1.0) {
         let rows = data.rows().max(1);
         return Err(RbmError::param(
             "data",
@@ -200,7 +196,11 @@ pub fn time_enumeration(rbm: &BinaryRbm, naive_pairs: u64, smart_states: u64) ->
         }
         let vbits = if m < 64 { p >> m } else { 0 };
         for (i, x) in v.iter_mut().enumerate() {
-            *x = if i < 64 { ((vbits >> i) & 1) as f64 } else { 0.0 };
+            *x = if i < 64 {
+                ((vbits >> i) & 1) as f64
+            } else {
+                0.0
+            };
         }
         vw.fill(0.0);
         for i in 0..d {

@@ -104,9 +104,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     if have != want {
         return Err(err(
             data_start,
-            format!(
-                "shape {shape:?} of {descr} needs {want} bytes of data, the file has {have}"
-            ),
+            format!("shape {shape:?} of {descr} needs {want} bytes of data, the file has {have}"),
         ));
     }
     let raw = &bytes[data_start..];
@@ -494,7 +492,10 @@ mod tests {
         assert_exact(&rbm, &comp, &iv, &ih, m, d);
         // Swapped files are caught by their shapes.
         let e = import_sklearn(&pc, &ph, &pv).unwrap_err().to_string();
-        assert!(e.contains("intercept_visible_") && e.contains("h.npy"), "{e}");
+        assert!(
+            e.contains("intercept_visible_") && e.contains("h.npy"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -504,7 +505,10 @@ mod tests {
         let as_bytes = |x: &[f32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
         let (bc, bv) = (as_bytes(&comp), as_bytes(&iv));
         // intercept_hidden_ as f64 (values exactly representable in f32, so still exact).
-        let bh: Vec<u8> = ih.iter().flat_map(|&v| f64::from(v).to_le_bytes()).collect();
+        let bh: Vec<u8> = ih
+            .iter()
+            .flat_map(|&v| f64::from(v).to_le_bytes())
+            .collect();
         use safetensors::{Dtype, tensor::TensorView};
         let tensors = vec![
             (

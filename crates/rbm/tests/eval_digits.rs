@@ -21,9 +21,10 @@ fn ais_is_within_one_nat_of_exact_log_z_on_a_trained_784x20_model() {
         .lr(0.05)
         .check()
         .unwrap();
-    let (model, _) =
-        Trainer::fit_new(cfg, &digits.examples, None, &mut |_, _| ControlFlow::Continue(()))
-            .unwrap();
+    let (model, _) = Trainer::fit_new(cfg, &digits.examples, None, &mut |_, _| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     // Training moved the model far from its initialization (weights of order 0.1–1, not 0.01).
     let max_w = model.weights().iter().fold(0.0f32, |a, &w| a.max(w.abs()));
     assert!(max_w > 0.3, "model barely trained: max |W| = {max_w}");
@@ -50,7 +51,10 @@ fn ais_is_within_one_nat_of_exact_log_z_on_a_trained_784x20_model() {
         }
         s / digits.examples.cols() as f64
     };
-    assert!(ll > base_ll, "model LL {ll:.2} not above independent-pixel LL {base_ll:.2}");
+    assert!(
+        ll > base_ll,
+        "model LL {ll:.2} not above independent-pixel LL {base_ll:.2}"
+    );
     eprintln!(
         "784×20 trained: exact log Z {exact:.3}, AIS {:.3} ± {:.3}, LL {ll:.2} vs base {base_ll:.2}",
         est.log_z, est.log_z_std

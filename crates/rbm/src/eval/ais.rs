@@ -17,9 +17,10 @@ use super::kernels::{ais_hidden, ais_hidden_last, ais_visible};
 use crate::binary::{BinaryRbm, column_means};
 use crate::error::{RbmError, Result};
 use crate::linalg::{Matrix, current_par, gemm, log_mean_exp, sigmoid, softplus};
-use faer::Accum;
 use crate::random::{Purpose, Stream};
+use faer::Accum;
 use rayon::prelude::*;
+use std::cmp::Ordering;
 
 /// The sequence of inverse temperatures β₀ = 0 < … < β_K = 1.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,7 +166,10 @@ impl AisParams {
         if self.runs < 2 {
             return Err(RbmError::param(
                 "runs",
-                format!("{} — at least 2 runs are needed to estimate the spread", self.runs),
+                format!(
+                    "{} — at least 2 runs are needed to estimate the spread",
+                    self.runs
+                ),
             ));
         }
         if !(self.base_smoothing > 0.0 && self.base_smoothing < 0.5) {
@@ -190,7 +194,12 @@ impl AisParams {
         if betas.len() < 2
             || betas[0] != 0.0
             || *betas.last().expect("non-empty") != 1.0
-            || betas.windows(2).any(|w| !(w[1] >= w[0]))
+            || betas.windows(2).any(|w| {
+                !matches!(
+                    w[1].partial_cmp(&w[0]),
+                    Some(Ordering::Greater | Ordering::Equal)
+                )
+            })
         {
             return Err(RbmError::param(
                 "schedule",
@@ -391,7 +400,14 @@ fn run_chains(rbm: &BinaryRbm, base: &[f32], betas: &[f64], runs: usize, seed: u
         let (b0, b1) = (betas[k - 1], betas[k]);
         let last = k == k_last;
         // Hidden inputs Wᵀv for every run (c is added inside the kernel).
-        gemm(hx.view_mut(), Accum::Replace, rbm.wt_view(), v.view(), 1.0, par);
+        gemm(
+            hx.view_mut(),
+            Accum::Replace,
+            rbm.wt_view(),
+            v.view(),
+            1.0,
+            par,
+        );
         hx.as_mut_slice()
             .par_chunks_mut(m)
             .zip(log_w.par_iter_mut())
@@ -562,7 +578,10 @@ mod tests {
             .seed(6)
             .check()
             .unwrap();
-        assert_ne!(ais_log_z(&rbm, &data, &p2).unwrap().log_weights, a.log_weights);
+        assert_ne!(
+            ais_log_z(&rbm, &data, &p2).unwrap().log_weights,
+            a.log_weights
+        );
     }
 
     #[test]

@@ -327,7 +327,10 @@ pub(crate) mod tests {
         let a = e.log_z(0);
         let b = e.log_z(3);
         let c = e.log_z(LOW_BITS);
-        assert!((a - b).abs() < 1e-10 && (a - c).abs() < 1e-10, "{a} {b} {c}");
+        assert!(
+            (a - b).abs() < 1e-10 && (a - c).abs() < 1e-10,
+            "{a} {b} {c}"
+        );
     }
 
     #[test]
@@ -386,7 +389,9 @@ pub(crate) mod tests {
     #[test]
     fn free_energies_match_the_f32_model_code() {
         let rbm = random_rbm(20, 7, 1.0, 11);
-        let data = Matrix::from_fn(20, 2100, |i, j| f32::from(u8::from((i * 7 + j * 3) % 5 < 2)));
+        let data = Matrix::from_fn(20, 2100, |i, j| {
+            f32::from(u8::from((i * 7 + j * 3) % 5 < 2))
+        });
         let ours = free_energies(&rbm, &data).unwrap();
         let theirs = rbm.free_energy(&data);
         assert_eq!(ours.len(), 2100);
