@@ -26,6 +26,10 @@ pub struct DataArgs {
     /// Binarize: `none`, a threshold such as `0.5`, or `sample` (stochastic).
     #[arg(long)]
     pub binarize: Option<String>,
+    /// Permute the examples with this seed before `--rows` slices them (for files sorted by
+    /// class; the built-in digits are already mixed).
+    #[arg(long)]
+    pub shuffle: Option<u64>,
 }
 
 impl DataArgs {
@@ -34,6 +38,9 @@ impl DataArgs {
         let mut opts = LoadOptions::new();
         if let Some(r) = &self.rows {
             opts = opts.rows(data::parse_rows(r)?);
+        }
+        if let Some(seed) = self.shuffle {
+            opts = opts.shuffle(seed);
         }
         let bin = match &self.binarize {
             Some(b) => b.parse::<Binarize>()?,
@@ -208,6 +215,7 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
                 data: spec.clone().unwrap_or_else(|| args.data.data.clone()),
                 rows: rows.clone(),
                 binarize: args.data.binarize.clone(),
+                shuffle: args.data.shuffle,
             }
             .load(Binarize::None, args.seed)?,
         ),

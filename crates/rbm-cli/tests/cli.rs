@@ -92,10 +92,9 @@ fn train_reports_metrics_and_same_seed_gives_identical_bytes() {
     assert_eq!(ja["epochs"], 2);
     let mse = ja["recon_mse"].as_f64().unwrap();
     assert!(mse > 0.0 && mse < 0.2, "recon_mse {mse}");
-    assert_eq!(
-        std::fs::read(&a).unwrap(),
-        std::fs::read(&b).unwrap(),
-        "same seed, different bytes"
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "same seed and threads, different model bytes"
     );
 }
 

@@ -438,6 +438,7 @@ pub fn column_means(data: &Matrix) -> Vec<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
 mod tests {
     use super::*;
 

