@@ -105,6 +105,7 @@ pub fn run_eval(args: EvalArgs, common: &Common) -> Result<()> {
                 data: spec.clone().unwrap_or_else(|| args.data.data.clone()),
                 rows: rows.clone(),
                 binarize: args.data.binarize.clone(),
+                shuffle: args.data.shuffle,
             }
             .load(Binarize::Threshold(0.5), args.seed)?;
             if r.dim() != model.visible() || r.is_empty() {
