@@ -2,6 +2,7 @@
 
 mod bench;
 mod binary_cmd;
+mod cf;
 mod common;
 mod eval_cmd;
 
@@ -38,6 +39,11 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Convert a scikit-learn BernoulliRBM (`.npy` files or safetensors) into a model file.
     ImportSklearn(eval_cmd::ImportArgs),
+    /// Rating RBMs for collaborative filtering (recommendation).
+    Cf {
+        #[command(subcommand)]
+        cmd: cf::CfCommand,
+    },
 }
 
 fn main() {
@@ -63,5 +69,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(a, &common),
         Command::Eval(a) => eval_cmd::run_eval(a, &common),
         Command::ImportSklearn(a) => eval_cmd::run_import(a, &common),
+        Command::Cf { cmd } => cf::run(cmd, &common),
     }
 }

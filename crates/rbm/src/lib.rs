@@ -11,6 +11,8 @@
 
 pub mod atomic;
 pub mod binary;
+pub mod cf_eval;
+pub mod cf_model;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -19,6 +21,8 @@ pub mod modelfile;
 pub mod npy;
 pub mod picture;
 pub mod random;
+pub mod rating;
+pub mod ratings;
 pub mod train;
 pub mod walkthrough;
 

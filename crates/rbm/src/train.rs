@@ -342,8 +342,8 @@ struct Buffers {
     h: Matrix,
     /// Hidden samples, M × B.
     hs: Matrix,
-    /// Scratch for visible pre-activations, D × B.
-    vt: Matrix,
+    /// Scratch for the PCD chains' hidden probabilities, M × B.
+    pcd_h: Matrix,
     /// Gradient of Wᵀ (M × D, the layout of W's row-major storage).
     gw: Vec<f32>,
     gb: Vec<f32>,
@@ -532,28 +532,20 @@ impl Trainer {
         buf.v.resize(d, 2 * b);
         buf.h.resize(m, 2 * b);
         buf.hs.resize(m, b);
-        buf.vt.resize(d, b);
 
         // Positive phase: gather V⁰, P⁰ = σ(c + WᵀV⁰), sample H⁰.
         for (k, &j) in idx.iter().enumerate() {
             buf.v.col_mut(k).copy_from_slice(data.col(j));
         }
-        {
-            let (v0, _) = buf.v.as_mut_slice().split_at_mut(d * b);
-            let v0 = faer::MatRef::from_column_major_slice(v0, d, b);
-            let (h0, _) = buf.h.as_mut_slice().split_at_mut(m * b);
-            let h0m = faer::MatMut::from_column_major_slice_mut(h0, m, b);
-            linalg::gemm(h0m, Accum::Replace, model.wt_view(), v0, 1.0, par);
-            sigmoid_sample(
-                h0,
-                buf.hs.as_mut_slice(),
-                model.hidden_bias(),
-                seed,
-                epoch,
-                key(0),
-                true,
-            );
-        }
+        up_pass(
+            model,
+            &buf.v.as_slice()[..d * b],
+            &mut buf.h.as_mut_slice()[..m * b],
+            buf.hs.as_mut_slice(),
+            (seed, epoch, key(0)),
+            true,
+            par,
+        );
 
         // Negative phase start: PCD continues its chains (sampling H from them), CD starts at H⁰.
         if cfg.persistent {
@@ -563,35 +555,24 @@ impl Trainer {
                 crate::binary::sample_columns(&mut c, seed, Purpose::Train, u64::MAX, 0);
                 c
             });
-            if chains.cols() != b {
-                // A short last batch: use the first b chains.
-                let mut part = chains.cols_range(0, b.min(chains.cols()));
-                if part.cols() < b {
-                    part =
-                        chains.select_cols(&(0..b).map(|i| i % chains.cols()).collect::<Vec<_>>());
-                }
-                hidden_sample_from(
-                    model,
-                    &part,
-                    &mut buf.vt,
-                    &mut buf.hs,
-                    seed,
-                    epoch,
-                    key(1),
-                    par,
-                );
+            // A short last batch uses the first b chains (cycled if there are fewer).
+            let part;
+            let start = if chains.cols() == b {
+                &*chains
             } else {
-                hidden_sample_from(
-                    model,
-                    chains,
-                    &mut buf.vt,
-                    &mut buf.hs,
-                    seed,
-                    epoch,
-                    key(1),
-                    par,
-                );
-            }
+                part = chains.select_cols(&(0..b).map(|i| i % chains.cols()).collect::<Vec<_>>());
+                &part
+            };
+            buf.pcd_h.resize(m, b);
+            up_pass(
+                model,
+                start.as_slice(),
+                buf.pcd_h.as_mut_slice(),
+                buf.hs.as_mut_slice(),
+                (seed, epoch, key(1)),
+                true,
+                par,
+            );
         }
 
         let k = cfg.cd_k;
@@ -621,19 +602,14 @@ impl Trainer {
                 );
             }
             // Pᵏ = σ(c + Wᵀ Vᵏ); sample Hˢ again unless this is the last step.
-            let (_, v1) = buf.v.as_slice().split_at(d * b);
-            let v1 = faer::MatRef::from_column_major_slice(v1, d, b);
-            let (_, h1) = buf.h.as_mut_slice().split_at_mut(m * b);
-            let h1m = faer::MatMut::from_column_major_slice_mut(h1, m, b);
-            linalg::gemm(h1m, Accum::Replace, model.wt_view(), v1, 1.0, par);
-            sigmoid_sample(
-                h1,
+            up_pass(
+                model,
+                &buf.v.as_slice()[d * b..],
+                &mut buf.h.as_mut_slice()[m * b..],
                 buf.hs.as_mut_slice(),
-                model.hidden_bias(),
-                seed,
-                epoch,
-                key(3 + 2 * step as u64),
+                (seed, epoch, key(3 + 2 * step as u64)),
                 !last,
+                par,
             );
         }
         if cfg.persistent
@@ -725,37 +701,36 @@ impl Trainer {
     }
 }
 
-/// PCD: `Hˢ ~ p(h | chains)` using `scratch` for the pre-activations.
-#[allow(clippy::too_many_arguments)]
-fn hidden_sample_from(
+/// One upward pass over the examples in `v` (column-major, D per example): `h = σ(c + Wᵀv)`
+/// and, if `sample`, `hs ~ Bernoulli(h)` from the streams keyed `(seed, Train, epoch, key, column)`.
+fn up_pass(
     model: &BinaryRbm,
-    chains: &Matrix,
-    scratch: &mut Matrix,
-    hs: &mut Matrix,
-    seed: u64,
-    epoch: u64,
-    key: u64,
+    v: &[f32],
+    h: &mut [f32],
+    hs: &mut [f32],
+    (seed, epoch, key): (u64, u64, u64),
+    sample: bool,
     par: faer::Par,
 ) {
-    let (m, b) = (model.hidden(), chains.cols());
-    scratch.resize(m, b);
+    let (d, m) = (model.visible(), model.hidden());
+    let cols = v.len() / d;
+    let h = &mut h[..m * cols];
     linalg::gemm(
-        scratch.view_mut(),
+        faer::MatMut::from_column_major_slice_mut(h, m, cols),
         Accum::Replace,
         model.wt_view(),
-        chains.view(),
+        faer::MatRef::from_column_major_slice(v, d, cols),
         1.0,
         par,
     );
-    hs.resize(m, b);
     sigmoid_sample(
-        scratch.as_mut_slice(),
-        hs.as_mut_slice(),
+        h,
+        &mut hs[..m * cols],
         model.hidden_bias(),
         seed,
         epoch,
         key,
-        true,
+        sample,
     );
 }
 
