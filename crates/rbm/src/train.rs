@@ -111,6 +111,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Examples from the training set used for the per-epoch monitoring statistics.
     pub monitor_examples: usize,
+    /// Decay every learning rate linearly to zero over the run, update by update (Tieleman 2008
+    /// trains persistent CD this way: the chains need ever smaller steps to follow the model).
+    pub lr_decay: bool,
 }
 
 /// Unchecked training hyperparameters with defaults from Hinton's practical guide; call
@@ -141,6 +144,7 @@ impl Default for TrainParams {
             init_std: 0.01,
             seed: 0,
             monitor_examples: 1000,
+            lr_decay: false,
         })
     }
 }
@@ -200,6 +204,8 @@ impl TrainParams {
         init_std: f32);
     setter!(/// Random seed.
         seed: u64);
+    setter!(/// Linear learning-rate decay to zero over the run.
+        lr_decay: bool);
     setter!(/// Training examples used for per-epoch monitoring.
         monitor_examples: usize);
 
@@ -447,6 +453,8 @@ impl Trainer {
         let mut total_seconds = 0.0;
         let mut last = None;
         let mut done = 0;
+        let batches = n.div_ceil(self.cfg.batch_size);
+        let total_updates = (self.cfg.epochs * batches) as f32;
         for _ in 0..self.cfg.epochs {
             let epoch = self.epochs_done;
             let momentum = self.cfg.momentum.at(epoch);
@@ -454,7 +462,19 @@ impl Trainer {
             let order =
                 Stream::new(self.cfg.seed, Purpose::Shuffle, epoch as u64, 0, 0).permutation(n);
             for (batch, idx) in order.chunks(self.cfg.batch_size).enumerate() {
-                self.step(model, data, idx, epoch as u64, batch as u64, momentum);
+                let lr_scale = if self.cfg.lr_decay {
+                    1.0 - (done * batches + batch) as f32 / total_updates
+                } else {
+                    1.0
+                };
+                self.step(
+                    model,
+                    data,
+                    idx,
+                    (epoch as u64, batch as u64),
+                    momentum,
+                    lr_scale,
+                );
             }
             let seconds = start.elapsed().as_secs_f64();
             total_seconds += seconds;
@@ -517,9 +537,9 @@ impl Trainer {
         model: &mut BinaryRbm,
         data: &Matrix,
         idx: &[usize],
-        epoch: u64,
-        batch: u64,
+        (epoch, batch): (u64, u64),
         momentum: f32,
+        lr_scale: f32,
     ) {
         let cfg = &self.cfg;
         let (d, m, b) = (model.visible(), model.hidden(), idx.len());
@@ -675,9 +695,30 @@ impl Trainer {
         let wd = cfg.weight_decay;
         match cfg.optimizer {
             Optimizer::Sgd => {
-                sgd(w, &buf.gw, &mut self.opt.m[0], cfg.lr_w, momentum, wd);
-                sgd(bv, &buf.gb, &mut self.opt.m[1], cfg.lr_b, momentum, 0.0);
-                sgd(cv, &buf.gc, &mut self.opt.m[2], cfg.lr_c, momentum, 0.0);
+                sgd(
+                    w,
+                    &buf.gw,
+                    &mut self.opt.m[0],
+                    cfg.lr_w * lr_scale,
+                    momentum,
+                    wd,
+                );
+                sgd(
+                    bv,
+                    &buf.gb,
+                    &mut self.opt.m[1],
+                    cfg.lr_b * lr_scale,
+                    momentum,
+                    0.0,
+                );
+                sgd(
+                    cv,
+                    &buf.gc,
+                    &mut self.opt.m[2],
+                    cfg.lr_c * lr_scale,
+                    momentum,
+                    0.0,
+                );
             }
             Optimizer::Adam { beta1, beta2, eps } => {
                 self.opt.t += 1;
@@ -693,9 +734,9 @@ impl Trainer {
                     bc1,
                     bc2,
                 };
-                a.apply(w, &buf.gw, m0, v0, cfg.lr_w, wd);
-                a.apply(bv, &buf.gb, m1, v1, cfg.lr_b, 0.0);
-                a.apply(cv, &buf.gc, m2, v2, cfg.lr_c, 0.0);
+                a.apply(w, &buf.gw, m0, v0, cfg.lr_w * lr_scale, wd);
+                a.apply(bv, &buf.gb, m1, v1, cfg.lr_b * lr_scale, 0.0);
+                a.apply(cv, &buf.gc, m2, v2, cfg.lr_c * lr_scale, 0.0);
             }
         }
     }
@@ -1100,5 +1141,38 @@ mod tests {
                 .all(|s| s.free_energy_gap.is_some() && s.recon_mse.is_finite())
         );
         assert!(seen[2].recon_mse < seen[0].recon_mse + 1e-9 || seen[2].recon_mse < 0.1);
+    }
+
+    #[test]
+    fn linear_lr_decay_scales_each_update() {
+        // Full-batch SGD without momentum: both runs take the same first step (scale 1); the
+        // second step starts from the same parameters with the same draws, so the decayed run's
+        // step is exactly half the constant run's (scale 1 − 1/2).
+        let data = planted(8, 40, 6);
+        let base = TrainParams::new()
+            .hidden(5)
+            .epochs(2)
+            .batch_size(40)
+            .lr(0.1)
+            .momentum(Momentum::constant(0.0))
+            .weight_decay(0.0);
+        let snapshots = |cfg: TrainConfig| {
+            let mut snaps = Vec::new();
+            Trainer::fit_new(cfg, &data, None, &mut |_, m| {
+                snaps.push(m.weights().to_vec());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            snaps
+        };
+        let constant = snapshots(base.clone().check().unwrap());
+        let decayed = snapshots(base.lr_decay(true).check().unwrap());
+        assert_eq!(constant[0], decayed[0], "first update must be unscaled");
+        for k in 0..constant[0].len() {
+            let full = constant[1][k] - constant[0][k];
+            let half = decayed[1][k] - decayed[0][k];
+            assert!((half - 0.5 * full).abs() < 1e-6, "{half} vs {full}");
+        }
+        assert!(constant[1] != constant[0]);
     }
 }
