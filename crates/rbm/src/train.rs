@@ -1073,7 +1073,10 @@ mod tests {
         assert_eq!(a, b);
         // Stronger than required: the draws are keyed by example, not by thread, and faer does
         // not split the inner dimension of these products, so one thread gives the same bits.
-        let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let single = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         assert_eq!(a, single.install(|| run(cfg.clone(), &data).0));
         let other = pool.install(|| {
             run(
