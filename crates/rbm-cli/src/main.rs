@@ -4,6 +4,7 @@ mod bench;
 mod binary_cmd;
 mod cf;
 mod common;
+mod eval_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +34,11 @@ enum Command {
     Walkthrough(binary_cmd::WalkthroughArgs),
     /// Measure training throughput against the machine's GEMM peak.
     Bench(bench::BenchArgs),
+    /// Evaluate a model: reconstruction error, pseudo-likelihood, free energies, log-likelihood
+    /// (exact log Z or AIS).
+    Eval(eval_cmd::EvalArgs),
+    /// Convert a scikit-learn BernoulliRBM (`.npy` files or safetensors) into a model file.
+    ImportSklearn(eval_cmd::ImportArgs),
     /// Rating RBMs for collaborative filtering (recommendation).
     Cf {
         #[command(subcommand)]
@@ -61,6 +67,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Filters(a) => binary_cmd::filters(a, &common),
         Command::Walkthrough(a) => binary_cmd::walkthrough_cmd(a, &common),
         Command::Bench(a) => bench::bench(a, &common),
+        Command::Eval(a) => eval_cmd::run_eval(a, &common),
+        Command::ImportSklearn(a) => eval_cmd::run_import(a, &common),
         Command::Cf { cmd } => cf::run(cmd, &common),
     }
 }

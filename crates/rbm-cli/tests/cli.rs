@@ -281,3 +281,51 @@ fn sample_transform_and_filters_write_their_files() {
     ]));
     assert_eq!(&std::fs::read(&f).unwrap()[1..4], b"PNG");
 }
+
+#[test]
+fn ais_every_epoch_lands_in_the_metrics_file() {
+    let d = tmpdir("ais-every");
+    let (model, metrics) = (d.join("m.safetensors"), d.join("m.jsonl"));
+    json(&rbm(&[
+        "train",
+        "--rows",
+        "0..300",
+        "--heldout-rows",
+        "4000..4100",
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--ais-every",
+        "1",
+        "--json",
+        "--metrics",
+        s(&metrics),
+        "--out",
+        s(&model),
+    ]));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        // A log-likelihood of 784 binary pixels lies in (−784 ln 2, 0].
+        let ll = l["heldout_log_likelihood_ais"]
+            .as_f64()
+            .expect("AIS figure each epoch");
+        assert!(ll < 0.0 && ll > -784.0 * std::f64::consts::LN_2, "{ll}");
+        assert!(l["free_energy_gap"].is_number());
+    }
+    let r = rbm(&[
+        "train",
+        "--rows",
+        "0..100",
+        "--ais-every",
+        "1",
+        "--out",
+        s(&d.join("x.safetensors")),
+    ]);
+    assert_refused(&r, &["held-out"], &d.join("x.safetensors"));
+}
