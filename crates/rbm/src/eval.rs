@@ -11,7 +11,7 @@
 
 mod ais;
 mod exact;
-mod kernels;
+pub(crate) mod kernels;
 
 pub use ais::{
     AisEstimate, AisParams, BetaSchedule, ValidAisParams, ais_log_z, ais_log_z_with_base,

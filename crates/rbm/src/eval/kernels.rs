@@ -192,6 +192,26 @@ dispatch! {
     pub(crate) fn softplus_sum_shifted(pre: &[f64], shift: &[f64]) -> f64 => softplus_sum_shifted_generic
 }
 
+#[inline(always)]
+fn softplus_sum32_generic<F: Mad>(pre: &[f32]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let mut a = pre.chunks_exact(LANES);
+    for x in &mut a {
+        for l in 0..LANES {
+            acc[l] += softplus64::<F>(f64::from(x[l]));
+        }
+    }
+    for (l, x) in a.remainder().iter().enumerate() {
+        acc[l] += softplus64::<F>(f64::from(*x));
+    }
+    reduce(acc)
+}
+
+dispatch! {
+    /// `Σ_i softplus(pre_i)` in f64 of f32 inputs (the free energy's hidden term).
+    pub(crate) fn softplus_sum32(pre: &[f32]) -> f64 => softplus_sum32_generic
+}
+
 /// One hidden-layer step of AIS for one run: with `a = x + c` (the hidden input at the current
 /// visible state), returns `Σ_j softplus(β₁ a_j) − softplus(β₀ a_j)` and overwrites `x` with the
 /// probabilities `σ(β₁ a_j)` for the transition's hidden sample.
