@@ -21,6 +21,10 @@ fn kernels(c: &mut Criterion) {
             }
         })
     });
+    let bias_all = vec![0.1f32; m * b];
+    g.bench_function("sigmoid_bias 50000 in one call", |bench| {
+        bench.iter(|| linalg::sigmoid_bias_in_place(black_box(&mut x), &bias_all))
+    });
     let mut s = Stream::new(0, Purpose::Sample, 0, 0, 0);
     let mut p = vec![0.3f32; m * b];
     g.bench_function("bernoulli 500x100", |bench| {
