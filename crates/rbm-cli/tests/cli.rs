@@ -1,53 +1,10 @@
 //! End-to-end checks of the `rbm` binary: outputs, determinism, and refusal of bad input with a
 //! clear message, a non-zero exit and no output file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn rbm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rbm"))
-        .args(args)
-        .output()
-        .expect("run rbm")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rbm-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "rbm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
-}
-
-/// Asserts a failed run: non-zero exit, the message mentions each needle, and `out` was not written.
-fn assert_refused(out: &Output, needles: &[&str], not_written: &Path) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stderr: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks `{n}`: {err}");
-    }
-    assert!(
-        !err.contains("panicked"),
-        "panic instead of an error: {err}"
-    );
-    assert!(
-        !not_written.exists(),
-        "{} was written",
-        not_written.display()
-    );
-}
+use common::{assert_refused, json, rbm, s, tmpdir};
+use std::path::Path;
 
 #[test]
 fn train_reports_metrics_and_same_seed_gives_identical_bytes() {
@@ -125,48 +82,28 @@ fn walkthrough_json_matches_hand_computation() {
 fn malformed_csv_is_refused_with_file_and_line() {
     let d = tmpdir("csv");
     let out = d.join("model.safetensors");
-    let ragged = d.join("ragged.csv");
-    std::fs::write(&ragged, "0,1,0,1\n1,1,0,1\n0,1,1\n").unwrap();
-    let r = rbm(&[
-        "train",
-        "--data",
-        s(&ragged),
-        "--hidden",
-        "3",
-        "--epochs",
-        "1",
-        "--out",
-        s(&out),
-    ]);
-    assert_refused(&r, &["ragged.csv", ":3"], &out);
-    let text = d.join("text.csv");
-    std::fs::write(&text, "0,1,0,1\n1,x,0,1\n").unwrap();
-    let r = rbm(&[
-        "train",
-        "--data",
-        s(&text),
-        "--hidden",
-        "3",
-        "--epochs",
-        "1",
-        "--out",
-        s(&out),
-    ]);
-    assert_refused(&r, &["text.csv", ":2"], &out);
-    let empty = d.join("empty.csv");
-    std::fs::write(&empty, "").unwrap();
-    let r = rbm(&[
-        "train",
-        "--data",
-        s(&empty),
-        "--hidden",
-        "3",
-        "--epochs",
-        "1",
-        "--out",
-        s(&out),
-    ]);
-    assert_refused(&r, &["empty.csv"], &out);
+    // (file, content, what the message must name: the file and the bad line where there is one)
+    let cases = [
+        ("ragged.csv", "0,1,0,1\n1,1,0,1\n0,1,1\n", ":3"),
+        ("text.csv", "0,1,0,1\n1,x,0,1\n", ":2"),
+        ("empty.csv", "", ""),
+    ];
+    for (name, content, line) in cases {
+        let path = d.join(name);
+        std::fs::write(&path, content).unwrap();
+        let r = rbm(&[
+            "train",
+            "--data",
+            s(&path),
+            "--hidden",
+            "3",
+            "--epochs",
+            "1",
+            "--out",
+            s(&out),
+        ]);
+        assert_refused(&r, &[name, line], &out);
+    }
 }
 
 #[test]

@@ -1,34 +1,9 @@
 //! End-to-end checks of `rbm eval` and `rbm import-sklearn`.
 
+mod common;
+
+use common::{json, rbm, s, tmpdir};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn rbm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rbm"))
-        .args(args)
-        .output()
-        .expect("run rbm")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rbm-evalcli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "rbm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
-}
 
 /// A small model trained on 300 digits.
 fn train_small(dir: &Path, hidden: &str) -> PathBuf {

@@ -183,55 +183,37 @@ impl BinaryRbm {
     /// Hidden pre-activations `c + Wᵀv` into `out` (`M × N`), reusing its allocation.
     pub fn hidden_input_into(&self, v: &Matrix, out: &mut Matrix) {
         self.check_visible(v);
-        out.resize(self.hidden, v.cols());
-        linalg::gemm(
-            out.view_mut(),
-            Accum::Replace,
-            self.wt_view(),
-            v.view(),
-            1.0,
-            current_par(),
-        );
-        linalg::add_bias_map(out, &self.c, |x| x);
+        affine_into(out, self.wt_view(), v, &self.c, false);
     }
 
     /// Visible pre-activations `b + Wh` into `out` (`D × N`), reusing its allocation.
     pub fn visible_input_into(&self, h: &Matrix, out: &mut Matrix) {
         self.check_hidden(h);
-        out.resize(self.visible, h.cols());
-        linalg::gemm(
-            out.view_mut(),
-            Accum::Replace,
-            self.wt_view().transpose(),
-            h.view(),
-            1.0,
-            current_par(),
-        );
-        linalg::add_bias_map(out, &self.b, |x| x);
+        affine_into(out, self.wt_view().transpose(), h, &self.b, false);
     }
 
     /// `p(h = 1 | v)` into `out`: σ(c + Wᵀv).
     pub fn hidden_probs_into(&self, v: &Matrix, out: &mut Matrix) {
         self.check_visible(v);
-        product_then_sigmoid(out, self.wt_view(), v, &self.c);
+        affine_into(out, self.wt_view(), v, &self.c, true);
     }
 
     /// `p(v = 1 | h)` into `out`: σ(b + Wh).
     pub fn visible_probs_into(&self, h: &Matrix, out: &mut Matrix) {
         self.check_hidden(h);
-        product_then_sigmoid(out, self.wt_view().transpose(), h, &self.b);
+        affine_into(out, self.wt_view().transpose(), h, &self.b, true);
     }
 
     /// `p(h = 1 | v)` for each example (column) of `v`: the `M × N` hidden probabilities.
     pub fn hidden_probs(&self, v: &Matrix) -> Matrix {
-        let mut out = Matrix::zeros(0, 0);
+        let mut out = Matrix::default();
         self.hidden_probs_into(v, &mut out);
         out
     }
 
     /// `p(v = 1 | h)` for each column of `h`: the `D × N` visible probabilities.
     pub fn visible_probs(&self, h: &Matrix) -> Matrix {
-        let mut out = Matrix::zeros(0, 0);
+        let mut out = Matrix::default();
         self.visible_probs_into(h, &mut out);
         out
     }
@@ -287,14 +269,14 @@ impl BinaryRbm {
     /// Free energy `F(v) = −bᵀv − Σ_j softplus(c_j + (vᵀW)_j)` of each column of `v`, so that
     /// `p(v) = e^{−F(v)} / Z`.
     pub fn free_energy(&self, v: &Matrix) -> Vec<f64> {
-        let mut pre = Matrix::zeros(0, 0);
+        let mut pre = Matrix::default();
         self.hidden_input_into(v, &mut pre);
         dual_free_energy(v, &pre, &self.b)
     }
 
     /// The dual free energy `F_h(h) = −cᵀh − Σ_i softplus(b_i + (Wh)_i)`, summing out `v`.
     pub fn free_energy_hidden(&self, h: &Matrix) -> Vec<f64> {
-        let mut pre = Matrix::zeros(0, 0);
+        let mut pre = Matrix::default();
         self.visible_input_into(h, &mut pre);
         dual_free_energy(h, &pre, &self.c)
     }
@@ -369,8 +351,8 @@ impl BinaryRbm {
     }
 }
 
-/// `out = σ(a·x + bias)` column by column.
-fn product_then_sigmoid(out: &mut Matrix, a: MatRef<'_, f32>, x: &Matrix, bias: &[f32]) {
+/// `out = a·x + bias` column by column, passed through σ when `sigmoid` (one pass over `out`).
+fn affine_into(out: &mut Matrix, a: MatRef<'_, f32>, x: &Matrix, bias: &[f32], sigmoid: bool) {
     out.resize(a.nrows(), x.cols());
     linalg::gemm(
         out.view_mut(),
@@ -385,7 +367,13 @@ fn product_then_sigmoid(out: &mut Matrix, a: MatRef<'_, f32>, x: &Matrix, bias: 
     }
     out.as_mut_slice()
         .par_chunks_mut(bias.len())
-        .for_each(|col| linalg::sigmoid_bias_in_place(col, bias));
+        .for_each(|col| {
+            if sigmoid {
+                linalg::sigmoid_bias_in_place(col, bias);
+            } else {
+                col.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+            }
+        });
 }
 
 /// `−biasᵀx − Σ softplus(pre)` per column: the free energy given the other layer's pre-activations.

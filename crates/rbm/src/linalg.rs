@@ -6,7 +6,6 @@
 //! (row-major `N × D`, as numpy writes it), and it lets per-example work run without strides.
 
 use faer::{Accum, MatMut, MatRef, Par};
-use rayon::prelude::*;
 
 /// A dense column-major `f32` matrix that owns its storage (no padding between columns).
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +13,13 @@ pub struct Matrix {
     rows: usize,
     cols: usize,
     data: Vec<f32>,
+}
+
+/// The empty `0 × 0` matrix, a placeholder for buffers sized on first use.
+impl Default for Matrix {
+    fn default() -> Self {
+        Matrix::zeros(0, 0)
+    }
 }
 
 impl Matrix {
@@ -127,11 +133,6 @@ impl Matrix {
         MatMut::from_column_major_slice_mut(&mut self.data, self.rows, self.cols)
     }
 
-    /// The transpose, as a new column-major matrix.
-    pub fn transpose(&self) -> Matrix {
-        Matrix::from_fn(self.cols, self.rows, |i, j| self.get(j, i))
-    }
-
     /// Mean of squared differences with another matrix of the same shape.
     pub fn mse(&self, other: &Matrix) -> f64 {
         assert_eq!(self.data.len(), other.data.len());
@@ -206,20 +207,6 @@ fn gemm_rows_split(
         || gemm_rows_split(d0, beta, a0, b, alpha, p0),
         || gemm_rows_split(d1, beta, a1, b, alpha, p1),
     );
-}
-
-/// Adds `bias[i]` to row `i` of every column, then applies `f` elementwise, in parallel over columns.
-pub fn add_bias_map(m: &mut Matrix, bias: &[f32], f: impl Fn(f32) -> f32 + Sync) {
-    let rows = m.rows;
-    assert_eq!(bias.len(), rows);
-    if rows == 0 {
-        return;
-    }
-    m.data.par_chunks_mut(rows).for_each(|col| {
-        for (x, &b) in col.iter_mut().zip(bias) {
-            *x = f(*x + b);
-        }
-    });
 }
 
 /// The logistic function, written so neither branch overflows: the input is clamped to ±80,

@@ -356,12 +356,6 @@ struct Buffers {
     gc: Vec<f32>,
 }
 
-impl Default for Matrix {
-    fn default() -> Self {
-        Matrix::zeros(0, 0)
-    }
-}
-
 impl Trainer {
     /// A trainer for a model of `visible × cfg.hidden` units.
     pub fn new(cfg: TrainConfig, visible: usize) -> Self {
