@@ -354,6 +354,9 @@ struct Buffers {
     gw: Vec<f32>,
     gb: Vec<f32>,
     gc: Vec<f32>,
+    /// Sparsity: mean visible activity of the batch (D) and penalty per hidden unit (M).
+    vmean: Vec<f32>,
+    pen: Vec<f32>,
 }
 
 impl Trainer {
@@ -670,15 +673,24 @@ impl Trainer {
             par,
         );
         if let Some((target, cost)) = cfg.sparsity {
-            let vmean: Vec<f32> = (0..d)
-                .map(|i| (0..b).map(|col| buf.v.get(i, col)).sum::<f32>() * inv_b)
-                .collect();
-            let pen: Vec<f32> = self.q.iter().map(|q| cost * (target - q)).collect();
+            // Mean visible activity of the batch (contiguous column sums) and the per-unit penalty,
+            // in buffers kept across batches.
+            buf.vmean.clear();
+            buf.vmean.resize(d, 0.0);
+            for col in buf.v.as_slice()[..d * b].chunks_exact(d) {
+                buf.vmean
+                    .iter_mut()
+                    .zip(col)
+                    .for_each(|(s, &x)| *s += x * inv_b);
+            }
+            buf.pen.clear();
+            buf.pen.extend(self.q.iter().map(|q| cost * (target - q)));
+            let pen = &buf.pen;
             buf.gw
                 .par_chunks_mut(m)
-                .zip(vmean.par_iter())
+                .zip(buf.vmean.par_iter())
                 .for_each(|(row, &vi)| {
-                    for (g, &p) in row.iter_mut().zip(&pen) {
+                    for (g, &p) in row.iter_mut().zip(pen) {
                         *g += p * vi;
                     }
                 });
