@@ -209,6 +209,60 @@ fn gemm_rows_split(
     );
 }
 
+/// `dst = a · b`, split by rows of `a` into one sequential product per thread, each followed at
+/// once by `then(first_row, dst_rows, side_rows)` on its own rows while they are still in cache
+/// (`side` is a second matrix with the same rows, e.g. for samples; it may have no columns).
+/// This saves the separate parallel pass, and its wake-ups, that an elementwise step after the
+/// product would cost. Split points fall on multiples of `align` rows, so an epilogue that keys
+/// its work by `align`-row blocks does exactly the same work for any thread count.
+pub fn gemm_rows_then<F>(
+    dst: MatMut<'_, f32>,
+    side: MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    align: usize,
+    par: Par,
+    then: &F,
+) where
+    F: Fn(usize, MatMut<'_, f32>, MatMut<'_, f32>) + Sync,
+{
+    let parts = match par {
+        Par::Seq => 1,
+        Par::Rayon(t) => t.get(),
+    };
+    rows_then(dst, side, a, b, 0, parts, align.max(1), then);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rows_then<F>(
+    mut dst: MatMut<'_, f32>,
+    side: MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    first_row: usize,
+    parts: usize,
+    align: usize,
+    then: &F,
+) where
+    F: Fn(usize, MatMut<'_, f32>, MatMut<'_, f32>) + Sync,
+{
+    let blocks = a.nrows().div_ceil(align);
+    if parts <= 1 || blocks < 2 {
+        faer::linalg::matmul::matmul(dst.as_mut(), faer::Accum::Replace, a, b, 1.0, Par::Seq);
+        then(first_row, dst, side);
+        return;
+    }
+    let p0 = parts / 2;
+    let at = ((blocks * p0 + parts / 2) / parts).clamp(1, blocks - 1) * align;
+    let (d0, d1) = dst.split_at_row_mut(at);
+    let (s0, s1) = side.split_at_row_mut(at);
+    let (a0, a1) = a.split_at_row(at);
+    rayon::join(
+        || rows_then(d0, s0, a0, b, first_row, p0, align, then),
+        || rows_then(d1, s1, a1, b, first_row + at, parts - p0, align, then),
+    );
+}
+
 /// The logistic function, written so neither branch overflows: the input is clamped to ±80,
 /// where σ is within f32 rounding of 0 or 1 and `e^80` is still a normal float.
 #[inline(always)]

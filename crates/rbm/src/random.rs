@@ -86,6 +86,16 @@ impl Stream {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
+    /// Two uniforms in [0, 1) with 24 bits each from one 64-bit draw.
+    #[inline(always)]
+    fn uniform_pair(&mut self) -> (f32, f32) {
+        let r = self.rng.next_u64();
+        (
+            ((r >> 8) & 0xFF_FFFF) as f32 * INV_2_24,
+            (r >> 40) as f32 * INV_2_24,
+        )
+    }
+
     /// Replaces each probability in `p` by a Bernoulli sample (1.0 or 0.0).
     ///
     /// Branch-free: each 64-bit draw gives two 24-bit uniforms compared against the probability,
@@ -94,15 +104,31 @@ impl Stream {
     pub fn bernoulli_in_place(&mut self, p: &mut [f32]) {
         let mut pairs = p.chunks_exact_mut(2);
         for pair in &mut pairs {
-            let r = self.rng.next_u64();
-            let u0 = ((r >> 8) & 0xFF_FFFF) as f32 * INV_2_24;
-            let u1 = (r >> 40) as f32 * INV_2_24;
+            let (u0, u1) = self.uniform_pair();
             pair[0] = f32::from(u8::from(u0 < pair[0]));
             pair[1] = f32::from(u8::from(u1 < pair[1]));
         }
         for x in pairs.into_remainder() {
             let u = self.uniform();
             *x = f32::from(u8::from(u < *x));
+        }
+    }
+
+    /// Bernoulli samples of the probabilities `p` into `out` (same length): the same draws as
+    /// [`Stream::bernoulli_in_place`] without copying the probabilities first.
+    #[inline]
+    pub fn bernoulli_into(&mut self, p: &[f32], out: &mut [f32]) {
+        assert_eq!(p.len(), out.len(), "bernoulli_into: lengths differ");
+        let mut outs = out.chunks_exact_mut(2);
+        let mut ps = p.chunks_exact(2);
+        for (o, q) in (&mut outs).zip(&mut ps) {
+            let (u0, u1) = self.uniform_pair();
+            o[0] = f32::from(u8::from(u0 < q[0]));
+            o[1] = f32::from(u8::from(u1 < q[1]));
+        }
+        for (o, &q) in outs.into_remainder().iter_mut().zip(ps.remainder()) {
+            let u = self.uniform();
+            *o = f32::from(u8::from(u < q));
         }
     }
 
@@ -159,6 +185,17 @@ mod tests {
                 assert_eq!(freq, f64::from(p));
             }
         }
+    }
+
+    #[test]
+    fn bernoulli_into_draws_what_in_place_draws() {
+        let p: Vec<f32> = (0..101).map(|i| (i as f32 * 0.37) % 1.0).collect();
+        let mut a = p.clone();
+        Stream::new(5, Purpose::Train, 1, 2, 3).bernoulli_in_place(&mut a);
+        let mut b = vec![0.5; p.len()];
+        Stream::new(5, Purpose::Train, 1, 2, 3).bernoulli_into(&p, &mut b);
+        assert_eq!(a, b);
+        assert!(a.contains(&1.0) && a.contains(&0.0));
     }
 
     #[test]

@@ -352,10 +352,8 @@ struct Buffers {
     pcd_h: Matrix,
     /// Gradient of Wᵀ (M × D, the layout of W's row-major storage).
     gw: Vec<f32>,
-    gb: Vec<f32>,
     gc: Vec<f32>,
-    /// Sparsity: mean visible activity of the batch (D) and penalty per hidden unit (M).
-    vmean: Vec<f32>,
+    /// Sparsity penalty per hidden unit (M); empty without a sparsity target.
     pen: Vec<f32>,
 }
 
@@ -464,12 +462,19 @@ impl Trainer {
                 } else {
                     1.0
                 };
+                // The next update's momentum: SGD without momentum needs no velocity when the
+                // next update has none either, so the update can go straight into W.
+                let next_momentum = if batch + 1 == batches {
+                    self.cfg.momentum.at(epoch + 1)
+                } else {
+                    momentum
+                };
                 self.step(
                     model,
                     data,
                     idx,
                     (epoch as u64, batch as u64),
-                    momentum,
+                    (momentum, next_momentum),
                     lr_scale,
                 );
             }
@@ -535,7 +540,7 @@ impl Trainer {
         data: &Matrix,
         idx: &[usize],
         (epoch, batch): (u64, u64),
-        momentum: f32,
+        momenta: (f32, f32),
         lr_scale: f32,
     ) {
         let cfg = &self.cfg;
@@ -551,16 +556,18 @@ impl Trainer {
         buf.hs.resize(m, b);
 
         // Positive phase: gather V⁰, P⁰ = σ(c + WᵀV⁰), sample H⁰.
-        for (k, &j) in idx.iter().enumerate() {
-            buf.v.col_mut(k).copy_from_slice(data.col(j));
-        }
-        up_pass(
-            model,
-            &buf.v.as_slice()[..d * b],
+        buf.v.as_mut_slice()[..d * b]
+            .par_chunks_mut(d)
+            .zip(idx)
+            .for_each(|(col, &j)| col.copy_from_slice(data.col(j)));
+        gibbs_pass(
             &mut buf.h.as_mut_slice()[..m * b],
             buf.hs.as_mut_slice(),
+            model.wt_view(),
+            &buf.v.as_slice()[..d * b],
+            model.hidden_bias(),
             (seed, epoch, key(0)),
-            true,
+            Then::Sample,
             par,
         );
 
@@ -581,13 +588,14 @@ impl Trainer {
                 &part
             };
             buf.pcd_h.resize(m, b);
-            up_pass(
-                model,
-                start.as_slice(),
+            gibbs_pass(
                 buf.pcd_h.as_mut_slice(),
                 buf.hs.as_mut_slice(),
+                model.wt_view(),
+                start.as_slice(),
+                model.hidden_bias(),
                 (seed, epoch, key(1)),
-                true,
+                Then::Sample,
                 par,
             );
         }
@@ -597,35 +605,30 @@ impl Trainer {
             let last = step + 1 == k;
             // Vᵏ = σ(b + W Hˢ): sampled, except the last step's probabilities for CD.
             let sample_v = !last || cfg.sample_visible || cfg.persistent;
-            {
-                let (_, v1) = buf.v.as_mut_slice().split_at_mut(d * b);
-                let v1m = faer::MatMut::from_column_major_slice_mut(v1, d, b);
-                linalg::gemm(
-                    v1m,
-                    Accum::Replace,
-                    model.wt_view().transpose(),
-                    buf.hs.view(),
-                    1.0,
-                    par,
-                );
-                sigmoid_sample_inplace(
-                    v1,
-                    d,
-                    model.visible_bias(),
-                    seed,
-                    epoch,
-                    key(2 + 2 * step as u64),
-                    sample_v,
-                );
-            }
+            let (_, v1) = buf.v.as_mut_slice().split_at_mut(d * b);
+            gibbs_pass(
+                v1,
+                &mut [],
+                model.wt_view().transpose(),
+                buf.hs.as_slice(),
+                model.visible_bias(),
+                (seed, epoch, key(2 + 2 * step as u64)),
+                if sample_v {
+                    Then::SampleInPlace
+                } else {
+                    Then::Keep
+                },
+                par,
+            );
             // Pᵏ = σ(c + Wᵀ Vᵏ); sample Hˢ again unless this is the last step.
-            up_pass(
-                model,
-                &buf.v.as_slice()[d * b..],
+            gibbs_pass(
                 &mut buf.h.as_mut_slice()[m * b..],
                 buf.hs.as_mut_slice(),
+                model.wt_view(),
+                &buf.v.as_slice()[d * b..],
+                model.hidden_bias(),
                 (seed, epoch, key(3 + 2 * step as u64)),
-                !last,
+                if last { Then::Negate } else { Then::Sample },
                 par,
             );
         }
@@ -638,247 +641,314 @@ impl Trainer {
                 .copy_from_slice(&buf.v.as_slice()[d * b..]);
         }
 
-        // Bias gradients (means over the batch), then negate Pᵏ so one GEMM gives
-        // Σ P⁰V⁰ᵀ − Σ PᵏVᵏᵀ.
-        let inv_b = 1.0 / b as f32;
-        buf.gb.resize(d, 0.0);
-        buf.gc.resize(m, 0.0);
-        row_diff_means(buf.v.as_slice(), d, b, &mut buf.gb);
-        row_diff_means(buf.h.as_slice(), m, b, &mut buf.gc);
-        if let Some((target, cost)) = cfg.sparsity {
-            // Hinton's guide §11: q ← 0.9 q + 0.1 mean(P⁰); penalty gradient cost · (target − q)
-            // on the hidden bias and on W scaled by the mean visible activity.
-            let h0 = &buf.h.as_slice()[..m * b];
-            for (j, q) in self.q.iter_mut().enumerate() {
-                let mean_p: f32 = (0..b).map(|col| h0[col * m + j]).sum::<f32>() * inv_b;
-                *q = if epoch == 0 && batch == 0 {
-                    mean_p
-                } else {
-                    0.9 * *q + 0.1 * mean_p
-                };
-                buf.gc[j] += cost * (target - *q);
-            }
-        }
-        buf.h.as_mut_slice()[m * b..]
-            .par_iter_mut()
-            .for_each(|x| *x = -*x);
-        buf.gw.resize(d * m, 0.0);
-        let gwm = faer::MatMut::from_column_major_slice_mut(&mut buf.gw, m, d);
-        linalg::gemm(
-            gwm,
-            Accum::Replace,
-            buf.h.view(),
-            buf.v.view().transpose(),
-            inv_b,
-            par,
-        );
-        if let Some((target, cost)) = cfg.sparsity {
-            // Mean visible activity of the batch (contiguous column sums) and the per-unit penalty,
-            // in buffers kept across batches.
-            buf.vmean.clear();
-            buf.vmean.resize(d, 0.0);
-            for col in buf.v.as_slice()[..d * b].chunks_exact(d) {
-                buf.vmean
-                    .iter_mut()
-                    .zip(col)
-                    .for_each(|(s, &x)| *s += x * inv_b);
-            }
-            buf.pen.clear();
-            buf.pen.extend(self.q.iter().map(|q| cost * (target - q)));
-            let pen = &buf.pen;
-            buf.gw
-                .par_chunks_mut(m)
-                .zip(buf.vmean.par_iter())
-                .for_each(|(row, &vi)| {
-                    for (g, &p) in row.iter_mut().zip(pen) {
-                        *g += p * vi;
-                    }
-                });
-        }
+        self.update(model, b, (epoch, batch), momenta, lr_scale);
+    }
 
-        // Apply the update.
-        let (w, bv, cv) = model.params_mut();
+    /// The gradient products and the parameter update, fused. The visible units are cut into
+    /// blocks of [`UPDATE_BLOCK`]; each block's slice of `Σ P⁰V⁰ᵀ − Σ PᵏVᵏᵀ` (one GEMM over
+    /// the `[V⁰ | Vᵏ]` and `[P⁰ | −Pᵏ]` buffers) goes straight into its velocity (SGD) or a
+    /// scratch block (Adam) and is applied while it is still in cache, instead of a D × M
+    /// gradient written out and read back. The blocks do not depend on the thread count, so
+    /// neither do the results.
+    fn update(
+        &mut self,
+        model: &mut BinaryRbm,
+        b: usize,
+        (epoch, batch): (u64, u64),
+        (momentum, next_momentum): (f32, f32),
+        lr_scale: f32,
+    ) {
+        let cfg = &self.cfg;
+        let (d, m) = (model.visible(), model.hidden());
+        let inv_b = 1.0 / b as f32;
+        let buf = &mut self.buf;
+        // Sparsity (Hinton's guide §11): q ← 0.9 q + 0.1 mean(P⁰); the penalty gradient
+        // cost · (target − q) goes to the hidden bias and, scaled by each visible unit's mean
+        // activity, to W.
+        buf.pen.clear();
+        if let Some((target, cost)) = cfg.sparsity {
+            buf.gc.clear();
+            buf.gc.resize(m, 0.0);
+            for col in buf.h.as_slice()[..m * b].chunks_exact(m) {
+                buf.gc.iter_mut().zip(col).for_each(|(s, &x)| *s += x);
+            }
+            let first = epoch == 0 && batch == 0;
+            for (q, &s) in self.q.iter_mut().zip(&buf.gc) {
+                *q = if first {
+                    s * inv_b
+                } else {
+                    0.9 * *q + 0.1 * s * inv_b
+                };
+            }
+            buf.pen.extend(self.q.iter().map(|q| cost * (target - q)));
+        }
+        let opt = Opt {
+            kind: cfg.optimizer,
+            t: {
+                self.opt.t += 1;
+                self.opt.t
+            },
+            momentum,
+        };
+        let (lr_w, lr_b, lr_c) = (
+            cfg.lr_w * lr_scale,
+            cfg.lr_b * lr_scale,
+            cfg.lr_c * lr_scale,
+        );
         let wd = cfg.weight_decay;
-        match cfg.optimizer {
+        let (w, bv, cv) = model.params_mut();
+        let [m_w, m_b, m_c] = &mut self.opt.m;
+        let [v_w, v_b, v_c] = &mut self.opt.v;
+        let (h, v, pen) = (buf.h.as_slice(), buf.v.as_slice(), &buf.pen[..]);
+        let gc = &mut buf.gc;
+        let adam = matches!(opt.kind, Optimizer::Adam { .. });
+        if adam {
+            buf.gw.resize(d * m, 0.0);
+        }
+        let gw = &mut buf.gw;
+        let hidden = || {
+            // Hidden-bias gradient: row means of [P⁰ | −Pᵏ] plus the sparsity penalty.
+            gc.clear();
+            gc.resize(m, 0.0);
+            for col in h.chunks_exact(m) {
+                gc.iter_mut().zip(col).for_each(|(s, &x)| *s += x);
+            }
+            gc.iter_mut().for_each(|g| *g *= inv_b);
+            if !pen.is_empty() {
+                gc.iter_mut().zip(pen).for_each(|(g, &p)| *g += p);
+            }
+            opt.apply(cv, gc, m_c, v_c, lr_c, 0.0);
+        };
+        #[allow(clippy::too_many_arguments)]
+        let blocks = |i: usize,
+                      wb: &mut [f32],
+                      mb: &mut [f32],
+                      vb: &mut [f32],
+                      bb: &mut [f32],
+                      mbb: &mut [f32],
+                      vbb: &mut [f32],
+                      scratch: &mut [f32]| {
+            let i0 = i * UPDATE_BLOCK;
+            let n = bb.len();
+            // Visible-bias gradient and mean visible activity of this block's units.
+            let mut pos = [0.0f32; UPDATE_BLOCK];
+            let mut neg = [0.0f32; UPDATE_BLOCK];
+            for (c, col) in v.chunks_exact(d).enumerate() {
+                let acc = if c < b { &mut pos } else { &mut neg };
+                acc[..n]
+                    .iter_mut()
+                    .zip(&col[i0..i0 + n])
+                    .for_each(|(s, &x)| *s += x);
+            }
+            let mut gb = [0.0f32; UPDATE_BLOCK];
+            for k in 0..n {
+                pos[k] *= inv_b;
+                gb[k] = pos[k] - neg[k] * inv_b;
+            }
+            opt.apply(bb, &gb[..n], mbb, vbb, lr_b, 0.0);
+
+            let hm = faer::MatRef::from_column_major_slice(h, m, 2 * b);
+            let vt = faer::MatRef::from_column_major_slice(v, d, 2 * b)
+                .subrows(i0, n)
+                .transpose();
+            // The sparsity penalty's W term, `scale · pen_j · mean_i`, on a block laid out like W.
+            let add_sparsity = |dst: &mut [f32], scale: f32| {
+                if !pen.is_empty() {
+                    for (row, &mean) in dst.chunks_exact_mut(m).zip(&pos[..n]) {
+                        row.iter_mut()
+                            .zip(pen)
+                            .for_each(|(u, &p)| *u += scale * p * mean);
+                    }
+                }
+            };
+            match opt.kind {
+                Optimizer::Sgd if momentum == 0.0 && next_momentum == 0.0 => {
+                    // No velocity now or next time: W ← (1 − lr·wd)·W + (lr/B)·Σ… directly.
+                    if wd != 0.0 {
+                        wb.iter_mut().for_each(|x| *x -= lr_w * wd * *x);
+                    }
+                    let dst = faer::MatMut::from_column_major_slice_mut(wb, m, n);
+                    faer::linalg::matmul::matmul(
+                        dst,
+                        Accum::Add,
+                        hm,
+                        vt,
+                        lr_w * inv_b,
+                        faer::Par::Seq,
+                    );
+                    add_sparsity(wb, lr_w);
+                }
+                Optimizer::Sgd => {
+                    // vel ← μ·vel − lr·wd·W + (lr/B)·Σ…, then W ← W + vel.
+                    let beta = if momentum == 0.0 && wd == 0.0 {
+                        Accum::Replace
+                    } else {
+                        mb.iter_mut()
+                            .zip(wb.iter())
+                            .for_each(|(u, &x)| *u = momentum * *u - lr_w * wd * x);
+                        Accum::Add
+                    };
+                    let dst = faer::MatMut::from_column_major_slice_mut(mb, m, n);
+                    faer::linalg::matmul::matmul(dst, beta, hm, vt, lr_w * inv_b, faer::Par::Seq);
+                    add_sparsity(mb, lr_w);
+                    wb.iter_mut().zip(mb.iter()).for_each(|(x, &u)| *x += u);
+                }
+                Optimizer::Adam { .. } => {
+                    let dst = faer::MatMut::from_column_major_slice_mut(scratch, m, n);
+                    faer::linalg::matmul::matmul(
+                        dst,
+                        Accum::Replace,
+                        hm,
+                        vt,
+                        inv_b,
+                        faer::Par::Seq,
+                    );
+                    add_sparsity(scratch, 1.0);
+                    opt.apply(wb, scratch, mb, vb, lr_w, wd);
+                }
+            }
+        };
+        let (chunk, bc) = (UPDATE_BLOCK * m, UPDATE_BLOCK);
+        rayon::join(hidden, || {
+            let ws = w.par_chunks_mut(chunk).zip(m_w.par_chunks_mut(chunk));
+            let bs = bv.par_chunks_mut(bc).zip(m_b.par_chunks_mut(bc));
+            if adam {
+                ws.zip(v_w.par_chunks_mut(chunk))
+                    .zip(bs.zip(v_b.par_chunks_mut(bc)))
+                    .zip(gw.par_chunks_mut(chunk))
+                    .enumerate()
+                    .for_each(|(i, ((((wb, mb), vb), ((bb, mbb), vbb)), scratch))| {
+                        blocks(i, wb, mb, vb, bb, mbb, vbb, scratch)
+                    });
+            } else {
+                // SGD keeps no second moments and needs no scratch.
+                ws.zip(bs)
+                    .enumerate()
+                    .for_each(|(i, ((wb, mb), (bb, mbb)))| {
+                        blocks(i, wb, mb, &mut [], bb, mbb, &mut [], &mut [])
+                    });
+            }
+        });
+    }
+}
+
+/// Visible units per block of the fused gradient-and-update pass (see `Trainer::update`).
+const UPDATE_BLOCK: usize = 128;
+
+/// The optimizer of one update: the rule, Adam's step count and this epoch's momentum.
+#[derive(Clone, Copy)]
+struct Opt {
+    kind: Optimizer,
+    t: u64,
+    momentum: f32,
+}
+
+impl Opt {
+    /// One step on `theta` along the ascent direction `g − wd·θ`; `m` is the velocity (SGD) or
+    /// first moment (Adam), `v` the second moment (Adam only).
+    fn apply(&self, theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, wd: f32) {
+        match self.kind {
             Optimizer::Sgd => {
-                sgd(
-                    w,
-                    &buf.gw,
-                    &mut self.opt.m[0],
-                    cfg.lr_w * lr_scale,
-                    momentum,
-                    wd,
-                );
-                sgd(
-                    bv,
-                    &buf.gb,
-                    &mut self.opt.m[1],
-                    cfg.lr_b * lr_scale,
-                    momentum,
-                    0.0,
-                );
-                sgd(
-                    cv,
-                    &buf.gc,
-                    &mut self.opt.m[2],
-                    cfg.lr_c * lr_scale,
-                    momentum,
-                    0.0,
-                );
+                for ((t, &g), u) in theta.iter_mut().zip(g).zip(m) {
+                    *u = self.momentum * *u + lr * (g - wd * *t);
+                    *t += *u;
+                }
             }
             Optimizer::Adam { beta1, beta2, eps } => {
-                self.opt.t += 1;
-                let t = self.opt.t as i32;
-                let bc1 = 1.0 - beta1.powi(t);
-                let bc2 = 1.0 - beta2.powi(t);
-                let [m0, m1, m2] = &mut self.opt.m;
-                let [v0, v1, v2] = &mut self.opt.v;
-                let a = AdamStep {
-                    beta1,
-                    beta2,
-                    eps,
-                    bc1,
-                    bc2,
-                };
-                a.apply(w, &buf.gw, m0, v0, cfg.lr_w * lr_scale, wd);
-                a.apply(bv, &buf.gb, m1, v1, cfg.lr_b * lr_scale, 0.0);
-                a.apply(cv, &buf.gc, m2, v2, cfg.lr_c * lr_scale, 0.0);
+                let t = self.t.min(i32::MAX as u64) as i32;
+                let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                for (((t, &g), m), v) in theta.iter_mut().zip(g).zip(m).zip(v) {
+                    let g = g - wd * *t;
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *t += lr * (*m / bc1) / ((*v / bc2).sqrt() + eps);
+                }
             }
         }
     }
 }
 
-/// One upward pass over the examples in `v` (column-major, D per example): `h = σ(c + Wᵀv)`
-/// and, if `sample`, `hs ~ Bernoulli(h)` from the streams keyed `(seed, Train, epoch, key, column)`.
-fn up_pass(
-    model: &BinaryRbm,
-    v: &[f32],
-    h: &mut [f32],
-    hs: &mut [f32],
+/// What a pass does after the product and `σ(· + bias)`.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    /// Draw Bernoulli samples of the probabilities into the side buffer.
+    Sample,
+    /// Replace the probabilities by Bernoulli samples.
+    SampleInPlace,
+    /// Keep the probabilities.
+    Keep,
+    /// Negate them: the last negative phase, stored as `−Pᵏ` for the fused gradient product.
+    Negate,
+}
+
+/// Each column's units are cut into this many blocks of consecutive rows, each sampled from its
+/// own stream, so the row split across threads (on block boundaries) never changes the draws.
+const SAMPLE_BLOCKS: usize = 8;
+
+/// One Gibbs half-step for a mini-batch: `out = σ(bias + a · x)` (one example per column), with
+/// the sampling (or negation) done by each thread on its own rows right after its share of the
+/// product. Draws come from the streams `(seed, Train, epoch, key, column · blocks + block)`.
+#[allow(clippy::too_many_arguments)]
+fn gibbs_pass(
+    out: &mut [f32],
+    samples: &mut [f32],
+    a: faer::MatRef<'_, f32>,
+    x: &[f32],
+    bias: &[f32],
     (seed, epoch, key): (u64, u64, u64),
-    sample: bool,
+    then: Then,
     par: faer::Par,
 ) {
-    let (d, m) = (model.visible(), model.hidden());
-    let cols = v.len() / d;
-    let h = &mut h[..m * cols];
-    linalg::gemm(
-        faer::MatMut::from_column_major_slice_mut(h, m, cols),
-        Accum::Replace,
-        model.wt_view(),
-        faer::MatRef::from_column_major_slice(v, d, cols),
-        1.0,
-        par,
+    let (rows, inner) = (a.nrows(), a.ncols());
+    let cols = x.len() / inner;
+    let block = rows.div_ceil(SAMPLE_BLOCKS).max(1);
+    let nblocks = rows.div_ceil(block);
+    let out = faer::MatMut::from_column_major_slice_mut(&mut out[..rows * cols], rows, cols);
+    let side_cols = if then == Then::Sample { cols } else { 0 };
+    let side = faer::MatMut::from_column_major_slice_mut(
+        &mut samples[..rows * side_cols],
+        rows,
+        side_cols,
     );
-    sigmoid_sample(
-        h,
-        &mut hs[..m * cols],
-        model.hidden_bias(),
-        seed,
-        epoch,
-        key,
-        sample,
-    );
-}
-
-/// Per column: `p = σ(x + bias)` stored in `pre`; if `sample`, Bernoulli draws of `p` into `out`
-/// from the stream `(seed, Train, epoch, key, column)`.
-fn sigmoid_sample(
-    pre: &mut [f32],
-    out: &mut [f32],
-    bias: &[f32],
-    seed: u64,
-    epoch: u64,
-    key: u64,
-    sample: bool,
-) {
-    let rows = bias.len();
-    pre.par_chunks_mut(rows)
-        .zip(out.par_chunks_mut(rows))
-        .enumerate()
-        .for_each(|(j, (p, o))| {
-            linalg::sigmoid_bias_in_place(p, bias);
-            if sample {
-                o.copy_from_slice(p);
-                Stream::new(seed, Purpose::Train, epoch, key, j as u64).bernoulli_in_place(o);
-            }
-        });
-}
-
-/// Per column: `x ← σ(x + bias)`, then sampled in place if `sample`.
-fn sigmoid_sample_inplace(
-    x: &mut [f32],
-    rows: usize,
-    bias: &[f32],
-    seed: u64,
-    epoch: u64,
-    key: u64,
-    sample: bool,
-) {
-    x.par_chunks_mut(rows).enumerate().for_each(|(j, col)| {
-        linalg::sigmoid_bias_in_place(col, bias);
-        if sample {
-            Stream::new(seed, Purpose::Train, epoch, key, j as u64).bernoulli_in_place(col);
-        }
-    });
-}
-
-/// For a `rows × 2B` buffer `[A | C]`: `out[i] = mean_j A[i,j] − mean_j C[i,j]`.
-fn row_diff_means(buf: &[f32], rows: usize, b: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    let (pos, neg) = buf.split_at(rows * b);
-    for col in pos.chunks_exact(rows) {
-        for (o, &x) in out.iter_mut().zip(col) {
-            *o += x;
-        }
-    }
-    for col in neg.chunks_exact(rows) {
-        for (o, &x) in out.iter_mut().zip(col) {
-            *o -= x;
-        }
-    }
-    let inv = 1.0 / b as f32;
-    out.iter_mut().for_each(|o| *o *= inv);
-}
-
-/// SGD with momentum on the ascent direction `g − wd·θ`.
-fn sgd(theta: &mut [f32], g: &[f32], vel: &mut [f32], lr: f32, momentum: f32, wd: f32) {
-    theta
-        .par_chunks_mut(4096)
-        .zip(g.par_chunks(4096))
-        .zip(vel.par_chunks_mut(4096))
-        .for_each(|((t, g), v)| {
-            for ((t, &g), v) in t.iter_mut().zip(g).zip(v) {
-                *v = momentum * *v + lr * (g - wd * *t);
-                *t += *v;
-            }
-        });
-}
-
-struct AdamStep {
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    bc1: f32,
-    bc2: f32,
-}
-
-impl AdamStep {
-    /// Adam on the ascent direction `g − wd·θ`.
-    fn apply(&self, theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, wd: f32) {
-        theta
-            .par_chunks_mut(4096)
-            .zip(g.par_chunks(4096))
-            .zip(m.par_chunks_mut(4096).zip(v.par_chunks_mut(4096)))
-            .for_each(|((t, g), (m, v))| {
-                for (((t, &g), m), v) in t.iter_mut().zip(g).zip(m).zip(v) {
-                    let g = g - wd * *t;
-                    *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-                    *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
-                    *t += lr * (*m / self.bc1) / ((*v / self.bc2).sqrt() + self.eps);
+    let x = faer::MatRef::from_column_major_slice(x, inner, cols);
+    let epilogue = |r0: usize, mut p: faer::MatMut<'_, f32>, mut s: faer::MatMut<'_, f32>| {
+        let n = p.nrows();
+        let bias = &bias[r0..r0 + n];
+        for c in 0..p.ncols() {
+            let col = p
+                .as_mut()
+                .col_mut(c)
+                .try_as_col_major_mut()
+                .expect("contiguous column")
+                .as_slice_mut();
+            linalg::sigmoid_bias_in_place(col, bias);
+            let stream = |k: usize| {
+                let id = (c * nblocks + r0 / block + k) as u64;
+                Stream::new(seed, Purpose::Train, epoch, key, id)
+            };
+            match then {
+                Then::Sample => {
+                    let dst = s
+                        .as_mut()
+                        .col_mut(c)
+                        .try_as_col_major_mut()
+                        .expect("contiguous column")
+                        .as_slice_mut();
+                    for (k, (p, out)) in col.chunks(block).zip(dst.chunks_mut(block)).enumerate() {
+                        stream(k).bernoulli_into(p, out);
+                    }
                 }
-            });
-    }
+                Then::SampleInPlace => {
+                    for (k, part) in col.chunks_mut(block).enumerate() {
+                        stream(k).bernoulli_in_place(part);
+                    }
+                }
+                Then::Keep => {}
+                Then::Negate => col.iter_mut().for_each(|v| *v = -*v),
+            }
+        }
+    };
+    linalg::gemm_rows_then(out, side, a, x, block, par, &epilogue);
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -1016,6 +1086,175 @@ mod tests {
         // The negative states are binary samples at intermediate steps but probabilities at the
         // last CD step, so at least one is fractional.
         assert!(vk.as_slice().iter().any(|&x| x > 0.0 && x < 1.0));
+    }
+
+    /// Replays full-batch updates in f64 from the trainer's own states and negative samples.
+    struct Reference {
+        vel: [Vec<f64>; 3],
+        sq: [Vec<f64>; 3],
+        q: Vec<f64>,
+        t: i32,
+    }
+
+    impl Reference {
+        /// The parameters after one update of `model` given the batch `v0` and negative states
+        /// `vk`, computed from the formulas with no blocking, fusion or f32 arithmetic.
+        fn step(
+            &mut self,
+            cfg: &TrainConfig,
+            epoch: usize,
+            model: &BinaryRbm,
+            v0: &Matrix,
+            vk: &Matrix,
+        ) -> [Vec<f64>; 3] {
+            let (d, m, n) = (model.visible(), model.hidden(), v0.cols() as f64);
+            let f = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+            let theta = [
+                f(model.weights()),
+                f(model.visible_bias()),
+                f(model.hidden_bias()),
+            ];
+            let probs = |v: &[f32]| {
+                (0..m)
+                    .map(|j| {
+                        let x = theta[2][j]
+                            + (0..d)
+                                .map(|i| f64::from(v[i]) * theta[0][i * m + j])
+                                .sum::<f64>();
+                        linalg::sigmoid64(x)
+                    })
+                    .collect::<Vec<f64>>()
+            };
+            let mut g = [vec![0.0; d * m], vec![0.0; d], vec![0.0; m]];
+            let mut mean_p0 = vec![0.0; m];
+            let mut mean_v0 = vec![0.0; d];
+            for (v, sign) in [(v0, 1.0), (vk, -1.0)] {
+                for col in v.cols_iter() {
+                    let p = probs(col);
+                    for i in 0..d {
+                        let vi = f64::from(col[i]);
+                        g[1][i] += sign * vi / n;
+                        if sign > 0.0 {
+                            mean_v0[i] += vi / n;
+                        }
+                        for j in 0..m {
+                            g[0][i * m + j] += sign * vi * p[j] / n;
+                        }
+                    }
+                    for j in 0..m {
+                        g[2][j] += sign * p[j] / n;
+                        if sign > 0.0 {
+                            mean_p0[j] += p[j] / n;
+                        }
+                    }
+                }
+            }
+            if let Some((target, cost)) = cfg.sparsity {
+                for j in 0..m {
+                    self.q[j] = if epoch == 0 {
+                        mean_p0[j]
+                    } else {
+                        0.9 * self.q[j] + 0.1 * mean_p0[j]
+                    };
+                    let pen = f64::from(cost) * (f64::from(target) - self.q[j]);
+                    g[2][j] += pen;
+                    for i in 0..d {
+                        g[0][i * m + j] += pen * mean_v0[i];
+                    }
+                }
+            }
+            self.t += 1;
+            let mu = f64::from(cfg.momentum.at(epoch));
+            let lrs = [cfg.lr_w, cfg.lr_b, cfg.lr_c].map(f64::from);
+            let wds = [f64::from(cfg.weight_decay), 0.0, 0.0];
+            let mut out = theta.clone();
+            for k in 0..3 {
+                for (idx, th) in out[k].iter_mut().enumerate() {
+                    let gi = g[k][idx] - wds[k] * *th;
+                    match cfg.optimizer {
+                        Optimizer::Sgd => {
+                            self.vel[k][idx] = mu * self.vel[k][idx] + lrs[k] * gi;
+                            *th += self.vel[k][idx];
+                        }
+                        Optimizer::Adam { beta1, beta2, eps } => {
+                            let (b1, b2) = (f64::from(beta1), f64::from(beta2));
+                            let mk = &mut self.vel[k][idx];
+                            let vk = &mut self.sq[k][idx];
+                            *mk = b1 * *mk + (1.0 - b1) * gi;
+                            *vk = b2 * *vk + (1.0 - b2) * gi * gi;
+                            let mh = *mk / (1.0 - b1.powi(self.t));
+                            let vh = *vk / (1.0 - b2.powi(self.t));
+                            *th += lrs[k] * mh / (vh.sqrt() + f64::from(eps));
+                        }
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn fused_updates_match_the_formulas_in_f64() {
+        // Full-batch updates, one per epoch, on two update blocks of visible units (the second
+        // short): momentum off for two epochs (the first needs no velocity at all, the second
+        // must leave one for the third), then on; weight decay, a sparsity target and separate
+        // learning rates throughout. Adam with the same extras. Each update is replayed in f64
+        // from the trainer's previous model and its negative states.
+        let (d, m, n) = (UPDATE_BLOCK + 12, 5, 6);
+        let data = planted(d, n, 3);
+        let sgd = TrainParams::new()
+            .momentum(Momentum {
+                initial: 0.0,
+                final_value: 0.7,
+                switch_epoch: 2,
+            })
+            .weight_decay(0.01);
+        let adam = TrainParams::new()
+            .optimizer(Optimizer::adam())
+            .lr(0.01)
+            .weight_decay(0.001);
+        for params in [sgd, adam] {
+            let cfg = params
+                .hidden(m)
+                .epochs(1)
+                .batch_size(n)
+                .lr_w(0.3)
+                .lr_b(0.2)
+                .lr_c(0.1)
+                .sparsity(Some((0.2, 0.5)))
+                .init_std(0.3)
+                .check()
+                .unwrap();
+            let mut model = BinaryRbm::init(d, m, cfg.init_std, Some(&data), cfg.seed);
+            let mut trainer = Trainer::new(cfg.clone(), d);
+            let zeros = || [vec![0.0; d * m], vec![0.0; d], vec![0.0; m]];
+            let mut reference = Reference {
+                vel: zeros(),
+                sq: zeros(),
+                q: vec![0.0; m],
+                t: 0,
+            };
+            for epoch in 0..4 {
+                let before = model.clone();
+                trainer
+                    .fit(&mut model, &data, None, &mut |_, _| {
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                let want =
+                    reference.step(&cfg, epoch, &before, &data, &trainer.last_negative_states());
+                let got = [model.weights(), model.visible_bias(), model.hidden_bias()];
+                for (k, name) in ["W", "b", "c"].iter().enumerate() {
+                    for (idx, (&g, &w)) in got[k].iter().zip(&want[k]).enumerate() {
+                        assert!(
+                            (f64::from(g) - w).abs() < 2e-5 * (1.0 + w.abs()),
+                            "{:?} epoch {epoch}: {name}[{idx}] = {g}, formulas give {w}",
+                            cfg.optimizer
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
