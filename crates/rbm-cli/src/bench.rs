@@ -2,7 +2,7 @@
 //! so figures are comparable across machines and runs (the fraction of peak is the honest one).
 
 use crate::common::{Common, print_json};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use faer::Accum;
 use rbm::Matrix;
 use rbm::linalg::{self, current_par};
@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Skip the binary-RBM cases.
     #[arg(long)]
     skip_binary: bool,
+    /// Also time the GEMM peak, binary CD-1 and the MovieLens-100K epoch on one thread, and
+    /// report the speed-up of the full thread count over it (the GEMM's own speed-up is the
+    /// machine's ceiling).
+    #[arg(long)]
+    scaling: bool,
 }
 
 /// Where the MovieLens-100K ratings are, if anywhere.
@@ -91,9 +96,11 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
     let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
     let user = rating_epochs(&m.by_user, m.n_items, scale.values(), 100, epochs)?;
     let item = rating_epochs(&m.by_item, m.n_users, scale.values(), 100, epochs)?;
+    let (us, is) = (median(user.clone()), median(item.clone()));
     Ok(json!({
         "path": path.display().to_string(), "ratings": ratings.len(), "hidden": 100, "cd": 1,
-        "batch": 100, "user_epoch_seconds": median(user.clone()), "item_epoch_seconds": median(item.clone()),
+        "batch": 100, "user_epoch_seconds": us, "item_epoch_seconds": is,
+        "ratings_per_sec": ratings.len() as f64 / us, "item_ratings_per_sec": ratings.len() as f64 / is,
         "user_epochs": user, "item_epochs": item,
     }))
 }
@@ -125,6 +132,10 @@ fn netflix_case(file: Option<&Path>) -> Result<Value> {
     };
     let secs = rating_epochs(&set.by_user, set.n_items, &set.values, 1000, 1)?;
     out.insert("netflix_epoch_seconds".into(), json!(secs[0]));
+    out.insert(
+        "netflix_ratings_per_sec".into(),
+        json!(set.by_user.nnz() as f64 / secs[0]),
+    );
     out.insert("netflix_ratings".into(), json!(set.by_user.nnz()));
     out.insert("netflix_peak_rss_bytes".into(), json!(peak_rss_bytes()));
     Ok(Value::Object(out))
@@ -162,6 +173,30 @@ fn gemm_peak() -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// GFLOP/s of the `m × k × n` product `Wᵀ·V` as training runs it (best of a few repetitions).
+fn shape_gflops(m: usize, k: usize, n: usize) -> f64 {
+    let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 17) as f32 * 0.01);
+    let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j) % 13) as f32 * 0.01);
+    let mut c = Matrix::zeros(m, n);
+    let reps = (2e8 / (2.0 * (m * k * n) as f64)).ceil().max(1.0) as usize;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            linalg::gemm(
+                c.view_mut(),
+                Accum::Replace,
+                a.view(),
+                b.view(),
+                1.0,
+                current_par(),
+            );
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -219,9 +254,13 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
             let mut add = |name: String, hidden, batch, cd, pcd| -> Result<(f64, f64)> {
                 let (secs, flops) = binary_case(data, hidden, batch, cd, pcd, args.epochs)?;
                 let s = median(secs.clone());
+                // The speed of this case's own product shape (Wᵀ·V, M × D × B), so a sweep can
+                // tell the training loop's overhead from what the GEMM does at that size.
+                let shape = shape_gflops(hidden, data.rows(), batch);
                 cases.push(json!({
                     "case": name, "hidden": hidden, "batch": batch, "cd_k": cd, "persistent": pcd,
                     "seconds_per_epoch": s, "examples_per_sec": n / s, "gflops": flops / s / 1e9,
+                    "shape_gemm_gflops": shape, "shape_fraction": flops / s / 1e9 / shape,
                     "epoch_seconds": secs,
                 }));
                 Ok((s, flops / s / 1e9))
@@ -290,6 +329,47 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
         report.insert("notes".into(), json!(notes));
         Ok(Value::Object(report))
     })??;
+    let mut report = report;
+    if args.scaling {
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .context("could not start a one-thread pool")?;
+        let single = one.install(|| -> Result<Value> {
+            let mut out = serde_json::Map::new();
+            if !args.skip_binary {
+                let digits = rbm::data::digits()?;
+                let (secs, _) = binary_case(&digits.examples, 500, 100, 1, false, args.epochs)?;
+                let s1 = median(secs);
+                out.insert("gemm_peak_gflops_1thread".into(), json!(gemm_peak()));
+                out.insert("binary_seconds_per_epoch_1thread".into(), json!(s1));
+            }
+            if let Some(p) = &ml_path {
+                let c = ml100k_case(p, args.cf_epochs.max(1))?;
+                out.insert(
+                    "ml100k_epoch_seconds_1thread".into(),
+                    c["user_epoch_seconds"].clone(),
+                );
+            }
+            Ok(Value::Object(out))
+        })?;
+        let ratio = |many: &str, one: &str| match (report[many].as_f64(), single[one].as_f64()) {
+            (Some(a), Some(b)) if a > 0.0 => json!(b / a),
+            _ => Value::Null,
+        };
+        let speedups = json!({
+            "gemm": match (report["gemm_peak_gflops"].as_f64(), single["gemm_peak_gflops_1thread"].as_f64()) {
+                (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+                _ => Value::Null,
+            },
+            "binary_cd1": ratio("binary_seconds_per_epoch", "binary_seconds_per_epoch_1thread"),
+            "ml100k": ratio("ml100k_epoch_seconds", "ml100k_epoch_seconds_1thread"),
+        });
+        for (k, v) in single.as_object().into_iter().flatten() {
+            report[k] = v.clone();
+        }
+        report["speedup_over_1thread"] = speedups;
+    }
     if common.json {
         print_json(&report);
     } else {
@@ -297,24 +377,29 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
         if let Some(peak) = report.get("gemm_peak_gflops").and_then(Value::as_f64) {
             println!("f32 GEMM peak (2048³, faer): {peak:.1} GFLOP/s");
             println!(
-                "{:<36} {:>10} {:>12} {:>9} {:>7}",
-                "case", "s/epoch", "examples/s", "GFLOP/s", "peak"
+                "{:<36} {:>10} {:>12} {:>9} {:>7} {:>7}",
+                "case", "s/epoch", "examples/s", "GFLOP/s", "peak", "shape"
             );
             for c in report["cases"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<36} {:>10.4} {:>12.0} {:>9.1} {:>6.0}%",
+                    "{:<36} {:>10.4} {:>12.0} {:>9.1} {:>6.0}% {:>6.0}%",
                     c["case"].as_str().unwrap_or(""),
                     c["seconds_per_epoch"].as_f64().unwrap_or(0.0),
                     c["examples_per_sec"].as_f64().unwrap_or(0.0),
                     c["gflops"].as_f64().unwrap_or(0.0),
-                    100.0 * c["peak_fraction"].as_f64().unwrap_or(0.0)
+                    100.0 * c["peak_fraction"].as_f64().unwrap_or(0.0),
+                    100.0 * c["shape_fraction"].as_f64().unwrap_or(0.0)
                 );
             }
+            println!(
+                "(peak: share of the 2048³ GEMM peak; shape: share of the speed of a lone Wᵀ·V product of the case's M × D × B shape)"
+            );
         }
         if let Some(s) = report["ml100k_epoch_seconds"].as_f64() {
             println!(
-                "rating RBM, MovieLens-100K (M=100, K=5, CD-1, batch 100): {:.2} ms/epoch user-based, {:.2} ms/epoch item-based",
+                "rating RBM, MovieLens-100K (M=100, K=5, CD-1, batch 100): {:.2} ms/epoch user-based ({:.1} M ratings/s), {:.2} ms/epoch item-based",
                 s * 1e3,
+                report["ml100k"]["ratings_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 report["ml100k_item_epoch_seconds"].as_f64().unwrap_or(0.0) * 1e3
             );
         }
@@ -329,9 +414,10 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 })
                 .unwrap_or_default();
             println!(
-                "rating RBM, Netflix-shaped ({} ratings, {prep}; M=100, K=5, CD-1, batch 1000): {:.2} s/epoch, peak memory {:.0} MiB",
+                "rating RBM, Netflix-shaped ({} ratings, {prep}; M=100, K=5, CD-1, batch 1000): {:.2} s/epoch ({:.1} M ratings/s), peak memory {:.0} MiB",
                 report["netflix_ratings"],
                 s,
+                report["netflix_ratings_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 report["netflix_peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
             );
         }
@@ -342,6 +428,19 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
             "peak memory: {:.1} MiB",
             report["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
+        if let Some(sp) = report.get("speedup_over_1thread") {
+            let f = |k: &str| {
+                sp[k]
+                    .as_f64()
+                    .map_or("n/a".to_string(), |x| format!("{x:.2}×"))
+            };
+            println!(
+                "speed-up over 1 thread: GEMM peak {} (the machine's ceiling), binary CD-1 {}, MovieLens-100K epoch {}",
+                f("gemm"),
+                f("binary_cd1"),
+                f("ml100k")
+            );
+        }
     }
     Ok(())
 }
