@@ -198,3 +198,44 @@ fn generated_binary_ratings_feed_every_reader() {
     assert!(err.contains("bad.rbmr") && err.contains("offset"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_reports_the_rating_case_and_thread_speedups() {
+    // The rating case on a small ratings file, with the 1-thread rerun: every reported figure
+    // must be consistent with the others (ratings/s = ratings / epoch seconds; speed-up = the
+    // ratio of the two epoch times).
+    let dir = std::env::temp_dir().join(format!("rbm-bench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_data(&dir);
+    let out = rbm()
+        .args([
+            "--threads",
+            "2",
+            "bench",
+            "--json",
+            "--skip-binary",
+            "--skip-netflix",
+        ])
+        .args(["--cf-epochs", "3", "--scaling", "--ratings"])
+        .arg(dir.join("train.tsv"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ml = &r["ml100k"];
+    let ratings = ml["ratings"].as_f64().unwrap();
+    let secs = r["ml100k_epoch_seconds"].as_f64().unwrap();
+    assert!(ratings > 500.0 && secs > 0.0, "{r}");
+    let rate = ml["ratings_per_sec"].as_f64().unwrap();
+    assert!((rate * secs / ratings - 1.0).abs() < 1e-9, "{r}");
+    assert_eq!(ml["user_epochs"].as_array().unwrap().len(), 3);
+    let one = r["ml100k_epoch_seconds_1thread"].as_f64().unwrap();
+    let speedup = r["speedup_over_1thread"]["ml100k"].as_f64().unwrap();
+    assert!((speedup - one / secs).abs() < 1e-9, "{r}");
+    assert!(r["netflix_epoch_seconds"].is_null());
+    std::fs::remove_dir_all(&dir).ok();
+}
