@@ -3,7 +3,7 @@
 
 use crate::common::{Common, MetricsFile, print_json};
 use anyhow::{Context, Result, bail};
-use rbm::cf_eval::{BiasBaseline, TopN, mae, rmse, topn};
+use rbm::cf_eval::{BiasBaseline, TopN, mae, rmse, topn_chunked};
 use rbm::cf_model::{CfMember, CfModel, Orientation, train_member};
 use rbm::rating::{
     CdSchedule, EpochReport, NegativePhase, Optimizer, PredictMethod, RatingRbmParams,
@@ -683,49 +683,54 @@ fn evaluate(
     Ok(out)
 }
 
-/// Precision/recall/NDCG@10 (relevant: test ratings ≥ 4) for the model and the baseline.
+/// Precision/recall/NDCG@10 (relevant: test ratings ≥ 4) for the model and the baseline. Every
+/// item is scored for a chunk of users at a time (about [`TOPN_PAIRS`] pairs), so memory stays
+/// bounded on Netflix-sized data.
 fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
     let ni = f.matrix.n_items;
-    let threshold = 4.0;
-    let mut users: Vec<u32> = test
-        .iter()
-        .filter(|r| r.value >= threshold)
-        .map(|r| r.user)
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    // Score every (relevant user, item) pair once; the implicit sets (conditional model with
-    // targets) are the test pairs, as for rating prediction.
-    let pairs: Vec<(u32, u32)> = users
-        .iter()
-        .flat_map(|&u| (0..ni as u32).map(move |i| (u, i)))
-        .collect();
-    let mut model = f.model.clone();
-    let test_pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
-    let scores = if model.implicit_targets {
-        model.implicit_targets = false;
-        model
-            .predict_with_extra(&f.matrix, &pairs, &test_pairs)
-            .ratings
-    } else {
-        model.predict(&f.matrix, &pairs).ratings
-    };
-    let row_of = |u: u32| users.binary_search(&u).expect("relevant user") * ni;
-    let rbm_score = |u: u32, cands: &[u32]| -> Vec<f32> {
-        let o = row_of(u);
-        cands.iter().map(|&i| scores[o + i as usize]).collect()
-    };
-    let base_score = |u: u32, cands: &[u32]| -> Vec<f32> {
-        cands
+    let pairs_of = |users: &[u32]| -> Vec<(u32, u32)> {
+        users
             .iter()
-            .map(|&i| f.model.baseline.predict(u, i))
+            .flat_map(|&u| (0..ni as u32).map(move |i| (u, i)))
             .collect()
     };
-    (
-        topn(&f.matrix.by_user, ni, test, threshold, 10, &rbm_score),
-        topn(&f.matrix.by_user, ni, test, threshold, 10, &base_score),
-    )
+    // The implicit sets (conditional model with targets) are all the test pairs, as for rating
+    // prediction: an item-based member's case (an item) has test users from every chunk.
+    let test_pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
+    let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
+        let pairs = pairs_of(users);
+        let mut model = f.model.clone();
+        if model.implicit_targets {
+            model.implicit_targets = false;
+            model
+                .predict_with_extra(&f.matrix, &pairs, &test_pairs)
+                .ratings
+        } else {
+            model.predict(&f.matrix, &pairs).ratings
+        }
+    };
+    let base_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
+        pairs_of(users)
+            .iter()
+            .map(|&(u, i)| f.model.baseline.predict(u, i))
+            .collect()
+    };
+    let per_chunk = (TOPN_PAIRS / ni.max(1)).max(1);
+    let r = topn_chunked(
+        &f.matrix.by_user,
+        ni,
+        test,
+        4.0,
+        10,
+        per_chunk,
+        &[&rbm_score, &base_score],
+    );
+    (r[0], r[1])
 }
+
+/// (user, item) pairs scored at once by the top-N evaluation: about 80 MB of rating
+/// distributions at K = 5.
+const TOPN_PAIRS: usize = 4_000_000;
 
 fn load_data(d: &DataArgs, common: &Common) -> Result<(PathBuf, IdMap, IdMap, Vec<Rating>)> {
     let path = resolve_ratings(d, common)?;
