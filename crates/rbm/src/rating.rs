@@ -372,12 +372,21 @@ const N_CHUNKS: usize = 8;
 
 macro_rules! simd_wrapper {
     ($name:ident, $method:ident, ($($arg:ident : $t:ty),*) -> $ret:ty) => {
-        /// Calls the method of the same name, compiled for AVX2 when the CPU has it.
+        /// Calls the method of the same name, compiled for AVX-512 or AVX2 when the CPU has it.
         #[allow(clippy::too_many_arguments)]
         #[inline]
         fn $name(model: &RatingRbm, $($arg: $t),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512(model: &RatingRbm, $($arg: $t),*) -> $ret {
+                    model.$method($($arg),*)
+                }
+                if has_avx512() {
+                    // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+                    return unsafe { avx512(model, $($arg),*) };
+                }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2(model: &RatingRbm, $($arg: $t),*) -> $ret {
@@ -421,6 +430,7 @@ fn item_step_body(
     p1: &[f32],
     zi: &[f32],
     inv_b: f32,
+    sampled: bool,
     gwi: &mut [f32],
     gbi: &mut [f32],
     step: Option<ItemMomentum<'_>>,
@@ -434,8 +444,14 @@ fn item_step_body(
         let bneg = &p1[n * m..(n + 1) * m];
         axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
         gbi[cl] += inv_b;
-        for (kk, &v) in zi[e * k..(e + 1) * k].iter().enumerate() {
-            if v != 0.0 {
+        let ze = &zi[e * k..(e + 1) * k];
+        if sampled {
+            // One-hot: the sampled class's index, without a data-dependent branch.
+            let pick = ze.iter().enumerate().map(|(kk, &v)| kk * usize::from(v != 0.0)).sum::<usize>();
+            axpy(&mut gwi[pick * m..(pick + 1) * m], -inv_b, bneg);
+            gbi[pick] -= inv_b;
+        } else {
+            for (kk, &v) in ze.iter().enumerate() {
                 axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
                 gbi[kk] -= v * inv_b;
             }
@@ -464,6 +480,7 @@ fn item_step(
     p1: &[f32],
     zi: &[f32],
     inv_b: f32,
+    sampled: bool,
     gwi: &mut [f32],
     gbi: &mut [f32],
     step: Option<ItemMomentum<'_>>,
@@ -478,18 +495,38 @@ fn item_step(
             p1: &[f32],
             zi: &[f32],
             inv_b: f32,
+            sampled: bool,
             gwi: &mut [f32],
             gbi: &mut [f32],
             step: Option<ItemMomentum<'_>>,
         ) {
-            item_step_body(ents, p0, p1, zi, inv_b, gwi, gbi, step)
+            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step)
+        }
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        fn avx512(
+            ents: &[(u32, u32, u8)],
+            p0: &[f32],
+            p1: &[f32],
+            zi: &[f32],
+            inv_b: f32,
+            sampled: bool,
+            gwi: &mut [f32],
+            gbi: &mut [f32],
+            step: Option<ItemMomentum<'_>>,
+        ) {
+            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step)
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+            return unsafe { avx512(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(ents, p0, p1, zi, inv_b, gwi, gbi, step) };
+            return unsafe { avx2(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step) };
         }
     }
-    item_step_body(ents, p0, p1, zi, inv_b, gwi, gbi, step)
+    item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step)
 }
 
 /// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
@@ -499,6 +536,14 @@ fn item_step(
 fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+            return unsafe { avx512(f) };
+        }
         #[target_feature(enable = "avx2")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
@@ -620,6 +665,79 @@ fn dot4(h: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
+/// True when the CPU has AVX-512F (with AVX2 and FMA), cached by the standard library. The
+/// elementwise loops give the same bits at any vector width (no FMA contraction); only the
+/// dot products' summation order depends on it, and never on the thread count.
+#[inline(always)]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && avx2_fma()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, up to five rows per pass over `h`
+/// (16-wide fused multiply-adds, the tail of M under a mask; the caller checks
+/// [`has_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_rows_avx512(h: &[f32], w: &[f32], out: &mut [f32]) {
+    let rows = out.len();
+    assert!(w.len() >= rows * h.len());
+    let mut r = 0;
+    while r < rows {
+        // SAFETY (all arms): AVX-512F is enabled in this function; rows r..r+R lie in `w`.
+        r += match rows - r {
+            1 => dot_rows_n::<1>(h, w, r, out),
+            2 => dot_rows_n::<2>(h, w, r, out),
+            3 => dot_rows_n::<3>(h, w, r, out),
+            4 => dot_rows_n::<4>(h, w, r, out),
+            _ => dot_rows_n::<5>(h, w, r, out),
+        };
+    }
+}
+
+/// R rows of [`dot_rows_avx512`] starting at row `r`; returns R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn dot_rows_n<const R: usize>(h: &[f32], w: &[f32], r: usize, out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let m = h.len();
+    assert!(w.len() >= (r + R) * m && out.len() >= r + R);
+    let (hp, wp) = (h.as_ptr(), w.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m, and rows r..r+R of length m lie within w (asserted above).
+        unsafe {
+            let x = _mm512_loadu_ps(hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add((r + q) * m + j)), *a);
+            }
+        }
+        j += 16;
+    }
+    if j < m {
+        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: masked loads touch only lanes j..m, within h and each row.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add((r + q) * m + j)), *a);
+            }
+        }
+    }
+    for (q, a) in acc.iter().enumerate() {
+        out[r + q] = _mm512_reduce_add_ps(*a);
+    }
+    R
+}
+
 /// True when the CPU has AVX2 and FMA (cached by the standard library).
 #[inline(always)]
 fn avx2_fma() -> bool {
@@ -721,6 +839,198 @@ fn dot_rows_avx2(h: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Softmax of `z + bias` in place for K ≤ 16 in one 16-lane register (the lanes past K are
+/// masked off); returns Σ_k (onehot(cl)_k − p_k)², the reconstruction error. e^x is
+/// [`crate::linalg::exp_f32`]'s algorithm in vector form.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn softmax_avx512(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f32, usize) {
+    use std::arch::x86_64::*;
+    let k = z.len();
+    assert!(k <= 16 && bias.len() >= k && cl < k);
+    let mask = ((1u32 << k) - 1) as u16;
+    // SAFETY: masked loads and stores touch lanes 0..k only, within `z` and `bias`.
+    let t = unsafe {
+        _mm512_add_ps(
+            _mm512_maskz_loadu_ps(mask, z.as_ptr()),
+            _mm512_maskz_loadu_ps(mask, bias.as_ptr()),
+        )
+    };
+    softmax_reg(t, z, cl, u)
+}
+
+/// [`softmax_avx512`] on logits already in a register (lanes 0..K of `t`, K = `z.len()`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn softmax_reg(
+    t: std::arch::x86_64::__m512,
+    z: &mut [f32],
+    cl: usize,
+    u: Option<f32>,
+) -> (f32, usize) {
+    use std::arch::x86_64::*;
+    let k = z.len();
+    assert!(k <= 16 && cl < k);
+    let mask = ((1u32 << k) - 1) as u16;
+    let t = _mm512_mask_blend_ps(mask, _mm512_set1_ps(-1e30), t);
+    let x = _mm512_sub_ps(t, _mm512_set1_ps(_mm512_reduce_max_ps(t)));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let round = _mm512_set1_ps(12_582_912.0);
+    let kk = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), round);
+    let n = _mm512_sub_ps(kk, round);
+    let f = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
+        _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
+    );
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f),
+        _mm512_set1_ps(1.0),
+    );
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(0x4B40_0000)),
+        _mm512_set1_epi32(127),
+    ));
+    let e = _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits));
+    let pr = _mm512_mul_ps(e, _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e)));
+    let one = _mm512_set1_ps(1.0);
+    let target = _mm512_maskz_mov_ps((1u32 << cl) as u16, one);
+    let d = _mm512_sub_ps(target, pr);
+    let err = _mm512_reduce_add_ps(_mm512_maskz_mul_ps(mask, d, d));
+    let (out, pick) = match u {
+        Some(u) => {
+            // Inclusive prefix sums in four shift-and-add steps; the pick is the number of
+            // the first K−1 sums that are ≤ u (see `softmax_sample`).
+            let zero = _mm512_setzero_ps();
+            let mut cum = pr;
+            cum = _mm512_add_ps(cum, shift_up::<15>(cum, zero));
+            cum = _mm512_add_ps(cum, shift_up::<14>(cum, zero));
+            cum = _mm512_add_ps(cum, shift_up::<12>(cum, zero));
+            cum = _mm512_add_ps(cum, shift_up::<8>(cum, zero));
+            let le = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(mask >> 1, cum, _mm512_set1_ps(u));
+            let pick = le.count_ones() as usize;
+            (_mm512_maskz_mov_ps((1u32 << pick) as u16, one), pick)
+        }
+        None => (pr, 0),
+    };
+    // SAFETY: as above.
+    unsafe { _mm512_mask_storeu_ps(z.as_mut_ptr(), mask, out) };
+    (err, pick)
+}
+
+/// The K ≤ 8 logits `b_k + h · W_k` of one rating in lanes 0..K of a register (W_k the K rows
+/// of `wi`, each of length M = `h.len()`), so the softmax that follows never goes through
+/// memory: K 16-wide multiply-add chains, then one transposing horizontal sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn logits_avx512<const K: usize>(h: &[f32], wi: &[f32], bi: &[f32]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let m = h.len();
+    assert!(K <= 8 && wi.len() >= K * m && bi.len() >= K);
+    let (hp, wp) = (h.as_ptr(), wi.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); K];
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m, and the K rows of length m lie within wi (asserted above).
+        unsafe {
+            let x = _mm512_loadu_ps(hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add(q * m + j)), *a);
+            }
+        }
+        j += 16;
+    }
+    if j < m {
+        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: masked loads touch only lanes j..m of h and of each row.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add(q * m + j)), *a);
+            }
+        }
+    }
+    // 16 → 8 lanes each, then an 8 × 8 transposing sum with horizontal adds.
+    let mut v = [_mm256_setzero_ps(); 8];
+    for (q, a) in acc.iter().enumerate() {
+        v[q] = _mm256_add_ps(_mm512_castps512_ps256(*a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))));
+    }
+    let t01 = _mm256_hadd_ps(v[0], v[1]);
+    let t23 = _mm256_hadd_ps(v[2], v[3]);
+    let t45 = _mm256_hadd_ps(v[4], v[5]);
+    let t67 = _mm256_hadd_ps(v[6], v[7]);
+    let u0 = _mm256_hadd_ps(t01, t23);
+    let u1 = _mm256_hadd_ps(t45, t67);
+    let r = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(u0, u1),
+        _mm256_permute2f128_ps::<0x31>(u0, u1),
+    );
+    // SAFETY: the masked load reads bi[0..K] only.
+    let b = unsafe { _mm256_maskload_ps(bi.as_ptr(), lane_mask8(K)) };
+    _mm512_castps256_ps512(_mm256_add_ps(r, b))
+}
+
+/// An AVX2 lane mask with the first `k` (≤ 8) lanes set.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lane_mask8(k: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(k as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Lanes moved up by 16 − S (lane i gets lane i − (16 − S), zeros below).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn shift_up<const S: i32>(
+    x: std::arch::x86_64::__m512,
+    zero: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_castsi512_ps(_mm512_alignr_epi32::<S>(
+        _mm512_castps_si512(x),
+        _mm512_castps_si512(zero),
+    ))
+}
+
+/// Softmax of `z + bias` in place, and with `u` a class sampled from it (z becomes its
+/// one-hot vector): the first class whose cumulative probability exceeds `u`, else the last,
+/// i.e. the number of the first K−1 cumulative sums that are ≤ `u`, counted without branches.
+/// Returns (Σ_k (onehot(cl)_k − p_k)², sampled class or 0).
+#[inline(always)]
+fn softmax_sample(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f32, usize) {
+    let k = z.len();
+    for kk in 0..k {
+        z[kk] += bias[kk];
+    }
+    softmax(z);
+    let mut err = 0.0;
+    for (kk, &p) in z.iter().enumerate() {
+        let target = if kk == cl { 1.0 } else { 0.0 };
+        err += (target - p) * (target - p);
+    }
+    let Some(u) = u else { return (err, 0) };
+    let mut cum = 0.0;
+    let mut pick = 0usize;
+    for &p in &z[..k - 1] {
+        cum += p;
+        pick += usize::from(cum <= u);
+    }
+    z.fill(0.0);
+    z[pick] = 1.0;
+    (err, pick)
+}
+
 /// In-place softmax; returns nothing, `z` holds probabilities after.
 #[inline]
 fn softmax(z: &mut [f32]) {
@@ -733,7 +1043,7 @@ fn softmax(z: &mut [f32]) {
     }
     let mut s = 0.0;
     for v in z.iter_mut() {
-        *v = (*v - mx).exp();
+        *v = crate::linalg::exp_f32(*v - mx);
         s += *v;
     }
     let inv = 1.0 / s;
@@ -1032,7 +1342,7 @@ impl RatingRbm {
         z: &mut [f32],
         acc: &mut [f32],
     ) -> f64 {
-        let (k, m) = (self.k, self.m);
+        let k = self.k;
         acc.fill(0.0);
         let base_pos = by_item_ptr[i0];
         let mut err = 0.0;
@@ -1050,17 +1360,7 @@ impl RatingRbm {
                 rngkey.2,
                 (1u64 << 62) | ((i as u64) << 16) | rngkey.3 as u64,
             );
-            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi);
-            for (e, &(n, _, _)) in ents.iter().enumerate() {
-                let n = n as usize;
-                let an = &mut acc[n * m..(n + 1) * m];
-                for (kk, &pz) in zi[e * k..(e + 1) * k].iter().enumerate() {
-                    if pz != 0.0 {
-                        let o = (i * k + kk) * m;
-                        axpy(an, pz, &self.w[o..o + m]);
-                    }
-                }
-            }
+            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc);
         }
         err
     }
@@ -1080,17 +1380,25 @@ impl RatingRbm {
         last: bool,
         rng: &mut Stream,
         z: &mut [f32],
+        acc: &mut [f32],
     ) -> f64 {
         let (k, m) = (self.k, self.m);
         let wi = &self.w[i * k * m..(i + 1) * k * m];
         let bi = &self.b[i * k..(i + 1) * k];
         let fast = avx2_fma();
+        let wide = has_avx512();
         let mut err = 0.0f64;
         for (e, &(n, _, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
+            // K ≤ 8 with AVX-512: dot products and softmax fused in registers below.
+            let fused = wide && k <= 8;
             #[cfg(target_arch = "x86_64")]
-            if fast {
+            if fused {
+            } else if wide {
+                // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                unsafe { dot_rows_avx512(hn, wi, z) };
+            } else if fast {
                 // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
                 unsafe { dot_rows_avx2(hn, wi, z) };
             }
@@ -1104,30 +1412,49 @@ impl RatingRbm {
                     z[kk] = dot(hn, &wi[kk * m..(kk + 1) * m]);
                 }
             }
-            for kk in 0..k {
-                z[kk] += bi[kk];
-            }
-            softmax(z);
-            if last {
-                let cl = cl as usize;
-                for (kk, &p) in z.iter().enumerate() {
-                    let target = if kk == cl { 1.0 } else { 0.0 };
-                    err += f64::from((target - p) * (target - p));
-                }
-            }
-            if negative == NegativePhase::Sample {
-                let u = rng.uniform();
-                let mut acc = 0.0;
-                let mut pick = k - 1;
-                for (kk, &p) in z.iter().enumerate() {
-                    acc += p;
-                    if u < acc {
-                        pick = kk;
-                        break;
+            let sample = negative == NegativePhase::Sample;
+            let u = if sample { rng.uniform() } else { 0.0 };
+            #[cfg(target_arch = "x86_64")]
+            let fast_softmax = wide && k <= 16;
+            #[cfg(not(target_arch = "x86_64"))]
+            let fast_softmax = false;
+            let (e, pick) = if fast_softmax {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let (cl, u) = (cl as usize, sample.then_some(u));
+                    macro_rules! fused {
+                        ($kk:literal) => {
+                            // SAFETY: AVX-512F, AVX2 and FMA are present (`has_avx512`).
+                            unsafe { softmax_reg(logits_avx512::<$kk>(hn, wi, bi), z, cl, u) }
+                        };
+                    }
+                    match k {
+                        2 => fused!(2),
+                        3 => fused!(3),
+                        4 => fused!(4),
+                        5 => fused!(5),
+                        6 => fused!(6),
+                        7 => fused!(7),
+                        8 => fused!(8),
+                        // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                        _ => unsafe { softmax_avx512(z, bi, cl, u) },
                     }
                 }
-                z.fill(0.0);
-                z[pick] = 1.0;
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!()
+            } else {
+                softmax_sample(z, bi, cl as usize, sample.then_some(u))
+            };
+            if last {
+                err += f64::from(e);
+            }
+            let an = &mut acc[n as usize * m..(n as usize + 1) * m];
+            if sample {
+                add(an, &wi[pick * m..(pick + 1) * m]);
+            } else {
+                for (kk, &pz) in z.iter().enumerate() {
+                    axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
+                }
             }
         }
         err
@@ -1432,6 +1759,7 @@ impl RatingRbm {
                     p1,
                     &zbi[a * k..b * k],
                     inv_b,
+                    negative == NegativePhase::Sample,
                     gwi,
                     gbi,
                     None,
@@ -1549,6 +1877,7 @@ impl RatingRbm {
                     let (p0, p1, zbi, by_item, by_item_ptr) =
                         (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
                     let (wc, bc) = (&wcfg, &bcfg);
+                    let sampled = params.negative == NegativePhase::Sample;
                     self.w
                         .par_chunks_mut(k * m)
                         .zip(s_w.m1.par_chunks_mut(k * m))
@@ -1568,7 +1897,7 @@ impl RatingRbm {
                                     bcfg: bc,
                                 };
                                 let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                item_step(ents, p0, p1, zi, inv_b, gwi, gbi, Some(step));
+                                item_step(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, Some(step));
                             },
                         );
                     self.hidden_grads(implicit, &batch_cases, &mut g);
