@@ -2309,6 +2309,123 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn negative_kernels_match_f64_softmax_and_cumulative_sampling() {
+        // The per-rating kernels (AVX-512 fused logits + softmax + sampling where the CPU has
+        // it, the portable loops otherwise) against an f64 softmax of b + W·h, for K with and
+        // without the fused path and M with and without a SIMD tail.
+        for (k, m) in [(2, 7), (5, 100), (5, 16), (8, 33), (10, 100), (3, 1)] {
+            let model = random_model(3, k, m, false, 40 + k as u64);
+            let nb = 9;
+            let mut s = Stream::new(7, Purpose::Data, k as u64, m as u64, 0);
+            let h: Vec<f32> = (0..nb * m).map(|_| s.uniform() * 6.0 - 3.0).collect();
+            let ents: Vec<(u32, u32, u8)> = (0..nb)
+                .map(|n| (n as u32, n as u32, (n % k) as u8))
+                .collect();
+            let item = 1;
+            let reference = |n: usize| -> Vec<f64> {
+                let mut z: Vec<f64> = (0..k)
+                    .map(|kk| {
+                        let o = (item * k + kk) * m;
+                        f64::from(model.b[item * k + kk])
+                            + (0..m)
+                                .map(|j| f64::from(h[n * m + j]) * f64::from(model.w[o + j]))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let tot: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+                for v in z.iter_mut() {
+                    *v = (*v - mx).exp() / tot;
+                }
+                z
+            };
+            for negative in [NegativePhase::MeanField, NegativePhase::Sample] {
+                let mut z = vec![0.0f32; nb * k];
+                let mut acc = vec![0.0f32; nb * m];
+                let rng0 = Stream::new(3, Purpose::Train, 1, 2, 3);
+                let mut rng = rng0.clone();
+                let err = model.item_negative(item, &ents, &h, negative, true, &mut rng, &mut z, &mut acc);
+                let mut draws = rng0.clone();
+                let mut want_err = 0.0;
+                for n in 0..nb {
+                    let p = reference(n);
+                    for kk in 0..k {
+                        let t = if kk == n % k { 1.0 } else { 0.0 };
+                        want_err += (t - p[kk]) * (t - p[kk]);
+                    }
+                    let wrow = |kk: usize| &model.w[(item * k + kk) * m..(item * k + kk + 1) * m];
+                    let an = &acc[n * m..(n + 1) * m];
+                    if negative == NegativePhase::MeanField {
+                        for kk in 0..k {
+                            let got = f64::from(z[n * k + kk]);
+                            assert!((got - p[kk]).abs() < 2e-6, "K={k} M={m}: {got} vs {}", p[kk]);
+                        }
+                        for j in 0..m {
+                            let want: f64 = (0..k).map(|kk| p[kk] * f64::from(wrow(kk)[j])).sum();
+                            assert!((f64::from(an[j]) - want).abs() < 1e-5);
+                        }
+                    } else {
+                        let u = f64::from(draws.uniform());
+                        let mut cum = 0.0;
+                        let mut pick = k - 1;
+                        let mut near = false;
+                        for kk in 0..k - 1 {
+                            cum += p[kk];
+                            near |= (cum - u).abs() < 1e-5;
+                            if u < cum {
+                                pick = kk;
+                                break;
+                            }
+                        }
+                        let zn = &z[n * k..(n + 1) * k];
+                        assert_eq!(zn.iter().sum::<f32>(), 1.0);
+                        assert!(zn.iter().all(|&v| v == 0.0 || v == 1.0));
+                        if !near {
+                            assert_eq!(zn[pick], 1.0, "K={k} M={m} u={u} p={p:?}");
+                            assert_eq!(an, wrow(pick));
+                        }
+                    }
+                }
+                assert!((err - want_err).abs() < 1e-5, "{err} vs {want_err}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_softmax_sample_matches_f64() {
+        // The portable path (used without AVX-512 or for K > 16), tested on any CPU.
+        let mut s = Stream::new(8, Purpose::Data, 0, 0, 0);
+        for k in [2usize, 5, 10, 20] {
+            for _ in 0..50 {
+                let z0: Vec<f32> = (0..k).map(|_| s.uniform() * 8.0 - 4.0).collect();
+                let bias: Vec<f32> = (0..k).map(|_| s.uniform() - 0.5).collect();
+                let x: Vec<f64> = z0.iter().zip(&bias).map(|(a, b)| f64::from(a + b)).collect();
+                let mx = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let tot: f64 = x.iter().map(|v| (v - mx).exp()).sum();
+                let p: Vec<f64> = x.iter().map(|v| (v - mx).exp() / tot).collect();
+                let mut z = z0.clone();
+                let (err, _) = softmax_sample(&mut z, &bias, 1, None);
+                for kk in 0..k {
+                    assert!((f64::from(z[kk]) - p[kk]).abs() < 2e-6);
+                }
+                let want: f64 = (0..k)
+                    .map(|kk| (if kk == 1 { 1.0 } else { 0.0 } - p[kk]).powi(2))
+                    .sum();
+                assert!((f64::from(err) - want).abs() < 1e-5);
+                let u = s.uniform();
+                let mut z = z0.clone();
+                let (_, pick) = softmax_sample(&mut z, &bias, 1, Some(u));
+                let cum: f64 = p[..pick].iter().sum();
+                // u falls in the picked class's interval (up to rounding).
+                assert!(f64::from(u) >= cum - 1e-5, "{u} {cum}");
+                assert!(pick == k - 1 || f64::from(u) < cum + p[pick] + 1e-5);
+                assert_eq!(z.iter().sum::<f32>(), 1.0);
+                assert_eq!(z[pick], 1.0);
+            }
+        }
+    }
+
+    #[test]
     fn dense_fake_loss_gradient_matches_finite_differences() {
         // Guards the reference above: F(v) = −Σ b·v − Σ_j softplus(c_j + Σ v W), differentiated
         // numerically at one weight in f64.
