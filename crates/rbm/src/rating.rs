@@ -956,7 +956,66 @@ fn logits_avx512<const K: usize>(h: &[f32], wi: &[f32], bi: &[f32]) -> std::arch
             }
         }
     }
-    // 16 → 8 lanes each, then an 8 × 8 transposing sum with horizontal adds.
+    reduce_logits(&acc, bi)
+}
+
+/// Two ratings' logits at once ([`logits_avx512`] for `ha` and `hb`, each W load shared;
+/// the same operations per rating, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn logits2_avx512<const K: usize>(
+    ha: &[f32],
+    hb: &[f32],
+    wi: &[f32],
+    bi: &[f32],
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let m = ha.len();
+    assert!(K <= 8 && hb.len() == m && wi.len() >= K * m && bi.len() >= K);
+    let (pa, pb, wp) = (ha.as_ptr(), hb.as_ptr(), wi.as_ptr());
+    let mut aa = [_mm512_setzero_ps(); K];
+    let mut ab = [_mm512_setzero_ps(); K];
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m, and the K rows of length m lie within wi (asserted above).
+        unsafe {
+            let (xa, xb) = (_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)));
+            for q in 0..K {
+                let w = _mm512_loadu_ps(wp.add(q * m + j));
+                aa[q] = _mm512_fmadd_ps(xa, w, aa[q]);
+                ab[q] = _mm512_fmadd_ps(xb, w, ab[q]);
+            }
+        }
+        j += 16;
+    }
+    if j < m {
+        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: masked loads touch only lanes j..m of the h rows and of each W row.
+        unsafe {
+            let xa = _mm512_maskz_loadu_ps(mask, pa.add(j));
+            let xb = _mm512_maskz_loadu_ps(mask, pb.add(j));
+            for q in 0..K {
+                let w = _mm512_maskz_loadu_ps(mask, wp.add(q * m + j));
+                aa[q] = _mm512_fmadd_ps(xa, w, aa[q]);
+                ab[q] = _mm512_fmadd_ps(xb, w, ab[q]);
+            }
+        }
+    }
+    (reduce_logits(&aa, bi), reduce_logits(&ab, bi))
+}
+
+/// Lane q of the result = Σ lanes of `acc[q]` + `bi[q]` (q < K ≤ 8): 16 → 8 lanes each, then
+/// an 8 × 8 transposing sum with horizontal adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn reduce_logits<const K: usize>(
+    acc: &[std::arch::x86_64::__m512; K],
+    bi: &[f32],
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    assert!(K <= 8 && bi.len() >= K);
     let mut v = [_mm256_setzero_ps(); 8];
     for (q, a) in acc.iter().enumerate() {
         v[q] = _mm256_add_ps(_mm512_castps512_ps256(*a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))));
@@ -974,6 +1033,68 @@ fn logits_avx512<const K: usize>(h: &[f32], wi: &[f32], bi: &[f32]) -> std::arch
     // SAFETY: the masked load reads bi[0..K] only.
     let b = unsafe { _mm256_maskload_ps(bi.as_ptr(), lane_mask8(K)) };
     _mm512_castps256_ps512(_mm256_add_ps(r, b))
+}
+
+/// The negative visible step of one item (see `RatingRbm::item_negative`) for K ≤ 8 with
+/// AVX-512: logits, softmax and sampling stay in registers, two ratings at a time so their
+/// dependency chains overlap (the same operations per rating as one at a time, and the same
+/// order of random draws).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn item_negative_avx512<const K: usize>(
+    wi: &[f32],
+    bi: &[f32],
+    ents: &[(u32, u32, u8)],
+    h: &[f32],
+    sample: bool,
+    last: bool,
+    rng: &mut Stream,
+    z: &mut [f32],
+    acc: &mut [f32],
+) -> f64 {
+    let m = wi.len() / K;
+    let mut err = 0.0f64;
+    let mut rest = |e: usize, zz: &mut [f32], sm: (f32, usize), acc: &mut [f32]| {
+        let n = ents[e].0 as usize;
+        if last {
+            err += f64::from(sm.0);
+        }
+        let an = &mut acc[n * m..(n + 1) * m];
+        if sample {
+            add(an, &wi[sm.1 * m..(sm.1 + 1) * m]);
+        } else {
+            for (kk, &pz) in zz.iter().enumerate() {
+                axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
+            }
+        }
+    };
+    let mut e = 0;
+    while e + 2 <= ents.len() {
+        let (na, _, ca) = ents[e];
+        let (nb, _, cb) = ents[e + 1];
+        let (na, nb) = (na as usize, nb as usize);
+        let (ta, tb) =
+            logits2_avx512::<K>(&h[na * m..(na + 1) * m], &h[nb * m..(nb + 1) * m], wi, bi);
+        let ua = sample.then(|| rng.uniform());
+        let ub = sample.then(|| rng.uniform());
+        let (za, zb) = z[e * K..(e + 2) * K].split_at_mut(K);
+        let sa = softmax_reg(ta, za, ca as usize, ua);
+        let sb = softmax_reg(tb, zb, cb as usize, ub);
+        rest(e, za, sa, acc);
+        rest(e + 1, zb, sb, acc);
+        e += 2;
+    }
+    if e < ents.len() {
+        let (n, _, cl) = ents[e];
+        let n = n as usize;
+        let t = logits_avx512::<K>(&h[n * m..(n + 1) * m], wi, bi);
+        let u = sample.then(|| rng.uniform());
+        let zz = &mut z[e * K..(e + 1) * K];
+        let sm = softmax_reg(t, zz, cl as usize, u);
+        rest(e, zz, sm, acc);
+    }
+    err
 }
 
 /// An AVX2 lane mask with the first `k` (≤ 8) lanes set.
@@ -1387,15 +1508,31 @@ impl RatingRbm {
         let bi = &self.b[i * k..(i + 1) * k];
         let fast = avx2_fma();
         let wide = has_avx512();
+        #[cfg(target_arch = "x86_64")]
+        if wide && (2..=8).contains(&k) {
+            let sample = negative == NegativePhase::Sample;
+            macro_rules! go {
+                ($kk:literal) => {
+                    // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
+                    unsafe { item_negative_avx512::<$kk>(wi, bi, ents, h, sample, last, rng, z, acc) }
+                };
+            }
+            return match k {
+                2 => go!(2),
+                3 => go!(3),
+                4 => go!(4),
+                5 => go!(5),
+                6 => go!(6),
+                7 => go!(7),
+                _ => go!(8),
+            };
+        }
         let mut err = 0.0f64;
         for (e, &(n, _, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
-            // K ≤ 8 with AVX-512: dot products and softmax fused in registers below.
-            let fused = wide && k <= 8;
             #[cfg(target_arch = "x86_64")]
-            if fused {
-            } else if wide {
+            if wide {
                 // SAFETY: AVX-512F is present (checked by `has_avx512`).
                 unsafe { dot_rows_avx512(hn, wi, z) };
             } else if fast {
@@ -1421,24 +1558,8 @@ impl RatingRbm {
             let (e, pick) = if fast_softmax {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let (cl, u) = (cl as usize, sample.then_some(u));
-                    macro_rules! fused {
-                        ($kk:literal) => {
-                            // SAFETY: AVX-512F, AVX2 and FMA are present (`has_avx512`).
-                            unsafe { softmax_reg(logits_avx512::<$kk>(hn, wi, bi), z, cl, u) }
-                        };
-                    }
-                    match k {
-                        2 => fused!(2),
-                        3 => fused!(3),
-                        4 => fused!(4),
-                        5 => fused!(5),
-                        6 => fused!(6),
-                        7 => fused!(7),
-                        8 => fused!(8),
-                        // SAFETY: AVX-512F is present (checked by `has_avx512`).
-                        _ => unsafe { softmax_avx512(z, bi, cl, u) },
-                    }
+                    // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                    unsafe { softmax_avx512(z, bi, cl as usize, sample.then_some(u)) }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!()
