@@ -1055,20 +1055,24 @@ fn item_negative_avx512<const K: usize>(
 ) -> f64 {
     let m = wi.len() / K;
     let mut err = 0.0f64;
-    let mut rest = |e: usize, zz: &mut [f32], sm: (f32, usize), acc: &mut [f32]| {
-        let n = ents[e].0 as usize;
-        if last {
-            err += f64::from(sm.0);
-        }
-        let an = &mut acc[n * m..(n + 1) * m];
-        if sample {
-            add(an, &wi[sm.1 * m..(sm.1 + 1) * m]);
-        } else {
-            for (kk, &pz) in zz.iter().enumerate() {
-                axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
+    // A macro, not a closure: a closure would not inherit this function's target features.
+    macro_rules! rest {
+        ($e:expr, $zz:expr, $sm:expr) => {{
+            let (zz, sm): (&mut [f32], (f32, usize)) = ($zz, $sm);
+            let n = ents[$e].0 as usize;
+            if last {
+                err += f64::from(sm.0);
             }
-        }
-    };
+            let an = &mut acc[n * m..(n + 1) * m];
+            if sample {
+                add(an, &wi[sm.1 * m..(sm.1 + 1) * m]);
+            } else {
+                for (kk, &pz) in zz.iter().enumerate() {
+                    axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
+                }
+            }
+        }};
+    }
     let mut e = 0;
     while e + 2 <= ents.len() {
         let (na, _, ca) = ents[e];
@@ -1081,8 +1085,8 @@ fn item_negative_avx512<const K: usize>(
         let (za, zb) = z[e * K..(e + 2) * K].split_at_mut(K);
         let sa = softmax_reg(ta, za, ca as usize, ua);
         let sb = softmax_reg(tb, zb, cb as usize, ub);
-        rest(e, za, sa, acc);
-        rest(e + 1, zb, sb, acc);
+        rest!(e, za, sa);
+        rest!(e + 1, zb, sb);
         e += 2;
     }
     if e < ents.len() {
@@ -1092,7 +1096,7 @@ fn item_negative_avx512<const K: usize>(
         let u = sample.then(|| rng.uniform());
         let zz = &mut z[e * K..(e + 1) * K];
         let sm = softmax_reg(t, zz, cl as usize, u);
-        rest(e, zz, sm, acc);
+        rest!(e, zz, sm);
     }
     err
 }
