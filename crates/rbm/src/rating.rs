@@ -1177,6 +1177,24 @@ fn softmax(z: &mut [f32]) {
     }
 }
 
+/// Batches with at least this many ratings are indexed in parallel (below it, waking the
+/// thread pool costs more than it saves; the result is the same either way).
+const PAR_INDEX_MIN: usize = 1 << 15;
+
+/// A raw pointer that may cross threads, for writes the caller proves disjoint.
+struct SyncPtr<T>(*mut T);
+// SAFETY: only used for writes to disjoint elements (see the use sites).
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+/// Runs `f` on every item, on the thread pool when `par`, else in order here.
+fn for_each_maybe_par<T: Send>(par: bool, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    if par {
+        items.into_par_iter().for_each(f);
+    } else {
+        items.into_iter().for_each(f);
+    }
+}
+
 /// Buffers and gradients of one mini-batch, allocated once per training run.
 pub(crate) struct BatchGrad {
     p0: Vec<f32>,
@@ -1193,6 +1211,7 @@ pub(crate) struct BatchGrad {
     acc: Vec<f32>,
     by_item_ptr: Vec<usize>,
     by_item: Vec<(u32, u32, u8)>,
+    part_cnt: Vec<u32>,
     imp_ptr: Vec<usize>,
     imp_ent: Vec<u32>,
     /// Gradient of W.
@@ -1220,6 +1239,7 @@ impl BatchGrad {
             acc: Vec::new(),
             by_item_ptr: vec![0; d + 1],
             by_item: Vec::new(),
+            part_cnt: Vec::new(),
             imp_ptr: vec![0; d + 1],
             imp_ent: Vec::new(),
             gw: vec![0.0; d * k * m],
@@ -1607,6 +1627,7 @@ impl RatingRbm {
             vneg,
             rec_off,
             pos_of,
+            part_cnt,
             zbi,
             err_item,
             chunk_bounds,
@@ -1629,30 +1650,67 @@ impl RatingRbm {
         let nr = *rec_off.last().unwrap();
         vneg.resize(nr * k, 0.0);
 
-        // Index the batch's ratings by visible unit (counting sort, fixed order); `pos_of`
-        // maps a rating (case-major) to its place in the item-major order.
-        by_item_ptr.fill(0);
-        for &p in batch {
-            for &i in cases.row(p).0 {
-                by_item_ptr[i as usize + 1] += 1;
-            }
-        }
-        for i in 0..d {
-            by_item_ptr[i + 1] += by_item_ptr[i];
-        }
+        // Index the batch's ratings by visible unit (counting sort, fixed order: by unit, then
+        // by place in the batch); `pos_of` maps a rating (case-major) to its place in the
+        // item-major order. The batch is cut into N_CHUNKS fixed parts of cases, each counting
+        // its own ratings per unit, so big batches are indexed in parallel with the same result.
         by_item.resize(nr, (0, 0, 0));
         pos_of.resize(nr, 0);
-        {
-            let mut fill = by_item_ptr.clone();
-            for (n, &p) in batch.iter().enumerate() {
-                let (its, cls) = cases.row(p);
-                for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
-                    let slot = &mut fill[i as usize];
-                    by_item[*slot] = (n as u32, (rec_off[n] + r) as u32, cl);
-                    pos_of[rec_off[n] + r] = *slot as u32;
-                    *slot += 1;
+        part_cnt.resize(N_CHUNKS * d, 0);
+        let big = nr >= PAR_INDEX_MIN;
+        let part = |c: usize| (nb * c / N_CHUNKS, nb * (c + 1) / N_CHUNKS);
+        let parts: Vec<_> = part_cnt.chunks_mut(d).enumerate().collect();
+        for_each_maybe_par(big, parts, |(c, cnt)| {
+            cnt.fill(0);
+            let (n0, n1) = part(c);
+            for &p in &batch[n0..n1] {
+                for &i in cases.row(p).0 {
+                    cnt[i as usize] += 1;
                 }
             }
+        });
+        // Unit offsets, and each part's first slot within every unit.
+        by_item_ptr[0] = 0;
+        for i in 0..d {
+            let mut run = by_item_ptr[i] as u32;
+            for c in 0..N_CHUNKS {
+                let cnt = &mut part_cnt[c * d + i];
+                let here = *cnt;
+                *cnt = run;
+                run += here;
+            }
+            by_item_ptr[i + 1] = run as usize;
+        }
+        {
+            let slots = SyncPtr(by_item.as_mut_ptr());
+            let rec_off = &rec_off[..];
+            // Each part's ratings are a contiguous, case-major range of `pos_of`.
+            let mut jobs = Vec::with_capacity(N_CHUNKS);
+            let mut rest_pos: &mut [u32] = &mut pos_of[..];
+            for (c, cnt) in part_cnt.chunks_mut(d).enumerate() {
+                let (n0, n1) = part(c);
+                let (pos, r) = std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
+                rest_pos = r;
+                jobs.push((n0, n1, cnt, pos));
+            }
+            for_each_maybe_par(big, jobs, |(n0, n1, cnt, pos)| {
+                let slots = &slots;
+                let mut q = 0;
+                for n in n0..n1 {
+                    let (its, cls) = cases.row(batch[n]);
+                    for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
+                        let slot = &mut cnt[i as usize];
+                        // SAFETY: slot < nr, and every part owns a disjoint set of slots (its
+                        // own sub-range of each unit's range), so no two writes alias.
+                        unsafe {
+                            *slots.0.add(*slot as usize) = (n as u32, (rec_off[n] + r) as u32, cl)
+                        };
+                        pos[q] = *slot;
+                        *slot += 1;
+                        q += 1;
+                    }
+                }
+            });
         }
         zbi.resize(nr * k, 0.0);
         err_item.resize(N_CHUNKS, 0.0);
@@ -2546,6 +2604,55 @@ pub(crate) mod tests {
                 assert!(pick == k - 1 || f64::from(u) < cum + p[pick] + 1e-5);
                 assert_eq!(z.iter().sum::<f32>(), 1.0);
                 assert_eq!(z[pick], 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn big_batch_index_is_unit_major_in_batch_order() {
+        // Big enough for the parallel indexing path; checked against a stable sort, on 1 and
+        // 2 threads.
+        let (n, d, k) = (300usize, 400usize, 5usize);
+        assert!(n * 120 >= PAR_INDEX_MIN);
+        let mut s = Stream::new(2, Purpose::Data, 0, 0, 0);
+        let mut triples = Vec::new();
+        for u in 0..n {
+            for i in 0..d {
+                if s.uniform() < 0.3 {
+                    triples.push((u as u32, i as u32, s.below(k) as u8));
+                }
+            }
+        }
+        let cases = Csr::from_triples(n, triples.into_iter());
+        let batch: Vec<usize> = Stream::new(3, Purpose::Shuffle, 0, 0, 0).permutation(n);
+        let mut want = Vec::new();
+        let mut r = 0u32;
+        for (b, &p) in batch.iter().enumerate() {
+            let (its, cls) = cases.row(p);
+            for (&i, &cl) in its.iter().zip(cls) {
+                want.push((i, b as u32, r, cl));
+                r += 1;
+            }
+        }
+        assert!(want.len() >= PAR_INDEX_MIN);
+        want.sort_by_key(|e| e.0); // stable: batch order within a unit
+        let model = random_model(d, k, 8, false, 1);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut g = BatchGrad::new(d, k, 8, n, false);
+            pool.install(|| {
+                model.batch_chains(&cases, &cases, &batch, 1, NegativePhase::Sample, (1, 2, 3), &mut g)
+            });
+            let got: Vec<(u32, u32, u32, u8)> = (0..d)
+                .flat_map(|i| {
+                    g.by_item[g.by_item_ptr[i]..g.by_item_ptr[i + 1]]
+                        .iter()
+                        .map(move |&(b, r, cl)| (i as u32, b, r, cl))
+                })
+                .collect();
+            assert_eq!(got, want);
+            for (slot, &(_, _, r, _)) in want.iter().enumerate() {
+                assert_eq!(g.pos_of[r as usize] as usize, slot);
             }
         }
     }
