@@ -1763,21 +1763,23 @@ impl RatingRbm {
                 .zip(base[..nb * m].par_chunks_mut(m))
                 .enumerate()
                 .for_each(|(n, ((p0, h), base))| {
-                    base.copy_from_slice(&model.c);
-                    if let Some(dm) = &model.dmat {
-                        for &i in implicit.row(batch[n]).0 {
-                            add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+                    with_simd(|| {
+                        base.copy_from_slice(&model.c);
+                        if let Some(dm) = &model.dmat {
+                            for &i in implicit.row(batch[n]).0 {
+                                add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+                            }
                         }
-                    }
-                    p0.copy_from_slice(base);
-                    for c in 0..N_CHUNKS {
-                        add(p0, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
-                    }
-                    for x in p0.iter_mut() {
-                        *x = sigmoid(*x);
-                    }
-                    h.copy_from_slice(p0);
-                    case_rng(n, 0).bernoulli_in_place(h);
+                        p0.copy_from_slice(base);
+                        for c in 0..N_CHUNKS {
+                            add(p0, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
+                        }
+                        for x in p0.iter_mut() {
+                            *x = sigmoid(*x);
+                        }
+                        h.copy_from_slice(p0);
+                        case_rng(n, 0).bernoulli_in_place(h);
+                    })
                 });
         }
         let mut err = 0.0f64;
@@ -1827,16 +1829,18 @@ impl RatingRbm {
                 .zip(base[..nb * m].par_chunks(m))
                 .enumerate()
                 .for_each(|(n, (p1, base))| {
-                    p1.copy_from_slice(base);
-                    for c in 0..N_CHUNKS {
-                        add(p1, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
-                    }
-                    for x in p1.iter_mut() {
-                        *x = sigmoid(*x);
-                    }
-                    if !last {
-                        case_rng(n, t + 1).bernoulli_in_place(p1);
-                    }
+                    with_simd(|| {
+                        p1.copy_from_slice(base);
+                        for c in 0..N_CHUNKS {
+                            add(p1, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
+                        }
+                        for x in p1.iter_mut() {
+                            *x = sigmoid(*x);
+                        }
+                        if !last {
+                            case_rng(n, t + 1).bernoulli_in_place(p1);
+                        }
+                    })
                 });
         }
 
