@@ -1080,13 +1080,11 @@ fn item_negative_avx512<const K: usize>(
         let (na, nb) = (na as usize, nb as usize);
         let (ta, tb) =
             logits2_avx512::<K>(&h[na * m..(na + 1) * m], &h[nb * m..(nb + 1) * m], wi, bi);
-        let ua = sample.then(|| rng.uniform());
-        let ub = sample.then(|| rng.uniform());
+        let u = sample.then(|| (rng.uniform(), rng.uniform()));
         let (za, zb) = z[e * K..(e + 2) * K].split_at_mut(K);
-        let sa = softmax_reg(ta, za, ca as usize, ua);
-        let sb = softmax_reg(tb, zb, cb as usize, ub);
-        rest!(e, za, sa);
-        rest!(e + 1, zb, sb);
+        let (pair_err, pa, pb) = softmax_pair::<K>(ta, tb, za, zb, ca as usize, cb as usize, u);
+        rest!(e, za, (pair_err, pa));
+        rest!(e + 1, zb, (0.0, pb));
         e += 2;
     }
     if e < ents.len() {
@@ -1099,6 +1097,100 @@ fn item_negative_avx512<const K: usize>(
         rest!(e, zz, sm);
     }
     err
+}
+
+/// [`softmax_reg`] for two ratings at once, K ≤ 8: rating a in lanes 0..K, rating b in lanes
+/// 8..8+K of one register, every reduction a butterfly within each 256-bit half. With `u`,
+/// samples both classes. Returns (both ratings' squared reconstruction errors summed, pick a,
+/// pick b).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn softmax_pair<const K: usize>(
+    ta: std::arch::x86_64::__m512,
+    tb: std::arch::x86_64::__m512,
+    za: &mut [f32],
+    zb: &mut [f32],
+    ca: usize,
+    cb: usize,
+    u: Option<(f32, f32)>,
+) -> (f32, usize, usize) {
+    use std::arch::x86_64::*;
+    assert!((2..=8).contains(&K) && za.len() == K && zb.len() == K && ca < K && cb < K);
+    let half = ((1u32 << K) - 1) as u16;
+    let mask = half | (half << 8);
+    let t = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castps_pd(ta),
+        _mm256_castps_pd(_mm512_castps512_ps256(tb)),
+    ));
+    let t = _mm512_mask_blend_ps(mask, _mm512_set1_ps(-1e30), t);
+    // Butterflies within each 256-bit half: swap 128-bit blocks, then pairs, then neighbours.
+    macro_rules! butterfly {
+        ($x:expr, $op:ident) => {{
+            let x = $x;
+            let x = $op(x, _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x));
+            let x = $op(x, _mm512_permute_ps::<0b01_00_11_10>(x));
+            $op(x, _mm512_permute_ps::<0b10_11_00_01>(x))
+        }};
+    }
+    let x = _mm512_sub_ps(t, butterfly!(t, _mm512_max_ps));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let round = _mm512_set1_ps(12_582_912.0);
+    let kk = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), round);
+    let n = _mm512_sub_ps(kk, round);
+    let f = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
+        _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
+    );
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f),
+        _mm512_set1_ps(1.0),
+    );
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(0x4B40_0000)),
+        _mm512_set1_epi32(127),
+    ));
+    let e = _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits));
+    let one = _mm512_set1_ps(1.0);
+    let pr = _mm512_mul_ps(e, _mm512_div_ps(one, butterfly!(e, _mm512_add_ps)));
+    let target = _mm512_maskz_mov_ps(((1u32 << ca) | (1u32 << (8 + cb))) as u16, one);
+    let d = _mm512_sub_ps(target, pr);
+    let err = _mm512_reduce_add_ps(_mm512_maskz_mul_ps(mask, d, d));
+    let (out, pa, pb) = match u {
+        Some((ua, ub)) => {
+            // Inclusive prefix sums within each half (shifts by 1, 2, 4 lanes, the lanes
+            // that would take from the other half kept as they are); the pick is the number
+            // of the first K−1 sums that are ≤ u (see `softmax_sample`).
+            let zero = _mm512_setzero_ps();
+            let mut cum = pr;
+            cum = _mm512_mask_add_ps(cum, 0xFEFE, cum, shift_up::<15>(cum, zero));
+            cum = _mm512_mask_add_ps(cum, 0xFCFC, cum, shift_up::<14>(cum, zero));
+            cum = _mm512_mask_add_ps(cum, 0xF0F0, cum, shift_up::<12>(cum, zero));
+            let uv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(ua), _mm512_set1_ps(ub));
+            let first = half >> 1;
+            let le = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(first | (first << 8), cum, uv);
+            let (pa, pb) = ((le & 0xFF).count_ones() as usize, (le >> 8).count_ones() as usize);
+            let hot = ((1u32 << pa) | (1u32 << (8 + pb))) as u16;
+            (_mm512_maskz_mov_ps(hot, one), pa, pb)
+        }
+        None => (pr, 0, 0),
+    };
+    let lanes = lane_mask8(K);
+    // SAFETY: the lane mask covers lanes 0..K, within `za` and `zb`.
+    unsafe {
+        _mm256_maskstore_ps(za.as_mut_ptr(), lanes, _mm512_castps512_ps256(out));
+        _mm256_maskstore_ps(
+            zb.as_mut_ptr(),
+            lanes,
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(out))),
+        );
+    }
+    (err, pa, pb)
 }
 
 /// An AVX2 lane mask with the first `k` (≤ 8) lanes set.
