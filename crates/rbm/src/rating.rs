@@ -13,7 +13,12 @@
 //! in a fixed order. Nothing is reduced across threads, so the result is bit-identical for any
 //! thread count; every random draw comes from a stream keyed by (seed, epoch, batch, case).
 
-#![allow(clippy::needless_range_loop)] // index loops over K and M read clearer here
+#![allow(clippy::needless_range_loop)]
+// index loops over K and M read clearer here
+// The AVX-512 intrinsics are stable since Rust 1.89, which the crate needs anyway for
+// `#[target_feature(enable = "avx512f")]` (also stable since 1.89); `rust-version` in the
+// workspace Cargo.toml still says 1.85.
+#![allow(clippy::incompatible_msrv)]
 
 use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
@@ -447,7 +452,11 @@ fn item_step_body(
         let ze = &zi[e * k..(e + 1) * k];
         if sampled {
             // One-hot: the sampled class's index, without a data-dependent branch.
-            let pick = ze.iter().enumerate().map(|(kk, &v)| kk * usize::from(v != 0.0)).sum::<usize>();
+            let pick = ze
+                .iter()
+                .enumerate()
+                .map(|(kk, &v)| kk * usize::from(v != 0.0))
+                .sum::<usize>();
             axpy(&mut gwi[pick * m..(pick + 1) * m], -inv_b, bneg);
             gbi[pick] -= inv_b;
         } else {
@@ -878,14 +887,23 @@ fn softmax_reg(
     let x = _mm512_sub_ps(t, _mm512_set1_ps(_mm512_reduce_max_ps(t)));
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
     let round = _mm512_set1_ps(12_582_912.0);
-    let kk = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), round);
+    let kk = _mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        round,
+    );
     let n = _mm512_sub_ps(kk, round);
     let f = _mm512_sub_ps(
         _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
         _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
     );
     let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
     }
     let y = _mm512_add_ps(
@@ -1018,7 +1036,10 @@ fn reduce_logits<const K: usize>(
     assert!(K <= 8 && bi.len() >= K);
     let mut v = [_mm256_setzero_ps(); 8];
     for (q, a) in acc.iter().enumerate() {
-        v[q] = _mm256_add_ps(_mm512_castps512_ps256(*a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))));
+        v[q] = _mm256_add_ps(
+            _mm512_castps512_ps256(*a),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))),
+        );
     }
     let t01 = _mm256_hadd_ps(v[0], v[1]);
     let t23 = _mm256_hadd_ps(v[2], v[3]);
@@ -1137,14 +1158,23 @@ fn softmax_pair<const K: usize>(
     let x = _mm512_sub_ps(t, butterfly!(t, _mm512_max_ps));
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
     let round = _mm512_set1_ps(12_582_912.0);
-    let kk = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), round);
+    let kk = _mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        round,
+    );
     let n = _mm512_sub_ps(kk, round);
     let f = _mm512_sub_ps(
         _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
         _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
     );
     let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
     }
     let y = _mm512_add_ps(
@@ -1174,7 +1204,10 @@ fn softmax_pair<const K: usize>(
             let uv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(ua), _mm512_set1_ps(ub));
             let first = half >> 1;
             let le = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(first | (first << 8), cum, uv);
-            let (pa, pb) = ((le & 0xFF).count_ones() as usize, (le >> 8).count_ones() as usize);
+            let (pa, pb) = (
+                (le & 0xFF).count_ones() as usize,
+                (le >> 8).count_ones() as usize,
+            );
             let hot = ((1u32 << pa) | (1u32 << (8 + pb))) as u16;
             (_mm512_maskz_mov_ps(hot, one), pa, pb)
         }
@@ -1630,7 +1663,9 @@ impl RatingRbm {
             macro_rules! go {
                 ($kk:literal) => {
                     // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
-                    unsafe { item_negative_avx512::<$kk>(wi, bi, ents, h, sample, last, rng, z, acc) }
+                    unsafe {
+                        item_negative_avx512::<$kk>(wi, bi, ents, h, sample, last, rng, z, acc)
+                    }
                 };
             }
             return match k {
@@ -1781,7 +1816,8 @@ impl RatingRbm {
             let mut rest_pos: &mut [u32] = &mut pos_of[..];
             for (c, cnt) in part_cnt.chunks_mut(d).enumerate() {
                 let (n0, n1) = part(c);
-                let (pos, r) = std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
+                let (pos, r) =
+                    std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
                 rest_pos = r;
                 jobs.push((n0, n1, cnt, pos));
             }
@@ -2623,7 +2659,8 @@ pub(crate) mod tests {
                 let mut acc = vec![0.0f32; nb * m];
                 let rng0 = Stream::new(3, Purpose::Train, 1, 2, 3);
                 let mut rng = rng0.clone();
-                let err = model.item_negative(item, &ents, &h, negative, true, &mut rng, &mut z, &mut acc);
+                let err = model
+                    .item_negative(item, &ents, &h, negative, true, &mut rng, &mut z, &mut acc);
                 let mut draws = rng0.clone();
                 let mut want_err = 0.0;
                 for n in 0..nb {
@@ -2637,7 +2674,11 @@ pub(crate) mod tests {
                     if negative == NegativePhase::MeanField {
                         for kk in 0..k {
                             let got = f64::from(z[n * k + kk]);
-                            assert!((got - p[kk]).abs() < 2e-6, "K={k} M={m}: {got} vs {}", p[kk]);
+                            assert!(
+                                (got - p[kk]).abs() < 2e-6,
+                                "K={k} M={m}: {got} vs {}",
+                                p[kk]
+                            );
                         }
                         for j in 0..m {
                             let want: f64 = (0..k).map(|kk| p[kk] * f64::from(wrow(kk)[j])).sum();
@@ -2678,7 +2719,11 @@ pub(crate) mod tests {
             for _ in 0..50 {
                 let z0: Vec<f32> = (0..k).map(|_| s.uniform() * 8.0 - 4.0).collect();
                 let bias: Vec<f32> = (0..k).map(|_| s.uniform() - 0.5).collect();
-                let x: Vec<f64> = z0.iter().zip(&bias).map(|(a, b)| f64::from(a + b)).collect();
+                let x: Vec<f64> = z0
+                    .iter()
+                    .zip(&bias)
+                    .map(|(a, b)| f64::from(a + b))
+                    .collect();
                 let mx = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let tot: f64 = x.iter().map(|v| (v - mx).exp()).sum();
                 let p: Vec<f64> = x.iter().map(|v| (v - mx).exp() / tot).collect();
@@ -2734,10 +2779,21 @@ pub(crate) mod tests {
         want.sort_by_key(|e| e.0); // stable: batch order within a unit
         let model = random_model(d, k, 8, false, 1);
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let mut g = BatchGrad::new(d, k, 8, n, false);
             pool.install(|| {
-                model.batch_chains(&cases, &cases, &batch, 1, NegativePhase::Sample, (1, 2, 3), &mut g)
+                model.batch_chains(
+                    &cases,
+                    &cases,
+                    &batch,
+                    1,
+                    NegativePhase::Sample,
+                    (1, 2, 3),
+                    &mut g,
+                )
             });
             let got: Vec<(u32, u32, u32, u8)> = (0..d)
                 .flat_map(|i| {
