@@ -408,9 +408,9 @@ macro_rules! simd_wrapper {
 }
 
 simd_wrapper!(simd_chunk_positive, chunk_positive, (i0: usize, i1: usize,
-    by_item: &[(u32, u32, u8)], by_item_ptr: &[usize], acc: &mut [f32]) -> ());
+    by_item: &[(u32, u8)], by_item_ptr: &[usize], acc: &mut [f32]) -> ());
 simd_wrapper!(simd_chunk_negative, chunk_negative, (i0: usize, i1: usize,
-    by_item: &[(u32, u32, u8)], by_item_ptr: &[usize], h: &[f32], negative: NegativePhase,
+    by_item: &[(u32, u8)], by_item_ptr: &[usize], h: &[f32], negative: NegativePhase,
     last: bool, rngkey: (u64, u64, u64, usize), z: &mut [f32], acc: &mut [f32]) -> f64);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
@@ -430,7 +430,7 @@ pub(crate) struct ItemMomentum<'a> {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn item_step_body(
-    ents: &[(u32, u32, u8)],
+    ents: &[(u32, u8)],
     p0: &[f32],
     p1: &[f32],
     zi: &[f32],
@@ -443,7 +443,7 @@ fn item_step_body(
     let (k, m) = (gbi.len(), gwi.len() / gbi.len());
     gwi.fill(0.0);
     gbi.fill(0.0);
-    for (e, &(n, _, cl)) in ents.iter().enumerate() {
+    for (e, &(n, cl)) in ents.iter().enumerate() {
         let (n, cl) = (n as usize, cl as usize);
         let a = &p0[n * m..(n + 1) * m];
         let bneg = &p1[n * m..(n + 1) * m];
@@ -484,7 +484,7 @@ fn item_step_body(
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn item_step(
-    ents: &[(u32, u32, u8)],
+    ents: &[(u32, u8)],
     p0: &[f32],
     p1: &[f32],
     zi: &[f32],
@@ -499,7 +499,7 @@ fn item_step(
         #[target_feature(enable = "avx2")]
         #[allow(clippy::too_many_arguments)]
         fn avx2(
-            ents: &[(u32, u32, u8)],
+            ents: &[(u32, u8)],
             p0: &[f32],
             p1: &[f32],
             zi: &[f32],
@@ -514,7 +514,7 @@ fn item_step(
         #[target_feature(enable = "avx512f,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         fn avx512(
-            ents: &[(u32, u32, u8)],
+            ents: &[(u32, u8)],
             p0: &[f32],
             p1: &[f32],
             zi: &[f32],
@@ -1066,7 +1066,7 @@ fn reduce_logits<const K: usize>(
 fn item_negative_avx512<const K: usize>(
     wi: &[f32],
     bi: &[f32],
-    ents: &[(u32, u32, u8)],
+    ents: &[(u32, u8)],
     h: &[f32],
     sample: bool,
     last: bool,
@@ -1096,8 +1096,8 @@ fn item_negative_avx512<const K: usize>(
     }
     let mut e = 0;
     while e + 2 <= ents.len() {
-        let (na, _, ca) = ents[e];
-        let (nb, _, cb) = ents[e + 1];
+        let (na, ca) = ents[e];
+        let (nb, cb) = ents[e + 1];
         let (na, nb) = (na as usize, nb as usize);
         let (ta, tb) =
             logits2_avx512::<K>(&h[na * m..(na + 1) * m], &h[nb * m..(nb + 1) * m], wi, bi);
@@ -1109,7 +1109,7 @@ fn item_negative_avx512<const K: usize>(
         e += 2;
     }
     if e < ents.len() {
-        let (n, _, cl) = ents[e];
+        let (n, cl) = ents[e];
         let n = n as usize;
         let t = logits_avx512::<K>(&h[n * m..(n + 1) * m], wi, bi);
         let u = sample.then(|| rng.uniform());
@@ -1335,7 +1335,7 @@ pub(crate) struct BatchGrad {
     chunk_bounds: Vec<usize>,
     acc: Vec<f32>,
     by_item_ptr: Vec<usize>,
-    by_item: Vec<(u32, u32, u8)>,
+    by_item: Vec<(u32, u8)>,
     part_cnt: Vec<u32>,
     imp_ptr: Vec<usize>,
     imp_ent: Vec<u32>,
@@ -1578,14 +1578,14 @@ impl RatingRbm {
         &self,
         i0: usize,
         i1: usize,
-        by_item: &[(u32, u32, u8)],
+        by_item: &[(u32, u8)],
         by_item_ptr: &[usize],
         acc: &mut [f32],
     ) {
         let (k, m) = (self.k, self.m);
         acc.fill(0.0);
         for i in i0..i1 {
-            for &(n, _, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
+            for &(n, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
                 let o = (i * k + cl as usize) * m;
                 let n = n as usize;
                 add(&mut acc[n * m..(n + 1) * m], &self.w[o..o + m]);
@@ -1603,7 +1603,7 @@ impl RatingRbm {
         &self,
         i0: usize,
         i1: usize,
-        by_item: &[(u32, u32, u8)],
+        by_item: &[(u32, u8)],
         by_item_ptr: &[usize],
         h: &[f32],
         negative: NegativePhase,
@@ -1644,7 +1644,7 @@ impl RatingRbm {
     fn item_negative(
         &self,
         i: usize,
-        ents: &[(u32, u32, u8)],
+        ents: &[(u32, u8)],
         h: &[f32],
         negative: NegativePhase,
         last: bool,
@@ -1679,7 +1679,7 @@ impl RatingRbm {
             };
         }
         let mut err = 0.0f64;
-        for (e, &(n, _, cl)) in ents.iter().enumerate() {
+        for (e, &(n, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
             #[cfg(target_arch = "x86_64")]
@@ -1781,7 +1781,7 @@ impl RatingRbm {
         // by place in the batch); `pos_of` maps a rating (case-major) to its place in the
         // item-major order. The batch is cut into N_CHUNKS fixed parts of cases, each counting
         // its own ratings per unit, so big batches are indexed in parallel with the same result.
-        by_item.resize(nr, (0, 0, 0));
+        by_item.resize(nr, (0, 0));
         pos_of.resize(nr, 0);
         part_cnt.resize(N_CHUNKS * d, 0);
         let big = nr >= PAR_INDEX_MIN;
@@ -1810,7 +1810,6 @@ impl RatingRbm {
         }
         {
             let slots = SyncPtr(by_item.as_mut_ptr());
-            let rec_off = &rec_off[..];
             // Each part's ratings are a contiguous, case-major range of `pos_of`.
             let mut jobs = Vec::with_capacity(N_CHUNKS);
             let mut rest_pos: &mut [u32] = &mut pos_of[..];
@@ -1826,13 +1825,11 @@ impl RatingRbm {
                 let mut q = 0;
                 for n in n0..n1 {
                     let (its, cls) = cases.row(batch[n]);
-                    for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
+                    for (&i, &cl) in its.iter().zip(cls) {
                         let slot = &mut cnt[i as usize];
                         // SAFETY: slot < nr, and every part owns a disjoint set of slots (its
                         // own sub-range of each unit's range), so no two writes alias.
-                        unsafe {
-                            *slots.0.add(*slot as usize) = (n as u32, (rec_off[n] + r) as u32, cl)
-                        };
+                        unsafe { *slots.0.add(*slot as usize) = (n as u32, cl) };
                         pos[q] = *slot;
                         *slot += 1;
                         q += 1;
@@ -2633,9 +2630,7 @@ pub(crate) mod tests {
             let nb = 9;
             let mut s = Stream::new(7, Purpose::Data, k as u64, m as u64, 0);
             let h: Vec<f32> = (0..nb * m).map(|_| s.uniform() * 6.0 - 3.0).collect();
-            let ents: Vec<(u32, u32, u8)> = (0..nb)
-                .map(|n| (n as u32, n as u32, (n % k) as u8))
-                .collect();
+            let ents: Vec<(u32, u8)> = (0..nb).map(|n| (n as u32, (n % k) as u8)).collect();
             let item = 1;
             let reference = |n: usize| -> Vec<f64> {
                 let mut z: Vec<f64> = (0..k)
@@ -2795,14 +2790,16 @@ pub(crate) mod tests {
                     &mut g,
                 )
             });
-            let got: Vec<(u32, u32, u32, u8)> = (0..d)
+            let got: Vec<(u32, u32, u8)> = (0..d)
                 .flat_map(|i| {
                     g.by_item[g.by_item_ptr[i]..g.by_item_ptr[i + 1]]
                         .iter()
-                        .map(move |&(b, r, cl)| (i as u32, b, r, cl))
+                        .map(move |&(b, cl)| (i as u32, b, cl))
                 })
                 .collect();
-            assert_eq!(got, want);
+            let want_ents: Vec<(u32, u32, u8)> =
+                want.iter().map(|&(i, b, _, cl)| (i, b, cl)).collect();
+            assert_eq!(got, want_ents);
             for (slot, &(_, _, r, _)) in want.iter().enumerate() {
                 assert_eq!(g.pos_of[r as usize] as usize, slot);
             }
