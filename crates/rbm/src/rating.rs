@@ -601,6 +601,43 @@ fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool) {
     }
 }
 
+/// `p = σ(base + Σ_c acc[c][n])`: case `n`'s hidden probabilities from the fixed chunks'
+/// accumulators (`acc` is N_CHUNKS × nb × M), added in chunk order; compiled for the widest
+/// SIMD the CPU has (a closure passed to [`with_simd`] is not always inlined into it).
+fn hidden_probs_from_chunks(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+    #[inline(always)]
+    fn body(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+        let m = p.len();
+        p.copy_from_slice(base);
+        for c in 0..N_CHUNKS {
+            add(p, &acc[(c * nb + n) * m..(c * nb + n + 1) * m]);
+        }
+        for x in p.iter_mut() {
+            *x = sigmoid(*x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+            body(p, base, acc, n, nb)
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+            body(p, base, acc, n, nb)
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+            return unsafe { avx512(p, base, acc, n, nb) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(p, base, acc, n, nb) };
+        }
+    }
+    body(p, base, acc, n, nb)
+}
+
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
@@ -1895,13 +1932,7 @@ impl RatingRbm {
                                 add(base, &dm[i as usize * m..(i as usize + 1) * m]);
                             }
                         }
-                        p0.copy_from_slice(base);
-                        for c in 0..N_CHUNKS {
-                            add(p0, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
-                        }
-                        for x in p0.iter_mut() {
-                            *x = sigmoid(*x);
-                        }
+                        hidden_probs_from_chunks(p0, base, accr, n, nb);
                         h.copy_from_slice(p0);
                         case_rng(n, 0).bernoulli_in_place(h);
                     })
@@ -1955,13 +1986,7 @@ impl RatingRbm {
                 .enumerate()
                 .for_each(|(n, (p1, base))| {
                     with_simd(|| {
-                        p1.copy_from_slice(base);
-                        for c in 0..N_CHUNKS {
-                            add(p1, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
-                        }
-                        for x in p1.iter_mut() {
-                            *x = sigmoid(*x);
-                        }
+                        hidden_probs_from_chunks(p1, base, accr, n, nb);
                         if !last {
                             case_rng(n, t + 1).bernoulli_in_place(p1);
                         }
