@@ -439,6 +439,7 @@ fn item_step_body(
     gwi: &mut [f32],
     gbi: &mut [f32],
     step: Option<ItemMomentum<'_>>,
+    next: Option<NextPositive<'_>>,
 ) {
     let (k, m) = (gbi.len(), gwi.len() / gbi.len());
     gwi.fill(0.0);
@@ -477,7 +478,22 @@ fn item_step_body(
             st.vb[n] = c.momentum * st.vb[n] + c.lr * (gbi[n] - c.decay * st.b[n]);
             st.b[n] += st.vb[n];
         }
+        if let Some(nx) = next {
+            // The same additions, in the same order, as `chunk_positive` on the updated W.
+            for &(n, cl) in nx.ents {
+                let (n, cl) = (n as usize, cl as usize);
+                add(&mut nx.acc[n * m..(n + 1) * m], &st.w[cl * m..(cl + 1) * m]);
+            }
+        }
     }
+}
+
+/// The next batch's positive phase for one visible unit, run right after the unit's momentum
+/// step while its updated K×M block is in cache: the unit's ratings in that batch and the
+/// per-case accumulator of the unit's chunk.
+pub(crate) struct NextPositive<'a> {
+    ents: &'a [(u32, u8)],
+    acc: &'a mut [f32],
 }
 
 /// [`item_step_body`], compiled for AVX2 when the CPU has it.
@@ -493,6 +509,7 @@ fn item_step(
     gwi: &mut [f32],
     gbi: &mut [f32],
     step: Option<ItemMomentum<'_>>,
+    next: Option<NextPositive<'_>>,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -508,8 +525,9 @@ fn item_step(
             gwi: &mut [f32],
             gbi: &mut [f32],
             step: Option<ItemMomentum<'_>>,
+            next: Option<NextPositive<'_>>,
         ) {
-            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step)
+            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
         }
         #[target_feature(enable = "avx512f,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
@@ -523,19 +541,20 @@ fn item_step(
             gwi: &mut [f32],
             gbi: &mut [f32],
             step: Option<ItemMomentum<'_>>,
+            next: Option<NextPositive<'_>>,
         ) {
-            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step)
+            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
         }
         if has_avx512() {
             // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
-            return unsafe { avx512(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step) };
+            return unsafe { avx512(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step) };
+            return unsafe { avx2(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
         }
     }
-    item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step)
+    item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
 }
 
 /// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
@@ -1769,20 +1788,9 @@ impl RatingRbm {
         err
     }
 
-    /// Phase 1 of a mini-batch: the CD-T chains, leaving p(h|v⁰), p(h|vᵀ), the negative
-    /// visible units and the per-unit index of the batch's ratings in `g`. Returns (squared
-    /// reconstruction error, ratings in the batch).
-    #[allow(clippy::too_many_arguments)]
-    fn batch_chains(
-        &self,
-        cases: &Csr,
-        implicit: &Csr,
-        batch: &[usize],
-        t_steps: usize,
-        negative: NegativePhase,
-        key: (u64, u64, u64),
-        g: &mut BatchGrad,
-    ) -> (f64, usize) {
+    /// The per-visible-unit index of a batch's ratings, its fixed chunks of units, and buffers
+    /// sized for it (everything the positive phase and [`Self::batch_chains`] need).
+    fn batch_index(&self, cases: &Csr, batch: &[usize], g: &mut BatchGrad) {
         let (d, k, m) = (self.d, self.k, self.m);
         let BatchGrad {
             p0,
@@ -1888,18 +1896,20 @@ impl RatingRbm {
         }
         chunk_bounds.push(d);
         acc.resize(N_CHUNKS * nb * m, 0.0);
+    }
 
-        let model = &self;
-        let case_rng = |n: usize, t: usize| {
-            Stream::new(
-                key.0,
-                Purpose::Train,
-                key.1,
-                key.2,
-                ((batch[n] as u64) << 16) | t as u64,
-            )
-        };
-        // Positive phase, item-major.
+    /// The positive phase of an indexed batch: each chunk of units adds its rated rows of W
+    /// into its own per-case accumulator (item-major, so W is read as a stream).
+    fn batch_positive(&self, batch_len: usize, g: &mut BatchGrad) {
+        let (nb, m) = (batch_len, self.m);
+        let model = self;
+        let BatchGrad {
+            acc,
+            by_item,
+            by_item_ptr,
+            chunk_bounds,
+            ..
+        } = g;
         {
             let (by_item, by_item_ptr, chunk_bounds) =
                 (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
@@ -1917,6 +1927,57 @@ impl RatingRbm {
                     );
                 });
         }
+    }
+
+    /// Phase 1 of a mini-batch: the CD-T chains, leaving p(h|v⁰), p(h|vᵀ), the negative
+    /// visible units and the per-unit index of the batch's ratings in `g`. Returns (squared
+    /// reconstruction error, ratings in the batch).
+    ///
+    /// With `prepared`, the batch was already indexed and its positive phase already summed
+    /// into the chunk accumulators (by [`Self::batch_index`] and the previous batch's fused
+    /// momentum step).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_chains(
+        &self,
+        cases: &Csr,
+        implicit: &Csr,
+        batch: &[usize],
+        t_steps: usize,
+        negative: NegativePhase,
+        key: (u64, u64, u64),
+        g: &mut BatchGrad,
+        prepared: bool,
+    ) -> (f64, usize) {
+        if !prepared {
+            self.batch_index(cases, batch, g);
+            self.batch_positive(batch.len(), g);
+        }
+        let (k, m) = (self.k, self.m);
+        let BatchGrad {
+            p0,
+            p1,
+            base,
+            zbi,
+            err_item,
+            chunk_bounds,
+            acc,
+            by_item_ptr,
+            by_item,
+            rec_off,
+            ..
+        } = g;
+        let nb = batch.len();
+        let nr = *rec_off.last().unwrap();
+        let model = &self;
+        let case_rng = |n: usize, t: usize| {
+            Stream::new(
+                key.0,
+                Purpose::Train,
+                key.1,
+                key.2,
+                ((batch[n] as u64) << 16) | t as u64,
+            )
+        };
         {
             let accr = &acc[..];
             p0[..nb * m]
@@ -2063,7 +2124,7 @@ impl RatingRbm {
         key: (u64, u64, u64),
         g: &mut BatchGrad,
     ) -> (f64, usize) {
-        let out = self.batch_chains(cases, implicit, batch, t_steps, negative, key, g);
+        let out = self.batch_chains(cases, implicit, batch, t_steps, negative, key, g, false);
         let (k, m) = (self.k, self.m);
         let inv_b = 1.0 / batch.len() as f32;
         let BatchGrad {
@@ -2099,6 +2160,7 @@ impl RatingRbm {
                     negative == NegativePhase::Sample,
                     gwi,
                     gbi,
+                    None,
                     None,
                 );
             });
@@ -2151,7 +2213,17 @@ impl RatingRbm {
         let bs = params.batch_size;
 
         let mut g = BatchGrad::new(d, k, m, bs, self.dmat.is_some());
+        // The fused momentum path prepares the next batch in a second set of buffers.
+        let fused = !adam && self.factors.is_none();
+        let mut gn = BatchGrad::new(
+            if fused { d } else { 0 },
+            k,
+            m,
+            if fused { bs } else { 0 },
+            fused && self.dmat.is_some(),
+        );
         let mut batch_cases: Vec<usize> = Vec::with_capacity(bs);
+        let mut next_cases: Vec<usize> = Vec::with_capacity(bs);
         let (mut gfa, mut gfb) = match &self.factors {
             Some((cf, _, _)) => (vec![0.0f32; d * k * cf], vec![0.0f32; cf * m]),
             None => (Vec::new(), Vec::new()),
@@ -2196,9 +2268,10 @@ impl RatingRbm {
                     adam_t,
                 };
                 let key = (params.seed, epoch as u64, bi as u64);
-                if !adam && self.factors.is_none() {
+                if fused {
                     // Fused: each visible unit's gradient goes straight into its momentum
-                    // step while its K×M block is in cache (no D×K×M gradient pass).
+                    // step while its K×M block is in cache (no D×K×M gradient pass), and the
+                    // next batch's positive phase reads the updated block there too.
                     let (err, nr) = self.batch_chains(
                         cases,
                         implicit,
@@ -2207,41 +2280,135 @@ impl RatingRbm {
                         params.negative,
                         key,
                         &mut g,
+                        bi > 0,
                     );
                     err_sum += err;
                     n_rated += nr;
                     let inv_b = 1.0 / batch_cases.len() as f32;
-                    let (p0, p1, zbi, by_item, by_item_ptr) =
-                        (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
                     let (wc, bc) = (&wcfg, &bcfg);
                     let sampled = params.negative == NegativePhase::Sample;
-                    self.w
-                        .par_chunks_mut(k * m)
-                        .zip(s_w.m1.par_chunks_mut(k * m))
-                        .zip(self.b.par_chunks_mut(k))
-                        .zip(s_b.m1.par_chunks_mut(k))
-                        .enumerate()
-                        .for_each_init(
+                    let next = perm.chunks(bs).nth(bi + 1);
+                    if let Some(next) = next {
+                        next_cases.clear();
+                        next_cases.extend(next.iter().map(|&p| active[p]));
+                        self.batch_index(cases, &next_cases, &mut gn);
+                    }
+                    let (p0, p1, zbi, by_item, by_item_ptr) =
+                        (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
+                    if next.is_some() {
+                        let nbn = next_cases.len();
+                        let BatchGrad {
+                            acc: nacc,
+                            by_item: nents,
+                            by_item_ptr: nptr,
+                            chunk_bounds: nbounds,
+                            ..
+                        } = &mut gn;
+                        // One job per chunk of the next batch: its units' steps, then their
+                        // rows into the chunk's accumulator, in unit order.
+                        let mut jobs = Vec::with_capacity(N_CHUNKS);
+                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
+                            (&mut self.w[..], &mut s_w.m1[..]);
+                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
+                            (&mut self.b[..], &mut s_b.m1[..]);
+                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                        for c in 0..N_CHUNKS {
+                            let (i0, i1) = (nbounds[c], nbounds[c + 1]);
+                            let units = i1 - i0;
+                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
+                            rw = r;
+                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
+                            rv = r;
+                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
+                            rb = r;
+                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
+                            rvb = r;
+                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
+                            racc = r;
+                            jobs.push((i0, i1, w, v, b, vb, a));
+                        }
+                        let (nents, nptr) = (&nents[..], &nptr[..]);
+                        jobs.into_par_iter().for_each_init(
                             || (vec![0.0f32; k * m], vec![0.0f32; k]),
-                            |(gwi, gbi), (i, (((w, vw), b), vb))| {
-                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                let step = ItemMomentum {
-                                    w,
-                                    vw,
-                                    b,
-                                    vb,
-                                    wcfg: wc,
-                                    bcfg: bc,
-                                };
-                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                item_step(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, Some(step));
+                            |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
+                                a.fill(0.0);
+                                let blocks = w
+                                    .chunks_mut(k * m)
+                                    .zip(v.chunks_mut(k * m))
+                                    .zip(b.chunks_mut(k))
+                                    .zip(vb.chunks_mut(k));
+                                for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
+                                    let step = ItemMomentum {
+                                        w,
+                                        vw,
+                                        b,
+                                        vb,
+                                        wcfg: wc,
+                                        bcfg: bc,
+                                    };
+                                    let nx = NextPositive {
+                                        ents: &nents[nptr[i]..nptr[i + 1]],
+                                        acc: &mut *a,
+                                    };
+                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                    item_step(
+                                        ents,
+                                        p0,
+                                        p1,
+                                        zi,
+                                        inv_b,
+                                        sampled,
+                                        gwi,
+                                        gbi,
+                                        Some(step),
+                                        Some(nx),
+                                    );
+                                }
                             },
                         );
+                    } else {
+                        self.w
+                            .par_chunks_mut(k * m)
+                            .zip(s_w.m1.par_chunks_mut(k * m))
+                            .zip(self.b.par_chunks_mut(k))
+                            .zip(s_b.m1.par_chunks_mut(k))
+                            .enumerate()
+                            .for_each_init(
+                                || (vec![0.0f32; k * m], vec![0.0f32; k]),
+                                |(gwi, gbi), (i, (((w, vw), b), vb))| {
+                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                    let step = ItemMomentum {
+                                        w,
+                                        vw,
+                                        b,
+                                        vb,
+                                        wcfg: wc,
+                                        bcfg: bc,
+                                    };
+                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                    item_step(
+                                        ents,
+                                        p0,
+                                        p1,
+                                        zi,
+                                        inv_b,
+                                        sampled,
+                                        gwi,
+                                        gbi,
+                                        Some(step),
+                                        None,
+                                    );
+                                },
+                            );
+                    }
                     self.hidden_grads(implicit, &batch_cases, &mut g);
                     opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
                     if let Some(dm) = &mut self.dmat {
                         opt_step(dm, &g.gd, &mut s_d, &wcfg, adam);
                     }
+                    // The next batch (indexed, positive phase done) becomes the current one.
+                    std::mem::swap(&mut g, &mut gn);
                     continue;
                 }
                 let (err, nr) = self.batch_gradient(
@@ -2813,6 +2980,7 @@ pub(crate) mod tests {
                     NegativePhase::Sample,
                     (1, 2, 3),
                     &mut g,
+                    false,
                 )
             });
             let got: Vec<(u32, u32, u8)> = (0..d)
