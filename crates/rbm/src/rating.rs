@@ -1358,6 +1358,10 @@ fn softmax(z: &mut [f32]) {
     }
 }
 
+/// Weight of one visible unit, in ratings, when cutting units into chunks of equal work (its
+/// momentum step over K×M weights costs about as much as a few ratings' gradient terms).
+const UNIT_WEIGHT: usize = 4;
+
 /// Batches with at least this many ratings are indexed in parallel (below it, waking the
 /// thread pool costs more than it saves; the result is the same either way).
 const PAR_INDEX_MIN: usize = 1 << 15;
@@ -1884,15 +1888,28 @@ impl RatingRbm {
         }
         zbi.resize(nr * k, 0.0);
         err_item.resize(N_CHUNKS, 0.0);
-        // Fixed chunks of visible units with about equal numbers of ratings: each chunk sums
-        // into its own per-case accumulator, and the chunks are added in order, so the result
-        // does not depend on the thread count.
+        // Fixed chunks of visible units with about equal work: each chunk sums into its own
+        // per-case accumulator, and the chunks are added in order, so the result does not
+        // depend on the thread count. Work = ratings + UNIT_WEIGHT per unit, since the fused
+        // momentum step costs per unit whether it was rated or not (popular units can cluster
+        // in the id range, as in MovieLens).
         chunk_bounds.clear();
         chunk_bounds.push(0);
+        let work = |i: usize| by_item_ptr[i] + UNIT_WEIGHT * i;
+        let total = work(d);
         for c in 1..N_CHUNKS {
-            let target = nr * c / N_CHUNKS;
-            let i = by_item_ptr.partition_point(|&p| p < target).min(d);
-            chunk_bounds.push(i.max(*chunk_bounds.last().unwrap()));
+            let target = total * c / N_CHUNKS;
+            // The first unit whose cumulative work reaches the target (work is increasing).
+            let (mut lo, mut hi) = (0usize, d);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if work(mid) < target {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            chunk_bounds.push(lo.max(*chunk_bounds.last().unwrap()));
         }
         chunk_bounds.push(d);
         acc.resize(N_CHUNKS * nb * m, 0.0);
