@@ -12,6 +12,14 @@
 //! its own slots; (2) over visible units, each unit's gradient is summed over the batch's cases
 //! in a fixed order. Nothing is reduced across threads, so the result is bit-identical for any
 //! thread count; every random draw comes from a stream keyed by (seed, epoch, batch, case).
+//!
+//! Speed: the chains work item-major over fixed chunks of visible units (balanced by ratings
+//! plus a per-unit weight), each chunk with its own per-case accumulator. With momentum SGD,
+//! each unit's gradient, momentum step and the *next* batch's positive-phase rows are done
+//! while its K×M block is in cache. On CPUs with AVX-512 the negative phase keeps a rating's K
+//! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8); the
+//! elementwise loops are compiled for the widest SIMD available at run time. The dot
+//! products' summation order depends on the SIMD level (never on the thread count).
 
 #![allow(clippy::needless_range_loop)]
 // index loops over K and M read clearer here
