@@ -1725,6 +1725,8 @@ impl RatingRbm {
         let bi = &self.b[i * k..(i + 1) * k];
         let fast = avx2_fma();
         let wide = has_avx512();
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = wide;
         #[cfg(target_arch = "x86_64")]
         if wide && (2..=8).contains(&k) {
             let sample = negative == NegativePhase::Sample;
