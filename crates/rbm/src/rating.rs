@@ -12,8 +12,21 @@
 //! its own slots; (2) over visible units, each unit's gradient is summed over the batch's cases
 //! in a fixed order. Nothing is reduced across threads, so the result is bit-identical for any
 //! thread count; every random draw comes from a stream keyed by (seed, epoch, batch, case).
+//!
+//! Speed: the chains work item-major over fixed chunks of visible units (balanced by ratings
+//! plus a per-unit weight), each chunk with its own per-case accumulator. With momentum SGD,
+//! each unit's gradient, momentum step and the *next* batch's positive-phase rows are done
+//! while its K×M block is in cache. On CPUs with AVX-512 the negative phase keeps a rating's K
+//! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8); the
+//! elementwise loops are compiled for the widest SIMD available at run time. The dot
+//! products' summation order depends on the SIMD level (never on the thread count).
 
-#![allow(clippy::needless_range_loop)] // index loops over K and M read clearer here
+#![allow(clippy::needless_range_loop)]
+// index loops over K and M read clearer here
+// The AVX-512 intrinsics are stable since Rust 1.89, which the crate needs anyway for
+// `#[target_feature(enable = "avx512f")]` (also stable since 1.89); `rust-version` in the
+// workspace Cargo.toml still says 1.85.
+#![allow(clippy::incompatible_msrv)]
 
 use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
@@ -372,12 +385,21 @@ const N_CHUNKS: usize = 8;
 
 macro_rules! simd_wrapper {
     ($name:ident, $method:ident, ($($arg:ident : $t:ty),*) -> $ret:ty) => {
-        /// Calls the method of the same name, compiled for AVX2 when the CPU has it.
+        /// Calls the method of the same name, compiled for AVX-512 or AVX2 when the CPU has it.
         #[allow(clippy::too_many_arguments)]
         #[inline]
         fn $name(model: &RatingRbm, $($arg: $t),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512(model: &RatingRbm, $($arg: $t),*) -> $ret {
+                    model.$method($($arg),*)
+                }
+                if has_avx512() {
+                    // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+                    return unsafe { avx512(model, $($arg),*) };
+                }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2(model: &RatingRbm, $($arg: $t),*) -> $ret {
@@ -394,9 +416,9 @@ macro_rules! simd_wrapper {
 }
 
 simd_wrapper!(simd_chunk_positive, chunk_positive, (i0: usize, i1: usize,
-    by_item: &[(u32, u32, u8)], by_item_ptr: &[usize], acc: &mut [f32]) -> ());
+    by_item: &[(u32, u8)], by_item_ptr: &[usize], acc: &mut [f32]) -> ());
 simd_wrapper!(simd_chunk_negative, chunk_negative, (i0: usize, i1: usize,
-    by_item: &[(u32, u32, u8)], by_item_ptr: &[usize], h: &[f32], negative: NegativePhase,
+    by_item: &[(u32, u8)], by_item_ptr: &[usize], h: &[f32], negative: NegativePhase,
     last: bool, rngkey: (u64, u64, u64, usize), z: &mut [f32], acc: &mut [f32]) -> f64);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
@@ -416,26 +438,38 @@ pub(crate) struct ItemMomentum<'a> {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn item_step_body(
-    ents: &[(u32, u32, u8)],
+    ents: &[(u32, u8)],
     p0: &[f32],
     p1: &[f32],
     zi: &[f32],
     inv_b: f32,
+    sampled: bool,
     gwi: &mut [f32],
     gbi: &mut [f32],
     step: Option<ItemMomentum<'_>>,
+    next: Option<NextPositive<'_>>,
 ) {
     let (k, m) = (gbi.len(), gwi.len() / gbi.len());
     gwi.fill(0.0);
     gbi.fill(0.0);
-    for (e, &(n, _, cl)) in ents.iter().enumerate() {
+    for (e, &(n, cl)) in ents.iter().enumerate() {
         let (n, cl) = (n as usize, cl as usize);
         let a = &p0[n * m..(n + 1) * m];
         let bneg = &p1[n * m..(n + 1) * m];
         axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
         gbi[cl] += inv_b;
-        for (kk, &v) in zi[e * k..(e + 1) * k].iter().enumerate() {
-            if v != 0.0 {
+        let ze = &zi[e * k..(e + 1) * k];
+        if sampled {
+            // One-hot: the sampled class's index, without a data-dependent branch.
+            let pick = ze
+                .iter()
+                .enumerate()
+                .map(|(kk, &v)| kk * usize::from(v != 0.0))
+                .sum::<usize>();
+            axpy(&mut gwi[pick * m..(pick + 1) * m], -inv_b, bneg);
+            gbi[pick] -= inv_b;
+        } else {
+            for (kk, &v) in ze.iter().enumerate() {
                 axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
                 gbi[kk] -= v * inv_b;
             }
@@ -452,44 +486,83 @@ fn item_step_body(
             st.vb[n] = c.momentum * st.vb[n] + c.lr * (gbi[n] - c.decay * st.b[n]);
             st.b[n] += st.vb[n];
         }
+        if let Some(nx) = next {
+            // The same additions, in the same order, as `chunk_positive` on the updated W.
+            for &(n, cl) in nx.ents {
+                let (n, cl) = (n as usize, cl as usize);
+                add(&mut nx.acc[n * m..(n + 1) * m], &st.w[cl * m..(cl + 1) * m]);
+            }
+        }
     }
+}
+
+/// The next batch's positive phase for one visible unit, run right after the unit's momentum
+/// step while its updated K×M block is in cache: the unit's ratings in that batch and the
+/// per-case accumulator of the unit's chunk.
+pub(crate) struct NextPositive<'a> {
+    ents: &'a [(u32, u8)],
+    acc: &'a mut [f32],
 }
 
 /// [`item_step_body`], compiled for AVX2 when the CPU has it.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn item_step(
-    ents: &[(u32, u32, u8)],
+    ents: &[(u32, u8)],
     p0: &[f32],
     p1: &[f32],
     zi: &[f32],
     inv_b: f32,
+    sampled: bool,
     gwi: &mut [f32],
     gbi: &mut [f32],
     step: Option<ItemMomentum<'_>>,
+    next: Option<NextPositive<'_>>,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
         #[allow(clippy::too_many_arguments)]
         fn avx2(
-            ents: &[(u32, u32, u8)],
+            ents: &[(u32, u8)],
             p0: &[f32],
             p1: &[f32],
             zi: &[f32],
             inv_b: f32,
+            sampled: bool,
             gwi: &mut [f32],
             gbi: &mut [f32],
             step: Option<ItemMomentum<'_>>,
+            next: Option<NextPositive<'_>>,
         ) {
-            item_step_body(ents, p0, p1, zi, inv_b, gwi, gbi, step)
+            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
+        }
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        fn avx512(
+            ents: &[(u32, u8)],
+            p0: &[f32],
+            p1: &[f32],
+            zi: &[f32],
+            inv_b: f32,
+            sampled: bool,
+            gwi: &mut [f32],
+            gbi: &mut [f32],
+            step: Option<ItemMomentum<'_>>,
+            next: Option<NextPositive<'_>>,
+        ) {
+            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+            return unsafe { avx512(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(ents, p0, p1, zi, inv_b, gwi, gbi, step) };
+            return unsafe { avx2(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
         }
     }
-    item_step_body(ents, p0, p1, zi, inv_b, gwi, gbi, step)
+    item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
 }
 
 /// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
@@ -499,6 +572,14 @@ fn item_step(
 fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+            return unsafe { avx512(f) };
+        }
         #[target_feature(enable = "avx2")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
@@ -545,6 +626,43 @@ fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool) {
                 })
             });
     }
+}
+
+/// `p = σ(base + Σ_c acc[c][n])`: case `n`'s hidden probabilities from the fixed chunks'
+/// accumulators (`acc` is N_CHUNKS × nb × M), added in chunk order; compiled for the widest
+/// SIMD the CPU has (a closure passed to [`with_simd`] is not always inlined into it).
+fn hidden_probs_from_chunks(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+    #[inline(always)]
+    fn body(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+        let m = p.len();
+        p.copy_from_slice(base);
+        for c in 0..N_CHUNKS {
+            add(p, &acc[(c * nb + n) * m..(c * nb + n + 1) * m]);
+        }
+        for x in p.iter_mut() {
+            *x = sigmoid(*x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+            body(p, base, acc, n, nb)
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+            body(p, base, acc, n, nb)
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
+            return unsafe { avx512(p, base, acc, n, nb) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(p, base, acc, n, nb) };
+        }
+    }
+    body(p, base, acc, n, nb)
 }
 
 #[inline(always)]
@@ -618,6 +736,79 @@ fn dot4(h: &[f32], w: &[f32], out: &mut [f32]) {
         }
         out[r] = s;
     }
+}
+
+/// True when the CPU has AVX-512F (with AVX2 and FMA), cached by the standard library. The
+/// elementwise loops give the same bits at any vector width (no FMA contraction); only the
+/// dot products' summation order depends on it, and never on the thread count.
+#[inline(always)]
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && avx2_fma()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, up to five rows per pass over `h`
+/// (16-wide fused multiply-adds, the tail of M under a mask; the caller checks
+/// [`has_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_rows_avx512(h: &[f32], w: &[f32], out: &mut [f32]) {
+    let rows = out.len();
+    assert!(w.len() >= rows * h.len());
+    let mut r = 0;
+    while r < rows {
+        // SAFETY (all arms): AVX-512F is enabled in this function; rows r..r+R lie in `w`.
+        r += match rows - r {
+            1 => dot_rows_n::<1>(h, w, r, out),
+            2 => dot_rows_n::<2>(h, w, r, out),
+            3 => dot_rows_n::<3>(h, w, r, out),
+            4 => dot_rows_n::<4>(h, w, r, out),
+            _ => dot_rows_n::<5>(h, w, r, out),
+        };
+    }
+}
+
+/// R rows of [`dot_rows_avx512`] starting at row `r`; returns R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn dot_rows_n<const R: usize>(h: &[f32], w: &[f32], r: usize, out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let m = h.len();
+    assert!(w.len() >= (r + R) * m && out.len() >= r + R);
+    let (hp, wp) = (h.as_ptr(), w.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m, and rows r..r+R of length m lie within w (asserted above).
+        unsafe {
+            let x = _mm512_loadu_ps(hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add((r + q) * m + j)), *a);
+            }
+        }
+        j += 16;
+    }
+    if j < m {
+        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: masked loads touch only lanes j..m, within h and each row.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add((r + q) * m + j)), *a);
+            }
+        }
+    }
+    for (q, a) in acc.iter().enumerate() {
+        out[r + q] = _mm512_reduce_add_ps(*a);
+    }
+    R
 }
 
 /// True when the CPU has AVX2 and FMA (cached by the standard library).
@@ -721,6 +912,439 @@ fn dot_rows_avx2(h: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Softmax of `z + bias` in place for K ≤ 16 in one 16-lane register (the lanes past K are
+/// masked off); returns Σ_k (onehot(cl)_k − p_k)², the reconstruction error. e^x is
+/// [`crate::linalg::exp_f32`]'s algorithm in vector form.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn softmax_avx512(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f32, usize) {
+    use std::arch::x86_64::*;
+    let k = z.len();
+    assert!(k <= 16 && bias.len() >= k && cl < k);
+    let mask = ((1u32 << k) - 1) as u16;
+    // SAFETY: masked loads and stores touch lanes 0..k only, within `z` and `bias`.
+    let t = unsafe {
+        _mm512_add_ps(
+            _mm512_maskz_loadu_ps(mask, z.as_ptr()),
+            _mm512_maskz_loadu_ps(mask, bias.as_ptr()),
+        )
+    };
+    softmax_reg(t, z, cl, u)
+}
+
+/// [`softmax_avx512`] on logits already in a register (lanes 0..K of `t`, K = `z.len()`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn softmax_reg(
+    t: std::arch::x86_64::__m512,
+    z: &mut [f32],
+    cl: usize,
+    u: Option<f32>,
+) -> (f32, usize) {
+    use std::arch::x86_64::*;
+    let k = z.len();
+    assert!(k <= 16 && cl < k);
+    let mask = ((1u32 << k) - 1) as u16;
+    let t = _mm512_mask_blend_ps(mask, _mm512_set1_ps(-1e30), t);
+    let x = _mm512_sub_ps(t, _mm512_set1_ps(_mm512_reduce_max_ps(t)));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let round = _mm512_set1_ps(12_582_912.0);
+    let kk = _mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        round,
+    );
+    let n = _mm512_sub_ps(kk, round);
+    let f = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
+        _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
+    );
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f),
+        _mm512_set1_ps(1.0),
+    );
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(0x4B40_0000)),
+        _mm512_set1_epi32(127),
+    ));
+    let e = _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits));
+    let pr = _mm512_mul_ps(e, _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e)));
+    let one = _mm512_set1_ps(1.0);
+    let target = _mm512_maskz_mov_ps((1u32 << cl) as u16, one);
+    let d = _mm512_sub_ps(target, pr);
+    let err = _mm512_reduce_add_ps(_mm512_maskz_mul_ps(mask, d, d));
+    let (out, pick) = match u {
+        Some(u) => {
+            // Inclusive prefix sums in four shift-and-add steps; the pick is the number of
+            // the first K−1 sums that are ≤ u (see `softmax_sample`).
+            let zero = _mm512_setzero_ps();
+            let mut cum = pr;
+            cum = _mm512_add_ps(cum, shift_up::<15>(cum, zero));
+            cum = _mm512_add_ps(cum, shift_up::<14>(cum, zero));
+            cum = _mm512_add_ps(cum, shift_up::<12>(cum, zero));
+            cum = _mm512_add_ps(cum, shift_up::<8>(cum, zero));
+            let le = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(mask >> 1, cum, _mm512_set1_ps(u));
+            let pick = le.count_ones() as usize;
+            (_mm512_maskz_mov_ps((1u32 << pick) as u16, one), pick)
+        }
+        None => (pr, 0),
+    };
+    // SAFETY: as above.
+    unsafe { _mm512_mask_storeu_ps(z.as_mut_ptr(), mask, out) };
+    (err, pick)
+}
+
+/// The K ≤ 8 logits `b_k + h · W_k` of one rating in lanes 0..K of a register (W_k the K rows
+/// of `wi`, each of length M = `h.len()`), so the softmax that follows never goes through
+/// memory: K 16-wide multiply-add chains, then one transposing horizontal sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn logits_avx512<const K: usize>(h: &[f32], wi: &[f32], bi: &[f32]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let m = h.len();
+    assert!(K <= 8 && wi.len() >= K * m && bi.len() >= K);
+    let (hp, wp) = (h.as_ptr(), wi.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); K];
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m, and the K rows of length m lie within wi (asserted above).
+        unsafe {
+            let x = _mm512_loadu_ps(hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add(q * m + j)), *a);
+            }
+        }
+        j += 16;
+    }
+    if j < m {
+        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: masked loads touch only lanes j..m of h and of each row.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, hp.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add(q * m + j)), *a);
+            }
+        }
+    }
+    reduce_logits(&acc, bi)
+}
+
+/// Two ratings' logits at once ([`logits_avx512`] for `ha` and `hb`, each W load shared;
+/// the same operations per rating, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn logits2_avx512<const K: usize>(
+    ha: &[f32],
+    hb: &[f32],
+    wi: &[f32],
+    bi: &[f32],
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let m = ha.len();
+    assert!(K <= 8 && hb.len() == m && wi.len() >= K * m && bi.len() >= K);
+    let (pa, pb, wp) = (ha.as_ptr(), hb.as_ptr(), wi.as_ptr());
+    let mut aa = [_mm512_setzero_ps(); K];
+    let mut ab = [_mm512_setzero_ps(); K];
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m, and the K rows of length m lie within wi (asserted above).
+        unsafe {
+            let (xa, xb) = (_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)));
+            for q in 0..K {
+                let w = _mm512_loadu_ps(wp.add(q * m + j));
+                aa[q] = _mm512_fmadd_ps(xa, w, aa[q]);
+                ab[q] = _mm512_fmadd_ps(xb, w, ab[q]);
+            }
+        }
+        j += 16;
+    }
+    if j < m {
+        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: masked loads touch only lanes j..m of the h rows and of each W row.
+        unsafe {
+            let xa = _mm512_maskz_loadu_ps(mask, pa.add(j));
+            let xb = _mm512_maskz_loadu_ps(mask, pb.add(j));
+            for q in 0..K {
+                let w = _mm512_maskz_loadu_ps(mask, wp.add(q * m + j));
+                aa[q] = _mm512_fmadd_ps(xa, w, aa[q]);
+                ab[q] = _mm512_fmadd_ps(xb, w, ab[q]);
+            }
+        }
+    }
+    (reduce_logits(&aa, bi), reduce_logits(&ab, bi))
+}
+
+/// Lane q of the result = Σ lanes of `acc[q]` + `bi[q]` (q < K ≤ 8): 16 → 8 lanes each, then
+/// an 8 × 8 transposing sum with horizontal adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn reduce_logits<const K: usize>(
+    acc: &[std::arch::x86_64::__m512; K],
+    bi: &[f32],
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    assert!(K <= 8 && bi.len() >= K);
+    let mut v = [_mm256_setzero_ps(); 8];
+    for (q, a) in acc.iter().enumerate() {
+        v[q] = _mm256_add_ps(
+            _mm512_castps512_ps256(*a),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))),
+        );
+    }
+    let t01 = _mm256_hadd_ps(v[0], v[1]);
+    let t23 = _mm256_hadd_ps(v[2], v[3]);
+    let t45 = _mm256_hadd_ps(v[4], v[5]);
+    let t67 = _mm256_hadd_ps(v[6], v[7]);
+    let u0 = _mm256_hadd_ps(t01, t23);
+    let u1 = _mm256_hadd_ps(t45, t67);
+    let r = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(u0, u1),
+        _mm256_permute2f128_ps::<0x31>(u0, u1),
+    );
+    // SAFETY: the masked load reads bi[0..K] only.
+    let b = unsafe { _mm256_maskload_ps(bi.as_ptr(), lane_mask8(K)) };
+    _mm512_castps256_ps512(_mm256_add_ps(r, b))
+}
+
+/// The negative visible step of one item (see `RatingRbm::item_negative`) for K ≤ 8 with
+/// AVX-512: logits, softmax and sampling stay in registers, two ratings at a time so their
+/// dependency chains overlap (the same operations per rating as one at a time, and the same
+/// order of random draws).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn item_negative_avx512<const K: usize>(
+    wi: &[f32],
+    bi: &[f32],
+    ents: &[(u32, u8)],
+    h: &[f32],
+    sample: bool,
+    last: bool,
+    rng: &mut Stream,
+    z: &mut [f32],
+    acc: &mut [f32],
+) -> f64 {
+    let m = wi.len() / K;
+    let mut err = 0.0f64;
+    // A macro, not a closure: a closure would not inherit this function's target features.
+    macro_rules! rest {
+        ($e:expr, $zz:expr, $sm:expr) => {{
+            let (zz, sm): (&mut [f32], (f32, usize)) = ($zz, $sm);
+            let n = ents[$e].0 as usize;
+            if last {
+                err += f64::from(sm.0);
+            }
+            let an = &mut acc[n * m..(n + 1) * m];
+            if sample {
+                add(an, &wi[sm.1 * m..(sm.1 + 1) * m]);
+            } else {
+                for (kk, &pz) in zz.iter().enumerate() {
+                    axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
+                }
+            }
+        }};
+    }
+    let mut e = 0;
+    while e + 2 <= ents.len() {
+        let (na, ca) = ents[e];
+        let (nb, cb) = ents[e + 1];
+        let (na, nb) = (na as usize, nb as usize);
+        let (ta, tb) =
+            logits2_avx512::<K>(&h[na * m..(na + 1) * m], &h[nb * m..(nb + 1) * m], wi, bi);
+        let u = sample.then(|| (rng.uniform(), rng.uniform()));
+        let (za, zb) = z[e * K..(e + 2) * K].split_at_mut(K);
+        let (pair_err, pa, pb) = softmax_pair::<K>(ta, tb, za, zb, ca as usize, cb as usize, u);
+        rest!(e, za, (pair_err, pa));
+        rest!(e + 1, zb, (0.0, pb));
+        e += 2;
+    }
+    if e < ents.len() {
+        let (n, cl) = ents[e];
+        let n = n as usize;
+        let t = logits_avx512::<K>(&h[n * m..(n + 1) * m], wi, bi);
+        let u = sample.then(|| rng.uniform());
+        let zz = &mut z[e * K..(e + 1) * K];
+        let sm = softmax_reg(t, zz, cl as usize, u);
+        rest!(e, zz, sm);
+    }
+    err
+}
+
+/// [`softmax_reg`] for two ratings at once, K ≤ 8: rating a in lanes 0..K, rating b in lanes
+/// 8..8+K of one register, every reduction a butterfly within each 256-bit half. With `u`,
+/// samples both classes. Returns (both ratings' squared reconstruction errors summed, pick a,
+/// pick b).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn softmax_pair<const K: usize>(
+    ta: std::arch::x86_64::__m512,
+    tb: std::arch::x86_64::__m512,
+    za: &mut [f32],
+    zb: &mut [f32],
+    ca: usize,
+    cb: usize,
+    u: Option<(f32, f32)>,
+) -> (f32, usize, usize) {
+    use std::arch::x86_64::*;
+    assert!((2..=8).contains(&K) && za.len() == K && zb.len() == K && ca < K && cb < K);
+    let half = ((1u32 << K) - 1) as u16;
+    let mask = half | (half << 8);
+    let t = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castps_pd(ta),
+        _mm256_castps_pd(_mm512_castps512_ps256(tb)),
+    ));
+    let t = _mm512_mask_blend_ps(mask, _mm512_set1_ps(-1e30), t);
+    // Butterflies within each 256-bit half: swap 128-bit blocks, then pairs, then neighbours.
+    macro_rules! butterfly {
+        ($x:expr, $op:ident) => {{
+            let x = $x;
+            let x = $op(x, _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x));
+            let x = $op(x, _mm512_permute_ps::<0b01_00_11_10>(x));
+            $op(x, _mm512_permute_ps::<0b10_11_00_01>(x))
+        }};
+    }
+    let x = _mm512_sub_ps(t, butterfly!(t, _mm512_max_ps));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let round = _mm512_set1_ps(12_582_912.0);
+    let kk = _mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        round,
+    );
+    let n = _mm512_sub_ps(kk, round);
+    let f = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
+        _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
+    );
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f),
+        _mm512_set1_ps(1.0),
+    );
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(0x4B40_0000)),
+        _mm512_set1_epi32(127),
+    ));
+    let e = _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits));
+    let one = _mm512_set1_ps(1.0);
+    let pr = _mm512_mul_ps(e, _mm512_div_ps(one, butterfly!(e, _mm512_add_ps)));
+    let target = _mm512_maskz_mov_ps(((1u32 << ca) | (1u32 << (8 + cb))) as u16, one);
+    let d = _mm512_sub_ps(target, pr);
+    let err = _mm512_reduce_add_ps(_mm512_maskz_mul_ps(mask, d, d));
+    let (out, pa, pb) = match u {
+        Some((ua, ub)) => {
+            // Inclusive prefix sums within each half (shifts by 1, 2, 4 lanes, the lanes
+            // that would take from the other half kept as they are); the pick is the number
+            // of the first K−1 sums that are ≤ u (see `softmax_sample`).
+            let zero = _mm512_setzero_ps();
+            let mut cum = pr;
+            cum = _mm512_mask_add_ps(cum, 0xFEFE, cum, shift_up::<15>(cum, zero));
+            cum = _mm512_mask_add_ps(cum, 0xFCFC, cum, shift_up::<14>(cum, zero));
+            cum = _mm512_mask_add_ps(cum, 0xF0F0, cum, shift_up::<12>(cum, zero));
+            let uv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(ua), _mm512_set1_ps(ub));
+            let first = half >> 1;
+            let le = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(first | (first << 8), cum, uv);
+            let (pa, pb) = (
+                (le & 0xFF).count_ones() as usize,
+                (le >> 8).count_ones() as usize,
+            );
+            let hot = ((1u32 << pa) | (1u32 << (8 + pb))) as u16;
+            (_mm512_maskz_mov_ps(hot, one), pa, pb)
+        }
+        None => (pr, 0, 0),
+    };
+    let lanes = lane_mask8(K);
+    // SAFETY: the lane mask covers lanes 0..K, within `za` and `zb`.
+    unsafe {
+        _mm256_maskstore_ps(za.as_mut_ptr(), lanes, _mm512_castps512_ps256(out));
+        _mm256_maskstore_ps(
+            zb.as_mut_ptr(),
+            lanes,
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(out))),
+        );
+    }
+    (err, pa, pb)
+}
+
+/// An AVX2 lane mask with the first `k` (≤ 8) lanes set.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lane_mask8(k: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(k as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Lanes moved up by 16 − S (lane i gets lane i − (16 − S), zeros below).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn shift_up<const S: i32>(
+    x: std::arch::x86_64::__m512,
+    zero: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_castsi512_ps(_mm512_alignr_epi32::<S>(
+        _mm512_castps_si512(x),
+        _mm512_castps_si512(zero),
+    ))
+}
+
+/// Softmax of `z + bias` in place, and with `u` a class sampled from it (z becomes its
+/// one-hot vector): the first class whose cumulative probability exceeds `u`, else the last,
+/// i.e. the number of the first K−1 cumulative sums that are ≤ `u`, counted without branches.
+/// Returns (Σ_k (onehot(cl)_k − p_k)², sampled class or 0).
+#[inline(always)]
+fn softmax_sample(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f32, usize) {
+    let k = z.len();
+    for kk in 0..k {
+        z[kk] += bias[kk];
+    }
+    softmax(z);
+    let mut err = 0.0;
+    for (kk, &p) in z.iter().enumerate() {
+        let target = if kk == cl { 1.0 } else { 0.0 };
+        err += (target - p) * (target - p);
+    }
+    let Some(u) = u else { return (err, 0) };
+    let mut cum = 0.0;
+    let mut pick = 0usize;
+    for &p in &z[..k - 1] {
+        cum += p;
+        pick += usize::from(cum <= u);
+    }
+    z.fill(0.0);
+    z[pick] = 1.0;
+    (err, pick)
+}
+
 /// In-place softmax; returns nothing, `z` holds probabilities after.
 #[inline]
 fn softmax(z: &mut [f32]) {
@@ -733,12 +1357,34 @@ fn softmax(z: &mut [f32]) {
     }
     let mut s = 0.0;
     for v in z.iter_mut() {
-        *v = (*v - mx).exp();
+        *v = crate::linalg::exp_f32(*v - mx);
         s += *v;
     }
     let inv = 1.0 / s;
     for v in z.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// Weight of one visible unit, in ratings, when cutting units into chunks of equal work (its
+/// momentum step over K×M weights costs about as much as a few ratings' gradient terms).
+const UNIT_WEIGHT: usize = 4;
+
+/// Batches with at least this many ratings are indexed in parallel (below it, waking the
+/// thread pool costs more than it saves; the result is the same either way).
+const PAR_INDEX_MIN: usize = 1 << 15;
+
+/// A raw pointer that may cross threads, for writes the caller proves disjoint.
+struct SyncPtr<T>(*mut T);
+// SAFETY: only used for writes to disjoint elements (see the use sites).
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+/// Runs `f` on every item, on the thread pool when `par`, else in order here.
+fn for_each_maybe_par<T: Send>(par: bool, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    if par {
+        items.into_par_iter().for_each(f);
+    } else {
+        items.into_iter().for_each(f);
     }
 }
 
@@ -757,7 +1403,8 @@ pub(crate) struct BatchGrad {
     chunk_bounds: Vec<usize>,
     acc: Vec<f32>,
     by_item_ptr: Vec<usize>,
-    by_item: Vec<(u32, u32, u8)>,
+    by_item: Vec<(u32, u8)>,
+    part_cnt: Vec<u32>,
     imp_ptr: Vec<usize>,
     imp_ent: Vec<u32>,
     /// Gradient of W.
@@ -785,6 +1432,7 @@ impl BatchGrad {
             acc: Vec::new(),
             by_item_ptr: vec![0; d + 1],
             by_item: Vec::new(),
+            part_cnt: Vec::new(),
             imp_ptr: vec![0; d + 1],
             imp_ent: Vec::new(),
             gw: vec![0.0; d * k * m],
@@ -998,14 +1646,14 @@ impl RatingRbm {
         &self,
         i0: usize,
         i1: usize,
-        by_item: &[(u32, u32, u8)],
+        by_item: &[(u32, u8)],
         by_item_ptr: &[usize],
         acc: &mut [f32],
     ) {
         let (k, m) = (self.k, self.m);
         acc.fill(0.0);
         for i in i0..i1 {
-            for &(n, _, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
+            for &(n, cl) in &by_item[by_item_ptr[i]..by_item_ptr[i + 1]] {
                 let o = (i * k + cl as usize) * m;
                 let n = n as usize;
                 add(&mut acc[n * m..(n + 1) * m], &self.w[o..o + m]);
@@ -1023,7 +1671,7 @@ impl RatingRbm {
         &self,
         i0: usize,
         i1: usize,
-        by_item: &[(u32, u32, u8)],
+        by_item: &[(u32, u8)],
         by_item_ptr: &[usize],
         h: &[f32],
         negative: NegativePhase,
@@ -1032,7 +1680,7 @@ impl RatingRbm {
         z: &mut [f32],
         acc: &mut [f32],
     ) -> f64 {
-        let (k, m) = (self.k, self.m);
+        let k = self.k;
         acc.fill(0.0);
         let base_pos = by_item_ptr[i0];
         let mut err = 0.0;
@@ -1050,17 +1698,7 @@ impl RatingRbm {
                 rngkey.2,
                 (1u64 << 62) | ((i as u64) << 16) | rngkey.3 as u64,
             );
-            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi);
-            for (e, &(n, _, _)) in ents.iter().enumerate() {
-                let n = n as usize;
-                let an = &mut acc[n * m..(n + 1) * m];
-                for (kk, &pz) in zi[e * k..(e + 1) * k].iter().enumerate() {
-                    if pz != 0.0 {
-                        let o = (i * k + kk) * m;
-                        axpy(an, pz, &self.w[o..o + m]);
-                    }
-                }
-            }
+            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc);
         }
         err
     }
@@ -1074,23 +1712,51 @@ impl RatingRbm {
     fn item_negative(
         &self,
         i: usize,
-        ents: &[(u32, u32, u8)],
+        ents: &[(u32, u8)],
         h: &[f32],
         negative: NegativePhase,
         last: bool,
         rng: &mut Stream,
         z: &mut [f32],
+        acc: &mut [f32],
     ) -> f64 {
         let (k, m) = (self.k, self.m);
         let wi = &self.w[i * k * m..(i + 1) * k * m];
         let bi = &self.b[i * k..(i + 1) * k];
         let fast = avx2_fma();
+        let wide = has_avx512();
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = wide;
+        #[cfg(target_arch = "x86_64")]
+        if wide && (2..=8).contains(&k) {
+            let sample = negative == NegativePhase::Sample;
+            macro_rules! go {
+                ($kk:literal) => {
+                    // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
+                    unsafe {
+                        item_negative_avx512::<$kk>(wi, bi, ents, h, sample, last, rng, z, acc)
+                    }
+                };
+            }
+            return match k {
+                2 => go!(2),
+                3 => go!(3),
+                4 => go!(4),
+                5 => go!(5),
+                6 => go!(6),
+                7 => go!(7),
+                _ => go!(8),
+            };
+        }
         let mut err = 0.0f64;
-        for (e, &(n, _, cl)) in ents.iter().enumerate() {
+        for (e, &(n, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
             #[cfg(target_arch = "x86_64")]
-            if fast {
+            if wide {
+                // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                unsafe { dot_rows_avx512(hn, wi, z) };
+            } else if fast {
                 // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
                 unsafe { dot_rows_avx2(hn, wi, z) };
             }
@@ -1104,49 +1770,41 @@ impl RatingRbm {
                     z[kk] = dot(hn, &wi[kk * m..(kk + 1) * m]);
                 }
             }
-            for kk in 0..k {
-                z[kk] += bi[kk];
-            }
-            softmax(z);
+            let sample = negative == NegativePhase::Sample;
+            let u = if sample { rng.uniform() } else { 0.0 };
+            #[cfg(target_arch = "x86_64")]
+            let fast_softmax = wide && k <= 16;
+            #[cfg(not(target_arch = "x86_64"))]
+            let fast_softmax = false;
+            let (e, pick) = if fast_softmax {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                    unsafe { softmax_avx512(z, bi, cl as usize, sample.then_some(u)) }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!()
+            } else {
+                softmax_sample(z, bi, cl as usize, sample.then_some(u))
+            };
             if last {
-                let cl = cl as usize;
-                for (kk, &p) in z.iter().enumerate() {
-                    let target = if kk == cl { 1.0 } else { 0.0 };
-                    err += f64::from((target - p) * (target - p));
-                }
+                err += f64::from(e);
             }
-            if negative == NegativePhase::Sample {
-                let u = rng.uniform();
-                let mut acc = 0.0;
-                let mut pick = k - 1;
-                for (kk, &p) in z.iter().enumerate() {
-                    acc += p;
-                    if u < acc {
-                        pick = kk;
-                        break;
-                    }
+            let an = &mut acc[n as usize * m..(n as usize + 1) * m];
+            if sample {
+                add(an, &wi[pick * m..(pick + 1) * m]);
+            } else {
+                for (kk, &pz) in z.iter().enumerate() {
+                    axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
                 }
-                z.fill(0.0);
-                z[pick] = 1.0;
             }
         }
         err
     }
 
-    /// Phase 1 of a mini-batch: the CD-T chains, leaving p(h|v⁰), p(h|vᵀ), the negative
-    /// visible units and the per-unit index of the batch's ratings in `g`. Returns (squared
-    /// reconstruction error, ratings in the batch).
-    #[allow(clippy::too_many_arguments)]
-    fn batch_chains(
-        &self,
-        cases: &Csr,
-        implicit: &Csr,
-        batch: &[usize],
-        t_steps: usize,
-        negative: NegativePhase,
-        key: (u64, u64, u64),
-        g: &mut BatchGrad,
-    ) -> (f64, usize) {
+    /// The per-visible-unit index of a batch's ratings, its fixed chunks of units, and buffers
+    /// sized for it (everything the positive phase and [`Self::batch_chains`] need).
+    fn batch_index(&self, cases: &Csr, batch: &[usize], g: &mut BatchGrad) {
         let (d, k, m) = (self.d, self.k, self.m);
         let BatchGrad {
             p0,
@@ -1155,6 +1813,7 @@ impl RatingRbm {
             vneg,
             rec_off,
             pos_of,
+            part_cnt,
             zbi,
             err_item,
             chunk_bounds,
@@ -1177,57 +1836,107 @@ impl RatingRbm {
         let nr = *rec_off.last().unwrap();
         vneg.resize(nr * k, 0.0);
 
-        // Index the batch's ratings by visible unit (counting sort, fixed order); `pos_of`
-        // maps a rating (case-major) to its place in the item-major order.
-        by_item_ptr.fill(0);
-        for &p in batch {
-            for &i in cases.row(p).0 {
-                by_item_ptr[i as usize + 1] += 1;
-            }
-        }
-        for i in 0..d {
-            by_item_ptr[i + 1] += by_item_ptr[i];
-        }
-        by_item.resize(nr, (0, 0, 0));
+        // Index the batch's ratings by visible unit (counting sort, fixed order: by unit, then
+        // by place in the batch); `pos_of` maps a rating (case-major) to its place in the
+        // item-major order. The batch is cut into N_CHUNKS fixed parts of cases, each counting
+        // its own ratings per unit, so big batches are indexed in parallel with the same result.
+        by_item.resize(nr, (0, 0));
         pos_of.resize(nr, 0);
-        {
-            let mut fill = by_item_ptr.clone();
-            for (n, &p) in batch.iter().enumerate() {
-                let (its, cls) = cases.row(p);
-                for (r, (&i, &cl)) in its.iter().zip(cls).enumerate() {
-                    let slot = &mut fill[i as usize];
-                    by_item[*slot] = (n as u32, (rec_off[n] + r) as u32, cl);
-                    pos_of[rec_off[n] + r] = *slot as u32;
-                    *slot += 1;
+        part_cnt.resize(N_CHUNKS * d, 0);
+        let big = nr >= PAR_INDEX_MIN;
+        let part = |c: usize| (nb * c / N_CHUNKS, nb * (c + 1) / N_CHUNKS);
+        let parts: Vec<_> = part_cnt.chunks_mut(d).enumerate().collect();
+        for_each_maybe_par(big, parts, |(c, cnt)| {
+            cnt.fill(0);
+            let (n0, n1) = part(c);
+            for &p in &batch[n0..n1] {
+                for &i in cases.row(p).0 {
+                    cnt[i as usize] += 1;
                 }
             }
+        });
+        // Unit offsets, and each part's first slot within every unit.
+        by_item_ptr[0] = 0;
+        for i in 0..d {
+            let mut run = by_item_ptr[i] as u32;
+            for c in 0..N_CHUNKS {
+                let cnt = &mut part_cnt[c * d + i];
+                let here = *cnt;
+                *cnt = run;
+                run += here;
+            }
+            by_item_ptr[i + 1] = run as usize;
+        }
+        {
+            let slots = SyncPtr(by_item.as_mut_ptr());
+            // Each part's ratings are a contiguous, case-major range of `pos_of`.
+            let mut jobs = Vec::with_capacity(N_CHUNKS);
+            let mut rest_pos: &mut [u32] = &mut pos_of[..];
+            for (c, cnt) in part_cnt.chunks_mut(d).enumerate() {
+                let (n0, n1) = part(c);
+                let (pos, r) =
+                    std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
+                rest_pos = r;
+                jobs.push((n0, n1, cnt, pos));
+            }
+            for_each_maybe_par(big, jobs, |(n0, n1, cnt, pos)| {
+                let slots = &slots;
+                let mut q = 0;
+                for n in n0..n1 {
+                    let (its, cls) = cases.row(batch[n]);
+                    for (&i, &cl) in its.iter().zip(cls) {
+                        let slot = &mut cnt[i as usize];
+                        // SAFETY: slot < nr, and every part owns a disjoint set of slots (its
+                        // own sub-range of each unit's range), so no two writes alias.
+                        unsafe { *slots.0.add(*slot as usize) = (n as u32, cl) };
+                        pos[q] = *slot;
+                        *slot += 1;
+                        q += 1;
+                    }
+                }
+            });
         }
         zbi.resize(nr * k, 0.0);
         err_item.resize(N_CHUNKS, 0.0);
-        // Fixed chunks of visible units with about equal numbers of ratings: each chunk sums
-        // into its own per-case accumulator, and the chunks are added in order, so the result
-        // does not depend on the thread count.
+        // Fixed chunks of visible units with about equal work: each chunk sums into its own
+        // per-case accumulator, and the chunks are added in order, so the result does not
+        // depend on the thread count. Work = ratings + UNIT_WEIGHT per unit, since the fused
+        // momentum step costs per unit whether it was rated or not (popular units can cluster
+        // in the id range, as in MovieLens).
         chunk_bounds.clear();
         chunk_bounds.push(0);
+        let work = |i: usize| by_item_ptr[i] + UNIT_WEIGHT * i;
+        let total = work(d);
         for c in 1..N_CHUNKS {
-            let target = nr * c / N_CHUNKS;
-            let i = by_item_ptr.partition_point(|&p| p < target).min(d);
-            chunk_bounds.push(i.max(*chunk_bounds.last().unwrap()));
+            let target = total * c / N_CHUNKS;
+            // The first unit whose cumulative work reaches the target (work is increasing).
+            let (mut lo, mut hi) = (0usize, d);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if work(mid) < target {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            chunk_bounds.push(lo.max(*chunk_bounds.last().unwrap()));
         }
         chunk_bounds.push(d);
         acc.resize(N_CHUNKS * nb * m, 0.0);
+    }
 
-        let model = &self;
-        let case_rng = |n: usize, t: usize| {
-            Stream::new(
-                key.0,
-                Purpose::Train,
-                key.1,
-                key.2,
-                ((batch[n] as u64) << 16) | t as u64,
-            )
-        };
-        // Positive phase, item-major.
+    /// The positive phase of an indexed batch: each chunk of units adds its rated rows of W
+    /// into its own per-case accumulator (item-major, so W is read as a stream).
+    fn batch_positive(&self, batch_len: usize, g: &mut BatchGrad) {
+        let (nb, m) = (batch_len, self.m);
+        let model = self;
+        let BatchGrad {
+            acc,
+            by_item,
+            by_item_ptr,
+            chunk_bounds,
+            ..
+        } = g;
         {
             let (by_item, by_item_ptr, chunk_bounds) =
                 (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
@@ -1245,6 +1954,57 @@ impl RatingRbm {
                     );
                 });
         }
+    }
+
+    /// Phase 1 of a mini-batch: the CD-T chains, leaving p(h|v⁰), p(h|vᵀ), the negative
+    /// visible units and the per-unit index of the batch's ratings in `g`. Returns (squared
+    /// reconstruction error, ratings in the batch).
+    ///
+    /// With `prepared`, the batch was already indexed and its positive phase already summed
+    /// into the chunk accumulators (by [`Self::batch_index`] and the previous batch's fused
+    /// momentum step).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_chains(
+        &self,
+        cases: &Csr,
+        implicit: &Csr,
+        batch: &[usize],
+        t_steps: usize,
+        negative: NegativePhase,
+        key: (u64, u64, u64),
+        g: &mut BatchGrad,
+        prepared: bool,
+    ) -> (f64, usize) {
+        if !prepared {
+            self.batch_index(cases, batch, g);
+            self.batch_positive(batch.len(), g);
+        }
+        let (k, m) = (self.k, self.m);
+        let BatchGrad {
+            p0,
+            p1,
+            base,
+            zbi,
+            err_item,
+            chunk_bounds,
+            acc,
+            by_item_ptr,
+            by_item,
+            rec_off,
+            ..
+        } = g;
+        let nb = batch.len();
+        let nr = *rec_off.last().unwrap();
+        let model = &self;
+        let case_rng = |n: usize, t: usize| {
+            Stream::new(
+                key.0,
+                Purpose::Train,
+                key.1,
+                key.2,
+                ((batch[n] as u64) << 16) | t as u64,
+            )
+        };
         {
             let accr = &acc[..];
             p0[..nb * m]
@@ -1253,21 +2013,17 @@ impl RatingRbm {
                 .zip(base[..nb * m].par_chunks_mut(m))
                 .enumerate()
                 .for_each(|(n, ((p0, h), base))| {
-                    base.copy_from_slice(&model.c);
-                    if let Some(dm) = &model.dmat {
-                        for &i in implicit.row(batch[n]).0 {
-                            add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+                    with_simd(|| {
+                        base.copy_from_slice(&model.c);
+                        if let Some(dm) = &model.dmat {
+                            for &i in implicit.row(batch[n]).0 {
+                                add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+                            }
                         }
-                    }
-                    p0.copy_from_slice(base);
-                    for c in 0..N_CHUNKS {
-                        add(p0, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
-                    }
-                    for x in p0.iter_mut() {
-                        *x = sigmoid(*x);
-                    }
-                    h.copy_from_slice(p0);
-                    case_rng(n, 0).bernoulli_in_place(h);
+                        hidden_probs_from_chunks(p0, base, accr, n, nb);
+                        h.copy_from_slice(p0);
+                        case_rng(n, 0).bernoulli_in_place(h);
+                    })
                 });
         }
         let mut err = 0.0f64;
@@ -1317,16 +2073,12 @@ impl RatingRbm {
                 .zip(base[..nb * m].par_chunks(m))
                 .enumerate()
                 .for_each(|(n, (p1, base))| {
-                    p1.copy_from_slice(base);
-                    for c in 0..N_CHUNKS {
-                        add(p1, &accr[(c * nb + n) * m..(c * nb + n + 1) * m]);
-                    }
-                    for x in p1.iter_mut() {
-                        *x = sigmoid(*x);
-                    }
-                    if !last {
-                        case_rng(n, t + 1).bernoulli_in_place(p1);
-                    }
+                    with_simd(|| {
+                        hidden_probs_from_chunks(p1, base, accr, n, nb);
+                        if !last {
+                            case_rng(n, t + 1).bernoulli_in_place(p1);
+                        }
+                    })
                 });
         }
 
@@ -1399,7 +2151,7 @@ impl RatingRbm {
         key: (u64, u64, u64),
         g: &mut BatchGrad,
     ) -> (f64, usize) {
-        let out = self.batch_chains(cases, implicit, batch, t_steps, negative, key, g);
+        let out = self.batch_chains(cases, implicit, batch, t_steps, negative, key, g, false);
         let (k, m) = (self.k, self.m);
         let inv_b = 1.0 / batch.len() as f32;
         let BatchGrad {
@@ -1432,8 +2184,10 @@ impl RatingRbm {
                     p1,
                     &zbi[a * k..b * k],
                     inv_b,
+                    negative == NegativePhase::Sample,
                     gwi,
                     gbi,
+                    None,
                     None,
                 );
             });
@@ -1486,7 +2240,17 @@ impl RatingRbm {
         let bs = params.batch_size;
 
         let mut g = BatchGrad::new(d, k, m, bs, self.dmat.is_some());
+        // The fused momentum path prepares the next batch in a second set of buffers.
+        let fused = !adam && self.factors.is_none();
+        let mut gn = BatchGrad::new(
+            if fused { d } else { 0 },
+            k,
+            m,
+            if fused { bs } else { 0 },
+            fused && self.dmat.is_some(),
+        );
         let mut batch_cases: Vec<usize> = Vec::with_capacity(bs);
+        let mut next_cases: Vec<usize> = Vec::with_capacity(bs);
         let (mut gfa, mut gfb) = match &self.factors {
             Some((cf, _, _)) => (vec![0.0f32; d * k * cf], vec![0.0f32; cf * m]),
             None => (Vec::new(), Vec::new()),
@@ -1531,9 +2295,10 @@ impl RatingRbm {
                     adam_t,
                 };
                 let key = (params.seed, epoch as u64, bi as u64);
-                if !adam && self.factors.is_none() {
+                if fused {
                     // Fused: each visible unit's gradient goes straight into its momentum
-                    // step while its K×M block is in cache (no D×K×M gradient pass).
+                    // step while its K×M block is in cache (no D×K×M gradient pass), and the
+                    // next batch's positive phase reads the updated block there too.
                     let (err, nr) = self.batch_chains(
                         cases,
                         implicit,
@@ -1542,40 +2307,135 @@ impl RatingRbm {
                         params.negative,
                         key,
                         &mut g,
+                        bi > 0,
                     );
                     err_sum += err;
                     n_rated += nr;
                     let inv_b = 1.0 / batch_cases.len() as f32;
+                    let (wc, bc) = (&wcfg, &bcfg);
+                    let sampled = params.negative == NegativePhase::Sample;
+                    let next = perm.chunks(bs).nth(bi + 1);
+                    if let Some(next) = next {
+                        next_cases.clear();
+                        next_cases.extend(next.iter().map(|&p| active[p]));
+                        self.batch_index(cases, &next_cases, &mut gn);
+                    }
                     let (p0, p1, zbi, by_item, by_item_ptr) =
                         (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
-                    let (wc, bc) = (&wcfg, &bcfg);
-                    self.w
-                        .par_chunks_mut(k * m)
-                        .zip(s_w.m1.par_chunks_mut(k * m))
-                        .zip(self.b.par_chunks_mut(k))
-                        .zip(s_b.m1.par_chunks_mut(k))
-                        .enumerate()
-                        .for_each_init(
+                    if next.is_some() {
+                        let nbn = next_cases.len();
+                        let BatchGrad {
+                            acc: nacc,
+                            by_item: nents,
+                            by_item_ptr: nptr,
+                            chunk_bounds: nbounds,
+                            ..
+                        } = &mut gn;
+                        // One job per chunk of the next batch: its units' steps, then their
+                        // rows into the chunk's accumulator, in unit order.
+                        let mut jobs = Vec::with_capacity(N_CHUNKS);
+                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
+                            (&mut self.w[..], &mut s_w.m1[..]);
+                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
+                            (&mut self.b[..], &mut s_b.m1[..]);
+                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                        for c in 0..N_CHUNKS {
+                            let (i0, i1) = (nbounds[c], nbounds[c + 1]);
+                            let units = i1 - i0;
+                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
+                            rw = r;
+                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
+                            rv = r;
+                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
+                            rb = r;
+                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
+                            rvb = r;
+                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
+                            racc = r;
+                            jobs.push((i0, i1, w, v, b, vb, a));
+                        }
+                        let (nents, nptr) = (&nents[..], &nptr[..]);
+                        jobs.into_par_iter().for_each_init(
                             || (vec![0.0f32; k * m], vec![0.0f32; k]),
-                            |(gwi, gbi), (i, (((w, vw), b), vb))| {
-                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                let step = ItemMomentum {
-                                    w,
-                                    vw,
-                                    b,
-                                    vb,
-                                    wcfg: wc,
-                                    bcfg: bc,
-                                };
-                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                item_step(ents, p0, p1, zi, inv_b, gwi, gbi, Some(step));
+                            |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
+                                a.fill(0.0);
+                                let blocks = w
+                                    .chunks_mut(k * m)
+                                    .zip(v.chunks_mut(k * m))
+                                    .zip(b.chunks_mut(k))
+                                    .zip(vb.chunks_mut(k));
+                                for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
+                                    let step = ItemMomentum {
+                                        w,
+                                        vw,
+                                        b,
+                                        vb,
+                                        wcfg: wc,
+                                        bcfg: bc,
+                                    };
+                                    let nx = NextPositive {
+                                        ents: &nents[nptr[i]..nptr[i + 1]],
+                                        acc: &mut *a,
+                                    };
+                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                    item_step(
+                                        ents,
+                                        p0,
+                                        p1,
+                                        zi,
+                                        inv_b,
+                                        sampled,
+                                        gwi,
+                                        gbi,
+                                        Some(step),
+                                        Some(nx),
+                                    );
+                                }
                             },
                         );
+                    } else {
+                        self.w
+                            .par_chunks_mut(k * m)
+                            .zip(s_w.m1.par_chunks_mut(k * m))
+                            .zip(self.b.par_chunks_mut(k))
+                            .zip(s_b.m1.par_chunks_mut(k))
+                            .enumerate()
+                            .for_each_init(
+                                || (vec![0.0f32; k * m], vec![0.0f32; k]),
+                                |(gwi, gbi), (i, (((w, vw), b), vb))| {
+                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                    let step = ItemMomentum {
+                                        w,
+                                        vw,
+                                        b,
+                                        vb,
+                                        wcfg: wc,
+                                        bcfg: bc,
+                                    };
+                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                    item_step(
+                                        ents,
+                                        p0,
+                                        p1,
+                                        zi,
+                                        inv_b,
+                                        sampled,
+                                        gwi,
+                                        gbi,
+                                        Some(step),
+                                        None,
+                                    );
+                                },
+                            );
+                    }
                     self.hidden_grads(implicit, &batch_cases, &mut g);
                     opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
                     if let Some(dm) = &mut self.dmat {
                         opt_step(dm, &g.gd, &mut s_d, &wcfg, adam);
                     }
+                    // The next batch (indexed, positive phase done) becomes the current one.
+                    std::mem::swap(&mut g, &mut gn);
                     continue;
                 }
                 let (err, nr) = self.batch_gradient(
@@ -1976,6 +2836,193 @@ pub(crate) mod tests {
                 gw.iter().any(|v| v.abs() > 1e-3),
                 "gradient should not vanish"
             );
+        }
+    }
+
+    #[test]
+    fn negative_kernels_match_f64_softmax_and_cumulative_sampling() {
+        // The per-rating kernels (AVX-512 fused logits + softmax + sampling where the CPU has
+        // it, the portable loops otherwise) against an f64 softmax of b + W·h, for K with and
+        // without the fused path and M with and without a SIMD tail.
+        for (k, m) in [(2, 7), (5, 100), (5, 16), (8, 33), (10, 100), (3, 1)] {
+            let model = random_model(3, k, m, false, 40 + k as u64);
+            let nb = 9;
+            let mut s = Stream::new(7, Purpose::Data, k as u64, m as u64, 0);
+            let h: Vec<f32> = (0..nb * m).map(|_| s.uniform() * 6.0 - 3.0).collect();
+            let ents: Vec<(u32, u8)> = (0..nb).map(|n| (n as u32, (n % k) as u8)).collect();
+            let item = 1;
+            let reference = |n: usize| -> Vec<f64> {
+                let mut z: Vec<f64> = (0..k)
+                    .map(|kk| {
+                        let o = (item * k + kk) * m;
+                        f64::from(model.b[item * k + kk])
+                            + (0..m)
+                                .map(|j| f64::from(h[n * m + j]) * f64::from(model.w[o + j]))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let tot: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+                for v in z.iter_mut() {
+                    *v = (*v - mx).exp() / tot;
+                }
+                z
+            };
+            for negative in [NegativePhase::MeanField, NegativePhase::Sample] {
+                let mut z = vec![0.0f32; nb * k];
+                let mut acc = vec![0.0f32; nb * m];
+                let rng0 = Stream::new(3, Purpose::Train, 1, 2, 3);
+                let mut rng = rng0.clone();
+                let err = model
+                    .item_negative(item, &ents, &h, negative, true, &mut rng, &mut z, &mut acc);
+                let mut draws = rng0.clone();
+                let mut want_err = 0.0;
+                for n in 0..nb {
+                    let p = reference(n);
+                    for kk in 0..k {
+                        let t = if kk == n % k { 1.0 } else { 0.0 };
+                        want_err += (t - p[kk]) * (t - p[kk]);
+                    }
+                    let wrow = |kk: usize| &model.w[(item * k + kk) * m..(item * k + kk + 1) * m];
+                    let an = &acc[n * m..(n + 1) * m];
+                    if negative == NegativePhase::MeanField {
+                        for kk in 0..k {
+                            let got = f64::from(z[n * k + kk]);
+                            assert!(
+                                (got - p[kk]).abs() < 2e-6,
+                                "K={k} M={m}: {got} vs {}",
+                                p[kk]
+                            );
+                        }
+                        for j in 0..m {
+                            let want: f64 = (0..k).map(|kk| p[kk] * f64::from(wrow(kk)[j])).sum();
+                            assert!((f64::from(an[j]) - want).abs() < 1e-5);
+                        }
+                    } else {
+                        let u = f64::from(draws.uniform());
+                        let mut cum = 0.0;
+                        let mut pick = k - 1;
+                        let mut near = false;
+                        for kk in 0..k - 1 {
+                            cum += p[kk];
+                            near |= (cum - u).abs() < 1e-5;
+                            if u < cum {
+                                pick = kk;
+                                break;
+                            }
+                        }
+                        let zn = &z[n * k..(n + 1) * k];
+                        assert_eq!(zn.iter().sum::<f32>(), 1.0);
+                        assert!(zn.iter().all(|&v| v == 0.0 || v == 1.0));
+                        if !near {
+                            assert_eq!(zn[pick], 1.0, "K={k} M={m} u={u} p={p:?}");
+                            assert_eq!(an, wrow(pick));
+                        }
+                    }
+                }
+                assert!((err - want_err).abs() < 1e-5, "{err} vs {want_err}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_softmax_sample_matches_f64() {
+        // The portable path (used without AVX-512 or for K > 16), tested on any CPU.
+        let mut s = Stream::new(8, Purpose::Data, 0, 0, 0);
+        for k in [2usize, 5, 10, 20] {
+            for _ in 0..50 {
+                let z0: Vec<f32> = (0..k).map(|_| s.uniform() * 8.0 - 4.0).collect();
+                let bias: Vec<f32> = (0..k).map(|_| s.uniform() - 0.5).collect();
+                let x: Vec<f64> = z0
+                    .iter()
+                    .zip(&bias)
+                    .map(|(a, b)| f64::from(a + b))
+                    .collect();
+                let mx = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let tot: f64 = x.iter().map(|v| (v - mx).exp()).sum();
+                let p: Vec<f64> = x.iter().map(|v| (v - mx).exp() / tot).collect();
+                let mut z = z0.clone();
+                let (err, _) = softmax_sample(&mut z, &bias, 1, None);
+                for kk in 0..k {
+                    assert!((f64::from(z[kk]) - p[kk]).abs() < 2e-6);
+                }
+                let want: f64 = (0..k)
+                    .map(|kk| (if kk == 1 { 1.0 } else { 0.0 } - p[kk]).powi(2))
+                    .sum();
+                assert!((f64::from(err) - want).abs() < 1e-5);
+                let u = s.uniform();
+                let mut z = z0.clone();
+                let (_, pick) = softmax_sample(&mut z, &bias, 1, Some(u));
+                let cum: f64 = p[..pick].iter().sum();
+                // u falls in the picked class's interval (up to rounding).
+                assert!(f64::from(u) >= cum - 1e-5, "{u} {cum}");
+                assert!(pick == k - 1 || f64::from(u) < cum + p[pick] + 1e-5);
+                assert_eq!(z.iter().sum::<f32>(), 1.0);
+                assert_eq!(z[pick], 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn big_batch_index_is_unit_major_in_batch_order() {
+        // Big enough for the parallel indexing path; checked against a stable sort, on 1 and
+        // 2 threads.
+        let (n, d, k) = (300usize, 400usize, 5usize);
+        assert!(n * 120 >= PAR_INDEX_MIN);
+        let mut s = Stream::new(2, Purpose::Data, 0, 0, 0);
+        let mut triples = Vec::new();
+        for u in 0..n {
+            for i in 0..d {
+                if s.uniform() < 0.3 {
+                    triples.push((u as u32, i as u32, s.below(k) as u8));
+                }
+            }
+        }
+        let cases = Csr::from_triples(n, triples.into_iter());
+        let batch: Vec<usize> = Stream::new(3, Purpose::Shuffle, 0, 0, 0).permutation(n);
+        let mut want = Vec::new();
+        let mut r = 0u32;
+        for (b, &p) in batch.iter().enumerate() {
+            let (its, cls) = cases.row(p);
+            for (&i, &cl) in its.iter().zip(cls) {
+                want.push((i, b as u32, r, cl));
+                r += 1;
+            }
+        }
+        assert!(want.len() >= PAR_INDEX_MIN);
+        want.sort_by_key(|e| e.0); // stable: batch order within a unit
+        let model = random_model(d, k, 8, false, 1);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut g = BatchGrad::new(d, k, 8, n, false);
+            pool.install(|| {
+                model.batch_chains(
+                    &cases,
+                    &cases,
+                    &batch,
+                    1,
+                    NegativePhase::Sample,
+                    (1, 2, 3),
+                    &mut g,
+                    false,
+                )
+            });
+            let got: Vec<(u32, u32, u8)> = (0..d)
+                .flat_map(|i| {
+                    g.by_item[g.by_item_ptr[i]..g.by_item_ptr[i + 1]]
+                        .iter()
+                        .map(move |&(b, cl)| (i as u32, b, cl))
+                })
+                .collect();
+            let want_ents: Vec<(u32, u32, u8)> =
+                want.iter().map(|&(i, b, _, cl)| (i, b, cl)).collect();
+            assert_eq!(got, want_ents);
+            for (slot, &(_, _, r, _)) in want.iter().enumerate() {
+                assert_eq!(g.pos_of[r as usize] as usize, slot);
+            }
         }
     }
 
