@@ -994,7 +994,7 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
             }
         }
     }
-    if a.ids.len() % 2 != 0 {
+    if !a.ids.len().is_multiple_of(2) {
         bail!("pairs on the command line come as USER ITEM [USER ITEM ...]");
     }
     for c in a.ids.chunks(2) {

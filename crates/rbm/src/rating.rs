@@ -23,10 +23,7 @@
 
 #![allow(clippy::needless_range_loop)]
 // index loops over K and M read clearer here
-// The AVX-512 intrinsics are stable since Rust 1.89, which the crate needs anyway for
-// `#[target_feature(enable = "avx512f")]` (also stable since 1.89); `rust-version` in the
-// workspace Cargo.toml still says 1.85.
-#![allow(clippy::incompatible_msrv)]
+// The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
 
 use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
