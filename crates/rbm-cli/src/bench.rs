@@ -156,23 +156,7 @@ pub fn peak_rss_bytes() -> u64 {
 /// GFLOP/s of a large square f32 product with the same matrix library and thread pool.
 fn gemm_peak() -> f64 {
     let n = 2048;
-    let a = Matrix::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 17) as f32 * 0.01);
-    let b = Matrix::from_fn(n, n, |i, j| ((i * 5 + j) % 13) as f32 * 0.01);
-    let mut c = Matrix::zeros(n, n);
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        linalg::gemm(
-            c.view_mut(),
-            Accum::Replace,
-            a.view(),
-            b.view(),
-            1.0,
-            current_par(),
-        );
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    2.0 * (n as f64).powi(3) / best / 1e9
+    shape_gflops(n, n, n)
 }
 
 /// GFLOP/s of the `m × k × n` product `Wᵀ·V` as training runs it (best of a few repetitions).

@@ -776,36 +776,46 @@ fn dot_rows_avx512(h: &[f32], w: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn dot_rows_n<const R: usize>(h: &[f32], w: &[f32], r: usize, out: &mut [f32]) -> usize {
+    let acc = dot_acc_avx512::<R>(h, &w[r * h.len()..]);
+    for (q, a) in acc.iter().enumerate() {
+        out[r + q] = std::arch::x86_64::_mm512_reduce_add_ps(*a);
+    }
+    R
+}
+
+/// The 16-lane partial sums of `h · w_q` for the R consecutive rows `w_q` (length `h.len()`)
+/// at the start of `w`: R independent multiply-add chains, the tail masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn dot_acc_avx512<const R: usize>(h: &[f32], w: &[f32]) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
     let m = h.len();
-    assert!(w.len() >= (r + R) * m && out.len() >= r + R);
+    assert!(w.len() >= R * m);
     let (hp, wp) = (h.as_ptr(), w.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     let mut j = 0;
     while j + 16 <= m {
-        // SAFETY: j + 16 <= m, and rows r..r+R of length m lie within w (asserted above).
+        // SAFETY: j + 16 <= m, and the R rows of length m lie within w (asserted above).
         unsafe {
             let x = _mm512_loadu_ps(hp.add(j));
             for (q, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add((r + q) * m + j)), *a);
+                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add(q * m + j)), *a);
             }
         }
         j += 16;
     }
     if j < m {
         let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
-        // SAFETY: masked loads touch only lanes j..m, within h and each row.
+        // SAFETY: masked loads touch only lanes j..m of h and of each row.
         unsafe {
             let x = _mm512_maskz_loadu_ps(mask, hp.add(j));
             for (q, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add((r + q) * m + j)), *a);
+                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add(q * m + j)), *a);
             }
         }
     }
-    for (q, a) in acc.iter().enumerate() {
-        out[r + q] = _mm512_reduce_add_ps(*a);
-    }
-    R
+    acc
 }
 
 /// True when the CPU has AVX2 and FMA (cached by the standard library).
@@ -930,22 +940,13 @@ fn softmax_avx512(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f3
     softmax_reg(t, z, cl, u)
 }
 
-/// [`softmax_avx512`] on logits already in a register (lanes 0..K of `t`, K = `z.len()`).
+/// `e^x` per lane on AVX-512 with [`crate::linalg::exp_f32`]'s algorithm (inputs ≤ 0 here:
+/// logits minus their maximum, clamped at −87); lanes outside `mask` are 0.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn softmax_reg(
-    t: std::arch::x86_64::__m512,
-    z: &mut [f32],
-    cl: usize,
-    u: Option<f32>,
-) -> (f32, usize) {
+fn exp_masked_avx512(x: std::arch::x86_64::__m512, mask: u16) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    let k = z.len();
-    assert!(k <= 16 && cl < k);
-    let mask = ((1u32 << k) - 1) as u16;
-    let t = _mm512_mask_blend_ps(mask, _mm512_set1_ps(-1e30), t);
-    let x = _mm512_sub_ps(t, _mm512_set1_ps(_mm512_reduce_max_ps(t)));
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
     let round = _mm512_set1_ps(12_582_912.0);
     let kk = _mm512_add_ps(
@@ -975,7 +976,26 @@ fn softmax_reg(
         _mm512_sub_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(0x4B40_0000)),
         _mm512_set1_epi32(127),
     ));
-    let e = _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits));
+    _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits))
+}
+
+/// [`softmax_avx512`] on logits already in a register (lanes 0..K of `t`, K = `z.len()`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn softmax_reg(
+    t: std::arch::x86_64::__m512,
+    z: &mut [f32],
+    cl: usize,
+    u: Option<f32>,
+) -> (f32, usize) {
+    use std::arch::x86_64::*;
+    let k = z.len();
+    assert!(k <= 16 && cl < k);
+    let mask = ((1u32 << k) - 1) as u16;
+    let t = _mm512_mask_blend_ps(mask, _mm512_set1_ps(-1e30), t);
+    let x = _mm512_sub_ps(t, _mm512_set1_ps(_mm512_reduce_max_ps(t)));
+    let e = exp_masked_avx512(x, mask);
     let pr = _mm512_mul_ps(e, _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e)));
     let one = _mm512_set1_ps(1.0);
     let target = _mm512_maskz_mov_ps((1u32 << cl) as u16, one);
@@ -1009,32 +1029,8 @@ fn softmax_reg(
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 fn logits_avx512<const K: usize>(h: &[f32], wi: &[f32], bi: &[f32]) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let m = h.len();
-    assert!(K <= 8 && wi.len() >= K * m && bi.len() >= K);
-    let (hp, wp) = (h.as_ptr(), wi.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); K];
-    let mut j = 0;
-    while j + 16 <= m {
-        // SAFETY: j + 16 <= m, and the K rows of length m lie within wi (asserted above).
-        unsafe {
-            let x = _mm512_loadu_ps(hp.add(j));
-            for (q, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(wp.add(q * m + j)), *a);
-            }
-        }
-        j += 16;
-    }
-    if j < m {
-        let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
-        // SAFETY: masked loads touch only lanes j..m of h and of each row.
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(mask, hp.add(j));
-            for (q, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, wp.add(q * m + j)), *a);
-            }
-        }
-    }
+    assert!(K <= 8 && bi.len() >= K);
+    let acc = dot_acc_avx512::<K>(h, wi);
     reduce_logits(&acc, bi)
 }
 
@@ -1217,36 +1213,7 @@ fn softmax_pair<const K: usize>(
         }};
     }
     let x = _mm512_sub_ps(t, butterfly!(t, _mm512_max_ps));
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
-    let round = _mm512_set1_ps(12_582_912.0);
-    let kk = _mm512_add_ps(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        round,
-    );
-    let n = _mm512_sub_ps(kk, round);
-    let f = _mm512_sub_ps(
-        _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))),
-        _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)),
-    );
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
-    }
-    let y = _mm512_add_ps(
-        _mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f),
-        _mm512_set1_ps(1.0),
-    );
-    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-        _mm512_sub_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(0x4B40_0000)),
-        _mm512_set1_epi32(127),
-    ));
-    let e = _mm512_maskz_mul_ps(mask, y, _mm512_castsi512_ps(bits));
+    let e = exp_masked_avx512(x, mask);
     let one = _mm512_set1_ps(1.0);
     let pr = _mm512_mul_ps(e, _mm512_div_ps(one, butterfly!(e, _mm512_add_ps)));
     let target = _mm512_maskz_mov_ps(((1u32 << ca) | (1u32 << (8 + cb))) as u16, one);

@@ -765,21 +765,18 @@ impl Trainer {
                     }
                 }
             };
+            // dst (a block laid out like W) ← β·dst + α·[P⁰ | −Pᵏ]·[V⁰ | Vᵏ]ᵀ for this block.
+            let product = |dst: &mut [f32], beta: Accum, alpha: f32| {
+                let dst = faer::MatMut::from_column_major_slice_mut(dst, m, n);
+                faer::linalg::matmul::matmul(dst, beta, hm, vt, alpha, faer::Par::Seq);
+            };
             match opt.kind {
                 Optimizer::Sgd if momentum == 0.0 && next_momentum == 0.0 => {
                     // No velocity now or next time: W ← (1 − lr·wd)·W + (lr/B)·Σ… directly.
                     if wd != 0.0 {
                         wb.iter_mut().for_each(|x| *x -= lr_w * wd * *x);
                     }
-                    let dst = faer::MatMut::from_column_major_slice_mut(wb, m, n);
-                    faer::linalg::matmul::matmul(
-                        dst,
-                        Accum::Add,
-                        hm,
-                        vt,
-                        lr_w * inv_b,
-                        faer::Par::Seq,
-                    );
+                    product(wb, Accum::Add, lr_w * inv_b);
                     add_sparsity(wb, lr_w);
                 }
                 Optimizer::Sgd => {
@@ -792,21 +789,12 @@ impl Trainer {
                             .for_each(|(u, &x)| *u = momentum * *u - lr_w * wd * x);
                         Accum::Add
                     };
-                    let dst = faer::MatMut::from_column_major_slice_mut(mb, m, n);
-                    faer::linalg::matmul::matmul(dst, beta, hm, vt, lr_w * inv_b, faer::Par::Seq);
+                    product(mb, beta, lr_w * inv_b);
                     add_sparsity(mb, lr_w);
                     wb.iter_mut().zip(mb.iter()).for_each(|(x, &u)| *x += u);
                 }
                 Optimizer::Adam { .. } => {
-                    let dst = faer::MatMut::from_column_major_slice_mut(scratch, m, n);
-                    faer::linalg::matmul::matmul(
-                        dst,
-                        Accum::Replace,
-                        hm,
-                        vt,
-                        inv_b,
-                        faer::Par::Seq,
-                    );
+                    product(scratch, Accum::Replace, inv_b);
                     add_sparsity(scratch, 1.0);
                     opt.apply(wb, scratch, mb, vb, lr_w, wd);
                 }
