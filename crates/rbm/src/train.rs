@@ -354,8 +354,10 @@ struct Buffers {
     hs: Matrix,
     /// Scratch for the PCD chains' hidden probabilities, M × B.
     pcd_h: Matrix,
-    /// Gradient of Wᵀ (M × D, the layout of W's row-major storage).
+    /// Adam only: the gradient blocks of the fused update, laid out like W (SGD writes its
+    /// gradient straight into the velocity or W and keeps this empty).
     gw: Vec<f32>,
+    /// Hidden-bias gradient (M).
     gc: Vec<f32>,
     /// Sparsity penalty per hidden unit (M); empty without a sparsity target.
     pen: Vec<f32>,
