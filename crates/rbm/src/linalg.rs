@@ -298,8 +298,49 @@ pub fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
+/// Instruction sets the vectorized kernels dispatch on at run time, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Portable code (what the compiler emits for the baseline target).
+    Scalar,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512F (with AVX2 and FMA).
+    Avx512,
+}
+
+/// The widest [`Simd`] level the kernels may use: what the CPU has, capped by the environment
+/// variable `RBM_SIMD` (`avx512`, `avx2` or `scalar`), so the narrower code paths can be run and
+/// compared on any machine. Read once per process.
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("RBM_SIMD").as_deref() {
+            Ok("scalar") => Simd::Scalar,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        cpu_simd().min(cap)
+    })
+}
+
+fn cpu_simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if avx2 {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Scalar
+}
+
 /// `x[i] ← σ(x[i] + bias[i])` over one example, compiled for the widest SIMD the CPU has
-/// (chosen at run time, so the binary stays portable).
+/// (chosen at run time by [`simd`], so the binary stays portable).
 pub fn sigmoid_bias_in_place(x: &mut [f32], bias: &[f32]) {
     #[inline(always)]
     fn body(x: &mut [f32], bias: &[f32]) {
@@ -317,14 +358,12 @@ pub fn sigmoid_bias_in_place(x: &mut [f32], bias: &[f32]) {
         fn avx2(x: &mut [f32], bias: &[f32]) {
             body(x, bias)
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { avx512(x, bias) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { avx2(x, bias) };
+        match simd() {
+            // SAFETY: `simd()` reports only what the CPU supports.
+            Simd::Avx512 => return unsafe { avx512(x, bias) },
+            // SAFETY: as above (AVX2 and FMA).
+            Simd::Avx2 => return unsafe { avx2(x, bias) },
+            Simd::Scalar => {}
         }
     }
     body(x, bias)

@@ -402,7 +402,7 @@ macro_rules! simd_wrapper {
                 fn avx2(model: &RatingRbm, $($arg: $t),*) -> $ret {
                     model.$method($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
                     // SAFETY: the CPU supports AVX2, checked just above.
                     return unsafe { avx2(model, $($arg),*) };
                 }
@@ -554,7 +554,7 @@ fn item_step(
             // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
             return unsafe { avx512(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { avx2(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
         }
@@ -581,7 +581,7 @@ fn with_simd<R>(f: impl FnOnce() -> R) -> R {
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { avx2(f) };
         }
@@ -654,7 +654,7 @@ fn hidden_probs_from_chunks(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, 
             // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
             return unsafe { avx512(p, base, acc, n, nb) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { avx2(p, base, acc, n, nb) };
         }
@@ -742,7 +742,7 @@ fn dot4(h: &[f32], w: &[f32], out: &mut [f32]) {
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f") && avx2_fma()
+        crate::linalg::simd() == crate::linalg::Simd::Avx512
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -823,7 +823,7 @@ fn dot_acc_avx512<const R: usize>(h: &[f32], w: &[f32]) -> [std::arch::x86_64::_
 fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        crate::linalg::simd() >= crate::linalg::Simd::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -150,7 +150,7 @@ macro_rules! dispatch {
                 unsafe fn wide512($($arg: $ty),*) -> $ret { $generic::<Fused>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide256($($arg: $ty),*) -> $ret { $generic::<Fused>($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
+                if crate::linalg::simd() == crate::linalg::Simd::Avx512
                     && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("bmi2")
@@ -158,9 +158,7 @@ macro_rules! dispatch {
                     // SAFETY: the features the function was compiled for were detected above.
                     return unsafe { wide512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
                     // SAFETY: as above.
                     return unsafe { wide256($($arg),*) };
                 }
