@@ -735,19 +735,12 @@ fn dot4(h: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-/// True when the CPU has AVX-512F (with AVX2 and FMA), cached by the standard library. The
-/// elementwise loops give the same bits at any vector width (no FMA contraction); only the
+/// True when the kernels may use AVX-512F (with AVX2 and FMA; see [`crate::linalg::simd`]).
+/// The elementwise loops give the same bits at any vector width (no FMA contraction); only the
 /// dot products' summation order depends on it, and never on the thread count.
 #[inline(always)]
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::linalg::simd() == crate::linalg::Simd::Avx512
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::linalg::simd() == crate::linalg::Simd::Avx512
 }
 
 /// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, up to five rows per pass over `h`
@@ -818,17 +811,10 @@ fn dot_acc_avx512<const R: usize>(h: &[f32], w: &[f32]) -> [std::arch::x86_64::_
     acc
 }
 
-/// True when the CPU has AVX2 and FMA (cached by the standard library).
+/// True when the kernels may use AVX2 and FMA (see [`crate::linalg::simd`]).
 #[inline(always)]
 fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::linalg::simd() >= crate::linalg::Simd::Avx2
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::linalg::simd() >= crate::linalg::Simd::Avx2
 }
 
 /// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, four rows per pass over `h` with
