@@ -1,6 +1,8 @@
 //! End-to-end checks of `rbm cf`: train with a test file (JSON keys), save, predict, recommend,
 //! and a typed error for a malformed ratings file.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -61,12 +63,7 @@ fn train_predict_recommend() {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     for key in [
         "rmse",
         "mae",
@@ -90,12 +87,7 @@ fn train_predict_recommend() {
         .args(["user0", "item3", "user1", "item3", "nobody", "item3"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     let preds = v["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 3);
     assert_eq!(v["fallback_predictions"], 1);
@@ -118,12 +110,7 @@ fn train_predict_recommend() {
         .arg(dir.join("train.tsv"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json(&out);
     assert_eq!(v["recommendations"].as_array().unwrap().len(), 3);
 
     std::fs::write(dir.join("bad.tsv"), "a\tb\t3\nc\td\tx\n").unwrap();
@@ -151,12 +138,7 @@ fn generated_binary_ratings_feed_every_reader() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = common::json(&out);
     assert_eq!(j["ratings"], 4000);
     // Header 36 + 5 values × 4, 201 offsets × 8, 5 bytes per rating.
     let len = std::fs::metadata(&file).unwrap().len();
@@ -169,12 +151,7 @@ fn generated_binary_ratings_feed_every_reader() {
         .args(["--split-seeds", "1", "--epochs", "15"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = common::json(&out);
     let (rbm_rmse, base) = (
         j["mean_rmse"].as_f64().unwrap(),
         j["mean_baseline_rmse"].as_f64().unwrap(),
@@ -220,12 +197,7 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
         .arg(dir.join("train.tsv"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = common::json(&out);
     let ml = &r["ml100k"];
     let ratings = ml["ratings"].as_f64().unwrap();
     let secs = r["ml100k_epoch_seconds"].as_f64().unwrap();

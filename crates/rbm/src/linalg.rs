@@ -195,18 +195,8 @@ fn gemm_rows_split(
     alpha: f32,
     parts: usize,
 ) {
-    if parts <= 1 {
-        faer::linalg::matmul::matmul(dst, beta, a, b, alpha, Par::Seq);
-        return;
-    }
-    let (p0, p1) = (parts / 2, parts - parts / 2);
-    let split = a.nrows() * p0 / parts;
-    let (d0, d1) = dst.split_at_row_mut(split);
-    let (a0, a1) = a.split_at_row(split);
-    rayon::join(
-        || gemm_rows_split(d0, beta, a0, b, alpha, p0),
-        || gemm_rows_split(d1, beta, a1, b, alpha, p1),
-    );
+    let none = MatMut::from_column_major_slice_mut(&mut [], a.nrows(), 0);
+    rows_then(dst, none, (beta, alpha), a, b, 0, parts, 1, &|_, _, _| {});
 }
 
 /// `dst = a · b`, split by rows of `a` into one sequential product per thread, each followed at
@@ -230,13 +220,24 @@ pub fn gemm_rows_then<F>(
         Par::Seq => 1,
         Par::Rayon(t) => t.get(),
     };
-    rows_then(dst, side, a, b, 0, parts, align.max(1), then);
+    rows_then(
+        dst,
+        side,
+        (Accum::Replace, 1.0),
+        a,
+        b,
+        0,
+        parts,
+        align.max(1),
+        then,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
 fn rows_then<F>(
     mut dst: MatMut<'_, f32>,
     side: MatMut<'_, f32>,
+    (beta, alpha): (Accum, f32),
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
     first_row: usize,
@@ -248,7 +249,7 @@ fn rows_then<F>(
 {
     let blocks = a.nrows().div_ceil(align);
     if parts <= 1 || blocks < 2 {
-        faer::linalg::matmul::matmul(dst.as_mut(), faer::Accum::Replace, a, b, 1.0, Par::Seq);
+        faer::linalg::matmul::matmul(dst.as_mut(), beta, a, b, alpha, Par::Seq);
         then(first_row, dst, side);
         return;
     }
@@ -258,8 +259,20 @@ fn rows_then<F>(
     let (s0, s1) = side.split_at_row_mut(at);
     let (a0, a1) = a.split_at_row(at);
     rayon::join(
-        || rows_then(d0, s0, a0, b, first_row, p0, align, then),
-        || rows_then(d1, s1, a1, b, first_row + at, parts - p0, align, then),
+        || rows_then(d0, s0, (beta, alpha), a0, b, first_row, p0, align, then),
+        || {
+            rows_then(
+                d1,
+                s1,
+                (beta, alpha),
+                a1,
+                b,
+                first_row + at,
+                parts - p0,
+                align,
+                then,
+            )
+        },
     );
 }
 

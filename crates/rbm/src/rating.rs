@@ -380,43 +380,50 @@ const OPT_CHUNK: usize = 4096;
 /// count, so results are too).
 const N_CHUNKS: usize = 8;
 
-macro_rules! simd_wrapper {
-    ($name:ident, $method:ident, ($($arg:ident : $t:ty),*) -> $ret:ty) => {
-        /// Calls the method of the same name, compiled for AVX-512 or AVX2 when the CPU has it.
+/// Defines `fn $name(args) -> ret` that calls `$body(args)` compiled for AVX-512, for AVX2 or
+/// as plain code, whichever [`crate::linalg::simd`] allows: `$body` must be `#[inline(always)]`
+/// so its loops are compiled inside each variant.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident : $t:ty),*) -> $ret:ty => $body:path) => {
+        $(#[$m])*
         #[allow(clippy::too_many_arguments)]
         #[inline]
-        fn $name(model: &RatingRbm, $($arg: $t),*) -> $ret {
+        fn $name($($arg: $t),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                fn avx512(model: &RatingRbm, $($arg: $t),*) -> $ret {
-                    model.$method($($arg),*)
-                }
-                if has_avx512() {
-                    // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
-                    return unsafe { avx512(model, $($arg),*) };
+                fn avx512($($arg: $t),*) -> $ret {
+                    $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
-                fn avx2(model: &RatingRbm, $($arg: $t),*) -> $ret {
-                    model.$method($($arg),*)
+                fn avx2($($arg: $t),*) -> $ret {
+                    $body($($arg),*)
                 }
-                if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
-                    // SAFETY: the CPU supports AVX2, checked just above.
-                    return unsafe { avx2(model, $($arg),*) };
+                match crate::linalg::simd() {
+                    // SAFETY: `simd()` reports only instruction sets the CPU has.
+                    crate::linalg::Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    crate::linalg::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::linalg::Simd::Scalar => {}
                 }
             }
-            model.$method($($arg),*)
+            $body($($arg),*)
         }
     };
 }
 
-simd_wrapper!(simd_chunk_positive, chunk_positive, (i0: usize, i1: usize,
-    by_item: &[(u32, u8)], by_item_ptr: &[usize], acc: &mut [f32]) -> ());
-simd_wrapper!(simd_chunk_negative, chunk_negative, (i0: usize, i1: usize,
-    by_item: &[(u32, u8)], by_item_ptr: &[usize], h: &[f32], negative: NegativePhase,
-    last: bool, rngkey: (u64, u64, u64, usize), z: &mut [f32], acc: &mut [f32]) -> f64);
+simd_fn!(
+    /// [`RatingRbm::chunk_positive`] at the widest SIMD allowed.
+    fn simd_chunk_positive(model: &RatingRbm, i0: usize, i1: usize, by_item: &[(u32, u8)],
+        by_item_ptr: &[usize], acc: &mut [f32]) -> () => RatingRbm::chunk_positive);
+simd_fn!(
+    /// [`RatingRbm::chunk_negative`] at the widest SIMD allowed.
+    fn simd_chunk_negative(model: &RatingRbm, i0: usize, i1: usize, by_item: &[(u32, u8)],
+        by_item_ptr: &[usize], h: &[f32], negative: NegativePhase, last: bool,
+        rngkey: (u64, u64, u64, usize), z: &mut [f32], acc: &mut [f32]) -> f64
+        => RatingRbm::chunk_negative);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
 pub(crate) struct ItemMomentum<'a> {
@@ -501,66 +508,11 @@ pub(crate) struct NextPositive<'a> {
     acc: &'a mut [f32],
 }
 
-/// [`item_step_body`], compiled for AVX2 when the CPU has it.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn item_step(
-    ents: &[(u32, u8)],
-    p0: &[f32],
-    p1: &[f32],
-    zi: &[f32],
-    inv_b: f32,
-    sampled: bool,
-    gwi: &mut [f32],
-    gbi: &mut [f32],
-    step: Option<ItemMomentum<'_>>,
-    next: Option<NextPositive<'_>>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        fn avx2(
-            ents: &[(u32, u8)],
-            p0: &[f32],
-            p1: &[f32],
-            zi: &[f32],
-            inv_b: f32,
-            sampled: bool,
-            gwi: &mut [f32],
-            gbi: &mut [f32],
-            step: Option<ItemMomentum<'_>>,
-            next: Option<NextPositive<'_>>,
-        ) {
-            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
-        }
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        fn avx512(
-            ents: &[(u32, u8)],
-            p0: &[f32],
-            p1: &[f32],
-            zi: &[f32],
-            inv_b: f32,
-            sampled: bool,
-            gwi: &mut [f32],
-            gbi: &mut [f32],
-            step: Option<ItemMomentum<'_>>,
-            next: Option<NextPositive<'_>>,
-        ) {
-            item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
-        }
-        if has_avx512() {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
-            return unsafe { avx512(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
-        }
-        if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next) };
-        }
-    }
-    item_step_body(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
-}
+simd_fn!(
+    /// [`item_step_body`] at the widest SIMD allowed.
+    fn item_step(ents: &[(u32, u8)], p0: &[f32], p1: &[f32], zi: &[f32], inv_b: f32,
+        sampled: bool, gwi: &mut [f32], gbi: &mut [f32], step: Option<ItemMomentum<'_>>,
+        next: Option<NextPositive<'_>>) -> () => item_step_body);
 
 /// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
 /// inside it use 8-wide vectors (without FMA contraction the results are bit-identical to the
@@ -573,17 +525,16 @@ fn with_simd<R>(f: impl FnOnce() -> R) -> R {
         fn avx512<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if has_avx512() {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
-            return unsafe { avx512(f) };
-        }
         #[target_feature(enable = "avx2")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
+        match crate::linalg::simd() {
+            // SAFETY: `simd()` reports only instruction sets the CPU has.
+            crate::linalg::Simd::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: as above.
+            crate::linalg::Simd::Avx2 => return unsafe { avx2(f) },
+            crate::linalg::Simd::Scalar => {}
         }
     }
     f()
@@ -626,41 +577,24 @@ fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool) {
 }
 
 /// `p = σ(base + Σ_c acc[c][n])`: case `n`'s hidden probabilities from the fixed chunks'
-/// accumulators (`acc` is N_CHUNKS × nb × M), added in chunk order; compiled for the widest
-/// SIMD the CPU has (a closure passed to [`with_simd`] is not always inlined into it).
-fn hidden_probs_from_chunks(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
-    #[inline(always)]
-    fn body(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
-        let m = p.len();
-        p.copy_from_slice(base);
-        for c in 0..N_CHUNKS {
-            add(p, &acc[(c * nb + n) * m..(c * nb + n + 1) * m]);
-        }
-        for x in p.iter_mut() {
-            *x = sigmoid(*x);
-        }
+/// accumulators (`acc` is N_CHUNKS × nb × M), added in chunk order.
+#[inline(always)]
+fn hidden_probs_body(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
+    let m = p.len();
+    p.copy_from_slice(base);
+    for c in 0..N_CHUNKS {
+        add(p, &acc[(c * nb + n) * m..(c * nb + n + 1) * m]);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
-            body(p, base, acc, n, nb)
-        }
-        #[target_feature(enable = "avx2")]
-        fn avx2(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
-            body(p, base, acc, n, nb)
-        }
-        if has_avx512() {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, checked just above.
-            return unsafe { avx512(p, base, acc, n, nb) };
-        }
-        if crate::linalg::simd() >= crate::linalg::Simd::Avx2 {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(p, base, acc, n, nb) };
-        }
+    for x in p.iter_mut() {
+        *x = sigmoid(*x);
     }
-    body(p, base, acc, n, nb)
 }
+
+simd_fn!(
+    /// [`hidden_probs_body`] at the widest SIMD allowed (a closure passed to [`with_simd`] is
+    /// not always inlined into it).
+    fn hidden_probs_from_chunks(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize)
+        -> () => hidden_probs_body);
 
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
