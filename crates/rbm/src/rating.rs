@@ -2206,113 +2206,85 @@ impl RatingRbm {
                     }
                     let (p0, p1, zbi, by_item, by_item_ptr) =
                         (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
-                    if next.is_some() {
-                        let nbn = next_cases.len();
-                        let BatchGrad {
-                            acc: nacc,
-                            by_item: nents,
-                            by_item_ptr: nptr,
-                            chunk_bounds: nbounds,
-                            ..
-                        } = &mut gn;
-                        // One job per chunk of the next batch: its units' steps, then their
-                        // rows into the chunk's accumulator, in unit order.
-                        let mut jobs = Vec::with_capacity(N_CHUNKS);
-                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
-                            (&mut self.w[..], &mut s_w.m1[..]);
-                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
-                            (&mut self.b[..], &mut s_b.m1[..]);
-                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
-                        for c in 0..N_CHUNKS {
-                            let (i0, i1) = (nbounds[c], nbounds[c + 1]);
-                            let units = i1 - i0;
-                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
-                            rw = r;
-                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
-                            rv = r;
-                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
-                            rb = r;
-                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
-                            rvb = r;
-                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
-                            racc = r;
-                            jobs.push((i0, i1, w, v, b, vb, a));
-                        }
-                        let (nents, nptr) = (&nents[..], &nptr[..]);
-                        jobs.into_par_iter().for_each_init(
-                            || (vec![0.0f32; k * m], vec![0.0f32; k]),
-                            |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
-                                a.fill(0.0);
-                                let blocks = w
-                                    .chunks_mut(k * m)
-                                    .zip(v.chunks_mut(k * m))
-                                    .zip(b.chunks_mut(k))
-                                    .zip(vb.chunks_mut(k));
-                                for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
-                                    let step = ItemMomentum {
-                                        w,
-                                        vw,
-                                        b,
-                                        vb,
-                                        wcfg: wc,
-                                        bcfg: bc,
-                                    };
-                                    let nx = NextPositive {
-                                        ents: &nents[nptr[i]..nptr[i + 1]],
-                                        acc: &mut *a,
-                                    };
-                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                    item_step(
-                                        ents,
-                                        p0,
-                                        p1,
-                                        zi,
-                                        inv_b,
-                                        sampled,
-                                        gwi,
-                                        gbi,
-                                        Some(step),
-                                        Some(nx),
-                                    );
-                                }
-                            },
-                        );
+                    // One job per chunk of units: their steps, then (when there is a next batch)
+                    // their rows into that chunk's accumulator for the next positive phase, in
+                    // unit order. The chunks are the next batch's, or this batch's at the end of
+                    // an epoch.
+                    let nbn = if next.is_some() { next_cases.len() } else { 0 };
+                    let BatchGrad {
+                        acc: nacc,
+                        by_item: nents,
+                        by_item_ptr: nptr,
+                        chunk_bounds: nbounds,
+                        ..
+                    } = &mut gn;
+                    let bounds = if next.is_some() {
+                        &nbounds[..]
                     } else {
-                        self.w
-                            .par_chunks_mut(k * m)
-                            .zip(s_w.m1.par_chunks_mut(k * m))
-                            .zip(self.b.par_chunks_mut(k))
-                            .zip(s_b.m1.par_chunks_mut(k))
-                            .enumerate()
-                            .for_each_init(
-                                || (vec![0.0f32; k * m], vec![0.0f32; k]),
-                                |(gwi, gbi), (i, (((w, vw), b), vb))| {
-                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                    let step = ItemMomentum {
-                                        w,
-                                        vw,
-                                        b,
-                                        vb,
-                                        wcfg: wc,
-                                        bcfg: bc,
-                                    };
-                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                    item_step(
-                                        ents,
-                                        p0,
-                                        p1,
-                                        zi,
-                                        inv_b,
-                                        sampled,
-                                        gwi,
-                                        gbi,
-                                        Some(step),
-                                        None,
-                                    );
-                                },
-                            );
+                        &g.chunk_bounds[..]
+                    };
+                    let mut jobs = Vec::with_capacity(N_CHUNKS);
+                    let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
+                        (&mut self.w[..], &mut s_w.m1[..]);
+                    let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
+                        (&mut self.b[..], &mut s_b.m1[..]);
+                    let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                    for c in 0..N_CHUNKS {
+                        let (i0, i1) = (bounds[c], bounds[c + 1]);
+                        let units = i1 - i0;
+                        let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
+                        rw = r;
+                        let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
+                        rv = r;
+                        let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
+                        rb = r;
+                        let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
+                        rvb = r;
+                        let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
+                        racc = r;
+                        jobs.push((i0, i1, w, v, b, vb, a));
                     }
+                    let (nents, nptr) = (&nents[..], &nptr[..]);
+                    let has_next = next.is_some();
+                    jobs.into_par_iter().for_each_init(
+                        || (vec![0.0f32; k * m], vec![0.0f32; k]),
+                        |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
+                            a.fill(0.0);
+                            let blocks = w
+                                .chunks_mut(k * m)
+                                .zip(v.chunks_mut(k * m))
+                                .zip(b.chunks_mut(k))
+                                .zip(vb.chunks_mut(k));
+                            for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
+                                let step = ItemMomentum {
+                                    w,
+                                    vw,
+                                    b,
+                                    vb,
+                                    wcfg: wc,
+                                    bcfg: bc,
+                                };
+                                let nx = has_next.then(|| NextPositive {
+                                    ents: &nents[nptr[i]..nptr[i + 1]],
+                                    acc: &mut *a,
+                                });
+                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                item_step(
+                                    ents,
+                                    p0,
+                                    p1,
+                                    zi,
+                                    inv_b,
+                                    sampled,
+                                    gwi,
+                                    gbi,
+                                    Some(step),
+                                    nx,
+                                );
+                            }
+                        },
+                    );
                     self.hidden_grads(implicit, &batch_cases, &mut g);
                     opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
                     if let Some(dm) = &mut self.dmat {
