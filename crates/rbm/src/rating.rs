@@ -942,44 +942,34 @@ fn softmax_reg(
     (err, pick)
 }
 
-/// The K ≤ 8 logits `b_k + h · W_k` of one rating in lanes 0..K of a register (W_k the K rows
-/// of `wi`, each of length M = `h.len()`), so the softmax that follows never goes through
-/// memory: K 16-wide multiply-add chains, then one transposing horizontal sum.
+/// The K ≤ 8 logits `b_k + h_r · W_k` of R ratings, rating r's in lanes 0..K of register r
+/// (W_k the K rows of `wi`, each of length M), so the softmax that follows never goes through
+/// memory: K × R 16-wide multiply-add chains, each W load shared by the R ratings, then one
+/// transposing horizontal sum per rating. Every rating gets the same operations whatever R,
+/// so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-fn logits_avx512<const K: usize>(h: &[f32], wi: &[f32], bi: &[f32]) -> std::arch::x86_64::__m512 {
-    assert!(K <= 8 && bi.len() >= K);
-    let acc = dot_acc_avx512::<K>(h, wi);
-    reduce_logits(&acc, bi)
-}
-
-/// Two ratings' logits at once ([`logits_avx512`] for `ha` and `hb`, each W load shared;
-/// the same operations per rating, so the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-fn logits2_avx512<const K: usize>(
-    ha: &[f32],
-    hb: &[f32],
+fn logits_rows_avx512<const K: usize, const R: usize>(
+    hs: [&[f32]; R],
     wi: &[f32],
     bi: &[f32],
-) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
-    let m = ha.len();
-    assert!(K <= 8 && hb.len() == m && wi.len() >= K * m && bi.len() >= K);
-    let (pa, pb, wp) = (ha.as_ptr(), hb.as_ptr(), wi.as_ptr());
-    let mut aa = [_mm512_setzero_ps(); K];
-    let mut ab = [_mm512_setzero_ps(); K];
+    let m = hs[0].len();
+    assert!(K <= 8 && hs.iter().all(|h| h.len() == m) && wi.len() >= K * m && bi.len() >= K);
+    let wp = wi.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); K]; R];
     let mut j = 0;
     while j + 16 <= m {
         // SAFETY: j + 16 <= m, and the K rows of length m lie within wi (asserted above).
         unsafe {
-            let (xa, xb) = (_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)));
+            let x: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(hs[r].as_ptr().add(j)));
             for q in 0..K {
                 let w = _mm512_loadu_ps(wp.add(q * m + j));
-                aa[q] = _mm512_fmadd_ps(xa, w, aa[q]);
-                ab[q] = _mm512_fmadd_ps(xb, w, ab[q]);
+                for r in 0..R {
+                    acc[r][q] = _mm512_fmadd_ps(x[r], w, acc[r][q]);
+                }
             }
         }
         j += 16;
@@ -988,16 +978,17 @@ fn logits2_avx512<const K: usize>(
         let mask: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
         // SAFETY: masked loads touch only lanes j..m of the h rows and of each W row.
         unsafe {
-            let xa = _mm512_maskz_loadu_ps(mask, pa.add(j));
-            let xb = _mm512_maskz_loadu_ps(mask, pb.add(j));
+            let x: [__m512; R] =
+                std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, hs[r].as_ptr().add(j)));
             for q in 0..K {
                 let w = _mm512_maskz_loadu_ps(mask, wp.add(q * m + j));
-                aa[q] = _mm512_fmadd_ps(xa, w, aa[q]);
-                ab[q] = _mm512_fmadd_ps(xb, w, ab[q]);
+                for r in 0..R {
+                    acc[r][q] = _mm512_fmadd_ps(x[r], w, acc[r][q]);
+                }
             }
         }
     }
-    (reduce_logits(&aa, bi), reduce_logits(&ab, bi))
+    std::array::from_fn(|r| reduce_logits(&acc[r], bi))
 }
 
 /// Lane q of the result = Σ lanes of `acc[q]` + `bi[q]` (q < K ≤ 8): 16 → 8 lanes each, then
@@ -1071,27 +1062,54 @@ fn item_negative_avx512<const K: usize>(
             }
         }};
     }
+    let row = |e: usize| {
+        let n = ents[e].0 as usize;
+        &h[n * m..(n + 1) * m]
+    };
+    // Four ratings at a time (two independent softmax pairs in flight), then pairs, then one;
+    // the random draws are taken in rating order either way.
     let mut e = 0;
-    while e + 2 <= ents.len() {
-        let (na, ca) = ents[e];
-        let (nb, cb) = ents[e + 1];
-        let (na, nb) = (na as usize, nb as usize);
-        let (ta, tb) =
-            logits2_avx512::<K>(&h[na * m..(na + 1) * m], &h[nb * m..(nb + 1) * m], wi, bi);
-        let u = sample.then(|| (rng.uniform(), rng.uniform()));
+    while e + 4 <= ents.len() {
+        let [t0, t1, t2, t3] =
+            logits_rows_avx512::<K, 4>([row(e), row(e + 1), row(e + 2), row(e + 3)], wi, bi);
+        let (u01, u23) = if sample {
+            let u = [rng.uniform(), rng.uniform(), rng.uniform(), rng.uniform()];
+            (Some((u[0], u[1])), Some((u[2], u[3])))
+        } else {
+            (None, None)
+        };
+        let (z01, z23) = z[e * K..(e + 4) * K].split_at_mut(2 * K);
+        let ((z0, z1), (z2, z3)) = (z01.split_at_mut(K), z23.split_at_mut(K));
+        let cl = |q: usize| ents[e + q].1 as usize;
+        let (err01, p0, p1) = softmax_pair::<K>(t0, t1, z0, z1, cl(0), cl(1), u01);
+        let (err23, p2, p3) = softmax_pair::<K>(t2, t3, z2, z3, cl(2), cl(3), u23);
+        rest!(e, z0, (err01, p0));
+        rest!(e + 1, z1, (0.0, p1));
+        rest!(e + 2, z2, (err23, p2));
+        rest!(e + 3, z3, (0.0, p3));
+        e += 4;
+    }
+    if e + 2 <= ents.len() {
+        let [ta, tb] = logits_rows_avx512::<K, 2>([row(e), row(e + 1)], wi, bi);
+        // Not `bool::then`: its closure is a call out of this AVX-512 function, which spills
+        // every vector register around it.
+        let u = if sample {
+            Some((rng.uniform(), rng.uniform()))
+        } else {
+            None
+        };
         let (za, zb) = z[e * K..(e + 2) * K].split_at_mut(K);
-        let (pair_err, pa, pb) = softmax_pair::<K>(ta, tb, za, zb, ca as usize, cb as usize, u);
+        let (ca, cb) = (ents[e].1 as usize, ents[e + 1].1 as usize);
+        let (pair_err, pa, pb) = softmax_pair::<K>(ta, tb, za, zb, ca, cb, u);
         rest!(e, za, (pair_err, pa));
         rest!(e + 1, zb, (0.0, pb));
         e += 2;
     }
     if e < ents.len() {
-        let (n, cl) = ents[e];
-        let n = n as usize;
-        let t = logits_avx512::<K>(&h[n * m..(n + 1) * m], wi, bi);
-        let u = sample.then(|| rng.uniform());
+        let [t] = logits_rows_avx512::<K, 1>([row(e)], wi, bi);
+        let u = if sample { Some(rng.uniform()) } else { None };
         let zz = &mut z[e * K..(e + 1) * K];
-        let sm = softmax_reg(t, zz, cl as usize, u);
+        let sm = softmax_reg(t, zz, ents[e].1 as usize, u);
         rest!(e, zz, sm);
     }
     err
@@ -1254,6 +1272,10 @@ fn softmax(z: &mut [f32]) {
 /// momentum step over K×M weights costs about as much as a few ratings' gradient terms).
 const UNIT_WEIGHT: usize = 4;
 
+/// Fewest cases per parallel job in the per-case hidden-unit passes (a case takes about a
+/// microsecond there, so smaller jobs would cost more to hand out than they save).
+const CASES_PER_JOB: usize = 128;
+
 /// Batches with at least this many ratings are indexed in parallel (below it, waking the
 /// thread pool costs more than it saves; the result is the same either way).
 const PAR_INDEX_MIN: usize = 1 << 15;
@@ -1266,7 +1288,7 @@ unsafe impl<T: Send> Sync for SyncPtr<T> {}
 /// Runs `f` on every item, on the thread pool when `par`, else in order here.
 fn for_each_maybe_par<T: Send>(par: bool, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
     if par {
-        items.into_par_iter().for_each(f);
+        items.into_par_iter().with_max_len(1).for_each(f);
     } else {
         items.into_iter().for_each(f);
     }
@@ -1896,6 +1918,7 @@ impl RatingRbm {
                 .zip(p1[..nb * m].par_chunks_mut(m))
                 .zip(base[..nb * m].par_chunks_mut(m))
                 .enumerate()
+                .with_min_len(CASES_PER_JOB)
                 .for_each(|(n, ((p0, h), base))| {
                     with_simd(|| {
                         base.copy_from_slice(&model.c);
@@ -1932,21 +1955,23 @@ impl RatingRbm {
                     &by_item_ptr[..],
                     &chunk_bounds[..],
                 );
-                jobs.into_par_iter().for_each(|(c, z, a, e)| {
-                    *e = simd_chunk_negative(
-                        model,
-                        chunk_bounds[c],
-                        chunk_bounds[c + 1],
-                        by_item,
-                        by_item_ptr,
-                        h,
-                        negative,
-                        last,
-                        (key.0, key.1, key.2, t),
-                        z,
-                        a,
-                    );
-                });
+                jobs.into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|(c, z, a, e)| {
+                        *e = simd_chunk_negative(
+                            model,
+                            chunk_bounds[c],
+                            chunk_bounds[c + 1],
+                            by_item,
+                            by_item_ptr,
+                            h,
+                            negative,
+                            last,
+                            (key.0, key.1, key.2, t),
+                            z,
+                            a,
+                        );
+                    });
             }
             if last {
                 err = err_item[..N_CHUNKS].iter().sum::<f64>();
@@ -1956,6 +1981,7 @@ impl RatingRbm {
                 .par_chunks_mut(m)
                 .zip(base[..nb * m].par_chunks(m))
                 .enumerate()
+                .with_min_len(CASES_PER_JOB)
                 .for_each(|(n, (p1, base))| {
                     with_simd(|| {
                         hidden_probs_from_chunks(p1, base, accr, n, nb);
@@ -2246,7 +2272,7 @@ impl RatingRbm {
                     }
                     let (nents, nptr) = (&nents[..], &nptr[..]);
                     let has_next = next.is_some();
-                    jobs.into_par_iter().for_each_init(
+                    jobs.into_par_iter().with_max_len(1).for_each_init(
                         || (vec![0.0f32; k * m], vec![0.0f32; k]),
                         |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
                             a.fill(0.0);
@@ -2702,7 +2728,8 @@ pub(crate) mod tests {
         // without the fused path and M with and without a SIMD tail.
         for (k, m) in [(2, 7), (5, 100), (5, 16), (8, 33), (10, 100), (3, 1)] {
             let model = random_model(3, k, m, false, 40 + k as u64);
-            let nb = 9;
+            // 11 ratings: two groups of four, a pair and a single one in the AVX-512 kernel.
+            let nb = 11;
             let mut s = Stream::new(7, Purpose::Data, k as u64, m as u64, 0);
             let h: Vec<f32> = (0..nb * m).map(|_| s.uniform() * 6.0 - 3.0).collect();
             let ents: Vec<(u32, u8)> = (0..nb).map(|n| (n as u32, (n % k) as u8)).collect();
