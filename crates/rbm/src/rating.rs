@@ -1272,10 +1272,6 @@ fn softmax(z: &mut [f32]) {
 /// momentum step over K×M weights costs about as much as a few ratings' gradient terms).
 const UNIT_WEIGHT: usize = 4;
 
-/// Fewest cases per parallel job in the per-case hidden-unit passes (a case takes about a
-/// microsecond there, so smaller jobs would cost more to hand out than they save).
-const CASES_PER_JOB: usize = 128;
-
 /// Batches with at least this many ratings are indexed in parallel (below it, waking the
 /// thread pool costs more than it saves; the result is the same either way).
 const PAR_INDEX_MIN: usize = 1 << 15;
@@ -1288,7 +1284,7 @@ unsafe impl<T: Send> Sync for SyncPtr<T> {}
 /// Runs `f` on every item, on the thread pool when `par`, else in order here.
 fn for_each_maybe_par<T: Send>(par: bool, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
     if par {
-        items.into_par_iter().with_max_len(1).for_each(f);
+        items.into_par_iter().for_each(f);
     } else {
         items.into_iter().for_each(f);
     }
@@ -1918,7 +1914,6 @@ impl RatingRbm {
                 .zip(p1[..nb * m].par_chunks_mut(m))
                 .zip(base[..nb * m].par_chunks_mut(m))
                 .enumerate()
-                .with_min_len(CASES_PER_JOB)
                 .for_each(|(n, ((p0, h), base))| {
                     with_simd(|| {
                         base.copy_from_slice(&model.c);
@@ -1981,7 +1976,6 @@ impl RatingRbm {
                 .par_chunks_mut(m)
                 .zip(base[..nb * m].par_chunks(m))
                 .enumerate()
-                .with_min_len(CASES_PER_JOB)
                 .for_each(|(n, (p1, base))| {
                     with_simd(|| {
                         hidden_probs_from_chunks(p1, base, accr, n, nb);
@@ -2272,7 +2266,7 @@ impl RatingRbm {
                     }
                     let (nents, nptr) = (&nents[..], &nptr[..]);
                     let has_next = next.is_some();
-                    jobs.into_par_iter().with_max_len(1).for_each_init(
+                    jobs.into_par_iter().for_each_init(
                         || (vec![0.0f32; k * m], vec![0.0f32; k]),
                         |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
                             a.fill(0.0);
