@@ -1950,23 +1950,21 @@ impl RatingRbm {
                     &by_item_ptr[..],
                     &chunk_bounds[..],
                 );
-                jobs.into_par_iter()
-                    .with_max_len(1)
-                    .for_each(|(c, z, a, e)| {
-                        *e = simd_chunk_negative(
-                            model,
-                            chunk_bounds[c],
-                            chunk_bounds[c + 1],
-                            by_item,
-                            by_item_ptr,
-                            h,
-                            negative,
-                            last,
-                            (key.0, key.1, key.2, t),
-                            z,
-                            a,
-                        );
-                    });
+                jobs.into_par_iter().for_each(|(c, z, a, e)| {
+                    *e = simd_chunk_negative(
+                        model,
+                        chunk_bounds[c],
+                        chunk_bounds[c + 1],
+                        by_item,
+                        by_item_ptr,
+                        h,
+                        negative,
+                        last,
+                        (key.0, key.1, key.2, t),
+                        z,
+                        a,
+                    );
+                });
             }
             if last {
                 err = err_item[..N_CHUNKS].iter().sum::<f64>();
