@@ -24,6 +24,7 @@ pub mod random;
 pub mod rating;
 pub mod ratings;
 pub mod synthetic;
+pub mod team;
 pub mod train;
 pub mod walkthrough;
 

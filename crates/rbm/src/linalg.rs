@@ -6,6 +6,7 @@
 //! (row-major `N × D`, as numpy writes it), and it lets per-example work run without strides.
 
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 /// A dense column-major `f32` matrix that owns its storage (no padding between columns).
 #[derive(Clone, Debug, PartialEq)]
@@ -196,84 +197,65 @@ fn gemm_rows_split(
     parts: usize,
 ) {
     let none = MatMut::from_column_major_slice_mut(&mut [], a.nrows(), 0);
-    rows_then(dst, none, (beta, alpha), a, b, 0, parts, 1, &|_, _, _| {});
+    split_rows(dst, none, a, parts, 1)
+        .into_par_iter()
+        .for_each(|(_, d, _, a)| faer::linalg::matmul::matmul(d, beta, a, b, alpha, Par::Seq));
 }
 
-/// `dst = a · b`, split by rows of `a` into one sequential product per thread, each followed at
-/// once by `then(first_row, dst_rows, side_rows)` on its own rows while they are still in cache
-/// (`side` is a second matrix with the same rows, e.g. for samples; it may have no columns).
-/// This saves the separate parallel pass, and its wake-ups, that an elementwise step after the
-/// product would cost. Split points fall on multiples of `align` rows, so an epilogue that keys
-/// its work by `align`-row blocks does exactly the same work for any thread count.
+/// `dst = a · b`, split by rows of `a` into one sequential product per member of `team`, each
+/// followed at once by `then(first_row, dst_rows, side_rows)` on its own rows while they are
+/// still in cache (`side` is a second matrix with the same rows, e.g. for samples; it may have
+/// no columns). This saves the separate parallel pass, and its synchronization, that an
+/// elementwise step after the product would cost. Split points fall on multiples of `align`
+/// rows, so an epilogue that keys its work by `align`-row blocks does exactly the same work
+/// for any thread count.
 pub fn gemm_rows_then<F>(
     dst: MatMut<'_, f32>,
     side: MatMut<'_, f32>,
     a: MatRef<'_, f32>,
     b: MatRef<'_, f32>,
     align: usize,
-    par: Par,
+    team: &crate::team::Team<'_>,
     then: &F,
 ) where
     F: Fn(usize, MatMut<'_, f32>, MatMut<'_, f32>) + Sync,
 {
-    let parts = match par {
-        Par::Seq => 1,
-        Par::Rayon(t) => t.get(),
-    };
-    rows_then(
-        dst,
-        side,
-        (Accum::Replace, 1.0),
-        a,
-        b,
-        0,
-        parts,
-        align.max(1),
-        then,
+    team.for_each(
+        split_rows(dst, side, a, team.threads(), align.max(1)),
+        |(r0, mut d, s, a)| {
+            faer::linalg::matmul::matmul(d.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
+            then(r0, d, s);
+        },
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn rows_then<F>(
-    mut dst: MatMut<'_, f32>,
-    side: MatMut<'_, f32>,
-    (beta, alpha): (Accum, f32),
-    a: MatRef<'_, f32>,
-    b: MatRef<'_, f32>,
-    first_row: usize,
+/// One part of a product split by rows: (first row, rows of dst, rows of side, rows of a).
+type RowPart<'a> = (usize, MatMut<'a, f32>, MatMut<'a, f32>, MatRef<'a, f32>);
+
+/// `dst`, `side` and `a` cut into `parts` runs of whole `align`-row blocks, as even as the
+/// blocks allow (fewer parts when there are fewer blocks). Each output row is still one
+/// sequential dot product per column, so the split never changes the results.
+fn split_rows<'a>(
+    mut dst: MatMut<'a, f32>,
+    mut side: MatMut<'a, f32>,
+    mut a: MatRef<'a, f32>,
     parts: usize,
     align: usize,
-    then: &F,
-) where
-    F: Fn(usize, MatMut<'_, f32>, MatMut<'_, f32>) + Sync,
-{
-    let blocks = a.nrows().div_ceil(align);
-    if parts <= 1 || blocks < 2 {
-        faer::linalg::matmul::matmul(dst.as_mut(), beta, a, b, alpha, Par::Seq);
-        then(first_row, dst, side);
-        return;
+) -> Vec<RowPart<'a>> {
+    let rows = a.nrows();
+    let blocks = rows.div_ceil(align);
+    let parts = parts.clamp(1, blocks.max(1));
+    let mut out = Vec::with_capacity(parts);
+    let mut r0 = 0;
+    for p in 1..=parts {
+        let r1 = (blocks * p / parts * align).min(rows);
+        let (d0, d1) = dst.split_at_row_mut(r1 - r0);
+        let (s0, s1) = side.split_at_row_mut(r1 - r0);
+        let (a0, a1) = a.split_at_row(r1 - r0);
+        out.push((r0, d0, s0, a0));
+        (dst, side, a, r0) = (d1, s1, a1, r1);
     }
-    let p0 = parts / 2;
-    let at = ((blocks * p0 + parts / 2) / parts).clamp(1, blocks - 1) * align;
-    let (d0, d1) = dst.split_at_row_mut(at);
-    let (s0, s1) = side.split_at_row_mut(at);
-    let (a0, a1) = a.split_at_row(at);
-    rayon::join(
-        || rows_then(d0, s0, (beta, alpha), a0, b, first_row, p0, align, then),
-        || {
-            rows_then(
-                d1,
-                s1,
-                (beta, alpha),
-                a1,
-                b,
-                first_row + at,
-                parts - p0,
-                align,
-                then,
-            )
-        },
-    );
+    out
 }
 
 /// The logistic function, written so neither branch overflows: the input is clamped to ±80,

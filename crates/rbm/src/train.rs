@@ -13,10 +13,10 @@
 
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
-use crate::linalg::{self, Matrix, current_par};
+use crate::linalg::{self, Matrix};
 use crate::random::{Purpose, Stream};
+use crate::team::{Team, with_team};
 use faer::Accum;
-use rayon::prelude::*;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -462,28 +462,32 @@ impl Trainer {
             let start = Instant::now();
             let order =
                 Stream::new(self.cfg.seed, Purpose::Shuffle, epoch as u64, 0, 0).permutation(n);
-            for (batch, idx) in order.chunks(self.cfg.batch_size).enumerate() {
-                let lr_scale = if self.cfg.lr_decay {
-                    1.0 - (done * batches + batch) as f32 / total_updates
-                } else {
-                    1.0
-                };
-                // The next update's momentum: SGD without momentum needs no velocity when the
-                // next update has none either, so the update can go straight into W.
-                let next_momentum = if batch + 1 == batches {
-                    self.cfg.momentum.at(epoch + 1)
-                } else {
-                    momentum
-                };
-                self.step(
-                    model,
-                    data,
-                    idx,
-                    (epoch as u64, batch as u64),
-                    (momentum, next_momentum),
-                    lr_scale,
-                );
-            }
+            // One team per epoch: the caller's pool decides the thread count.
+            with_team(rayon::current_num_threads(), |team| {
+                for (batch, idx) in order.chunks(self.cfg.batch_size).enumerate() {
+                    let lr_scale = if self.cfg.lr_decay {
+                        1.0 - (done * batches + batch) as f32 / total_updates
+                    } else {
+                        1.0
+                    };
+                    // The next update's momentum: SGD without momentum needs no velocity when
+                    // the next update has none either, so the update can go straight into W.
+                    let next_momentum = if batch + 1 == batches {
+                        self.cfg.momentum.at(epoch + 1)
+                    } else {
+                        momentum
+                    };
+                    self.step(
+                        model,
+                        data,
+                        idx,
+                        (epoch as u64, batch as u64),
+                        (momentum, next_momentum),
+                        lr_scale,
+                        team,
+                    );
+                }
+            });
             let seconds = start.elapsed().as_secs_f64();
             total_seconds += seconds;
             self.epochs_done += 1;
@@ -548,10 +552,10 @@ impl Trainer {
         (epoch, batch): (u64, u64),
         momenta: (f32, f32),
         lr_scale: f32,
+        team: &Team<'_>,
     ) {
         let cfg = &self.cfg;
         let (d, m, b) = (model.visible(), model.hidden(), idx.len());
-        let par = current_par();
         let seed = cfg.seed;
         // Each sampling phase of this batch gets its own stream key: batch * stride + phase.
         let stride = 2 * cfg.cd_k as u64 + 2;
@@ -562,10 +566,18 @@ impl Trainer {
         buf.hs.resize(m, b);
 
         // Positive phase: gather V⁰, P⁰ = σ(c + WᵀV⁰), sample H⁰.
-        buf.v.as_mut_slice()[..d * b]
-            .par_chunks_mut(d)
-            .zip(idx)
-            .for_each(|(col, &j)| col.copy_from_slice(data.col(j)));
+        let per = b.div_ceil(team.threads());
+        team.for_each(
+            buf.v.as_mut_slice()[..d * b]
+                .chunks_mut(d * per)
+                .zip(idx.chunks(per))
+                .collect(),
+            |(cols, idx)| {
+                for (col, &j) in cols.chunks_exact_mut(d).zip(idx) {
+                    col.copy_from_slice(data.col(j));
+                }
+            },
+        );
         gibbs_pass(
             &mut buf.h.as_mut_slice()[..m * b],
             buf.hs.as_mut_slice(),
@@ -574,7 +586,7 @@ impl Trainer {
             model.hidden_bias(),
             (seed, epoch, key(0)),
             Then::Sample,
-            par,
+            team,
         );
 
         // Negative phase start: PCD continues its chains (sampling H from them), CD starts at H⁰.
@@ -602,7 +614,7 @@ impl Trainer {
                 model.hidden_bias(),
                 (seed, epoch, key(1)),
                 Then::Sample,
-                par,
+                team,
             );
         }
 
@@ -624,7 +636,7 @@ impl Trainer {
                 } else {
                     Then::Keep
                 },
-                par,
+                team,
             );
             // Pᵏ = σ(c + Wᵀ Vᵏ); sample Hˢ again unless this is the last step.
             gibbs_pass(
@@ -635,7 +647,7 @@ impl Trainer {
                 model.hidden_bias(),
                 (seed, epoch, key(3 + 2 * step as u64)),
                 if last { Then::Negate } else { Then::Sample },
-                par,
+                team,
             );
         }
         if cfg.persistent
@@ -647,7 +659,7 @@ impl Trainer {
                 .copy_from_slice(&buf.v.as_slice()[d * b..]);
         }
 
-        self.update(model, b, (epoch, batch), momenta, lr_scale);
+        self.update(model, b, (epoch, batch), momenta, lr_scale, team);
     }
 
     /// The gradient products and the parameter update, fused. The visible units are cut into
@@ -663,6 +675,7 @@ impl Trainer {
         (epoch, batch): (u64, u64),
         (momentum, next_momentum): (f32, f32),
         lr_scale: f32,
+        team: &Team<'_>,
     ) {
         let cfg = &self.cfg;
         let (d, m) = (model.visible(), model.hidden());
@@ -802,28 +815,48 @@ impl Trainer {
                 }
             }
         };
+        // One job for the hidden bias, then one per block of visible units (SGD keeps no
+        // second moments and needs no scratch).
         let (chunk, bc) = (UPDATE_BLOCK * m, UPDATE_BLOCK);
-        rayon::join(hidden, || {
-            let ws = w.par_chunks_mut(chunk).zip(m_w.par_chunks_mut(chunk));
-            let bs = bv.par_chunks_mut(bc).zip(m_b.par_chunks_mut(bc));
-            if adam {
-                ws.zip(v_w.par_chunks_mut(chunk))
-                    .zip(bs.zip(v_b.par_chunks_mut(bc)))
-                    .zip(gw.par_chunks_mut(chunk))
-                    .enumerate()
-                    .for_each(|(i, ((((wb, mb), vb), ((bb, mbb), vbb)), scratch))| {
-                        blocks(i, wb, mb, vb, bb, mbb, vbb, scratch)
-                    });
-            } else {
-                // SGD keeps no second moments and needs no scratch.
-                ws.zip(bs)
-                    .enumerate()
-                    .for_each(|(i, ((wb, mb), (bb, mbb)))| {
-                        blocks(i, wb, mb, &mut [], bb, mbb, &mut [], &mut [])
-                    });
+        let mut jobs = vec![UpdateJob::Hidden];
+        let ws = w.chunks_mut(chunk).zip(m_w.chunks_mut(chunk));
+        let bs = bv.chunks_mut(bc).zip(m_b.chunks_mut(bc));
+        if adam {
+            let more = ws
+                .zip(v_w.chunks_mut(chunk))
+                .zip(bs.zip(v_b.chunks_mut(bc)));
+            for (i, ((((wb, mb), vb), ((bb, mbb), vbb)), scratch)) in
+                more.zip(gw.chunks_mut(chunk)).enumerate()
+            {
+                jobs.push(UpdateJob::Block(i, [wb, mb, vb, bb, mbb, vbb, scratch]));
+            }
+        } else {
+            for (i, ((wb, mb), (bb, mbb))) in ws.zip(bs).enumerate() {
+                jobs.push(UpdateJob::Block(
+                    i,
+                    [wb, mb, &mut [], bb, mbb, &mut [], &mut []],
+                ));
+            }
+        }
+        let hidden = std::sync::Mutex::new(Some(hidden));
+        team.for_each(jobs, |job| match job {
+            UpdateJob::Hidden => {
+                if let Some(mut f) = hidden.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    f()
+                }
+            }
+            UpdateJob::Block(i, [wb, mb, vb, bb, mbb, vbb, scratch]) => {
+                blocks(i, wb, mb, vb, bb, mbb, vbb, scratch)
             }
         });
     }
+}
+
+/// One job of [`Trainer::update`]: the hidden-bias step, or block `i` of visible units with
+/// its slices of W, its velocity/moments, b, its moments and the Adam scratch.
+enum UpdateJob<'a> {
+    Hidden,
+    Block(usize, [&'a mut [f32]; 7]),
 }
 
 /// Visible units per block of the fused gradient-and-update pass (see `Trainer::update`).
@@ -891,7 +924,7 @@ fn gibbs_pass(
     bias: &[f32],
     (seed, epoch, key): (u64, u64, u64),
     then: Then,
-    par: faer::Par,
+    team: &Team<'_>,
 ) {
     let (rows, inner) = (a.nrows(), a.ncols());
     let cols = x.len() / inner;
@@ -942,7 +975,7 @@ fn gibbs_pass(
             }
         }
     };
-    linalg::gemm_rows_then(out, side, a, x, block, par, &epilogue);
+    linalg::gemm_rows_then(out, side, a, x, block, team, &epilogue);
 }
 
 fn mean(xs: &[f64]) -> f64 {
