@@ -97,7 +97,7 @@ fn helper(shared: &Shared, member: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }
@@ -159,7 +159,7 @@ impl Team<'_> {
         let mut spins = 0u32;
         while self.shared.done.load(Ordering::Acquire) < self.threads - 1 {
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

@@ -544,6 +544,7 @@ impl Trainer {
     }
 
     /// One CD-k / PCD-k update on the examples `idx` of `data`.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         model: &mut BinaryRbm,
