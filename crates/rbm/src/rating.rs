@@ -29,6 +29,7 @@ use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
 use crate::random::{Purpose, Stream};
 use crate::ratings::Csr;
+use crate::team::{Team, with_team};
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -1281,13 +1282,33 @@ struct SyncPtr<T>(*mut T);
 // SAFETY: only used for writes to disjoint elements (see the use sites).
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
-/// Runs `f` on every item, on the thread pool when `par`, else in order here.
-fn for_each_maybe_par<T: Send>(par: bool, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+/// Runs `f` on every item, on the team when `par`, else in order here.
+fn for_each_maybe_par<T: Send>(team: &Team<'_>, par: bool, items: Vec<T>, f: impl Fn(T) + Sync) {
     if par {
-        items.into_par_iter().for_each(f);
+        team.for_each(items, f);
     } else {
         items.into_iter().for_each(f);
     }
+}
+
+/// The per-case rows `0..nb` (M floats each) of `bufs` cut into one run of cases per team
+/// member: (first case, its rows of each buffer).
+fn case_runs<'a, const B: usize>(
+    team: &Team<'_>,
+    nb: usize,
+    m: usize,
+    bufs: [&'a mut [f32]; B],
+) -> Vec<(usize, [&'a mut [f32]; B])> {
+    let per = nb.div_ceil(team.threads()).max(1);
+    let mut rows = bufs.map(|b| b[..nb * m].chunks_mut(per * m));
+    (0..nb.div_ceil(per))
+        .map(|r| {
+            let run = rows
+                .each_mut()
+                .map(|it| it.next().expect("one run per chunk"));
+            (r * per, run)
+        })
+        .collect()
 }
 
 /// Buffers and gradients of one mini-batch, allocated once per training run.
@@ -1317,6 +1338,8 @@ pub(crate) struct BatchGrad {
     pub(crate) gc: Vec<f32>,
     /// Gradient of D (conditional), else empty.
     pub(crate) gd: Vec<f32>,
+    /// One K×M + K gradient block per chunk for the fused momentum step.
+    step_scratch: Vec<f32>,
 }
 
 impl BatchGrad {
@@ -1345,6 +1368,7 @@ impl BatchGrad {
             } else {
                 Vec::new()
             },
+            step_scratch: vec![0.0; N_CHUNKS * (k * m + k)],
         }
     }
 }
@@ -1706,7 +1730,7 @@ impl RatingRbm {
 
     /// The per-visible-unit index of a batch's ratings, its fixed chunks of units, and buffers
     /// sized for it (everything the positive phase and [`Self::batch_chains`] need).
-    fn batch_index(&self, cases: &Csr, batch: &[usize], g: &mut BatchGrad) {
+    fn batch_index(&self, cases: &Csr, batch: &[usize], g: &mut BatchGrad, team: &Team<'_>) {
         let (d, k, m) = (self.d, self.k, self.m);
         let BatchGrad {
             p0,
@@ -1748,7 +1772,7 @@ impl RatingRbm {
         let big = nr >= PAR_INDEX_MIN;
         let part = |c: usize| (nb * c / N_CHUNKS, nb * (c + 1) / N_CHUNKS);
         let parts: Vec<_> = part_cnt.chunks_mut(d).enumerate().collect();
-        for_each_maybe_par(big, parts, |(c, cnt)| {
+        for_each_maybe_par(team, big, parts, |(c, cnt)| {
             cnt.fill(0);
             let (n0, n1) = part(c);
             for &p in &batch[n0..n1] {
@@ -1781,7 +1805,7 @@ impl RatingRbm {
                 rest_pos = r;
                 jobs.push((n0, n1, cnt, pos));
             }
-            for_each_maybe_par(big, jobs, |(n0, n1, cnt, pos)| {
+            for_each_maybe_par(team, big, jobs, |(n0, n1, cnt, pos)| {
                 let slots = &slots;
                 let mut q = 0;
                 for n in n0..n1 {
@@ -1829,7 +1853,7 @@ impl RatingRbm {
 
     /// The positive phase of an indexed batch: each chunk of units adds its rated rows of W
     /// into its own per-case accumulator (item-major, so W is read as a stream).
-    fn batch_positive(&self, batch_len: usize, g: &mut BatchGrad) {
+    fn batch_positive(&self, batch_len: usize, g: &mut BatchGrad, team: &Team<'_>) {
         let (nb, m) = (batch_len, self.m);
         let model = self;
         let BatchGrad {
@@ -1842,10 +1866,12 @@ impl RatingRbm {
         {
             let (by_item, by_item_ptr, chunk_bounds) =
                 (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
-            acc[..N_CHUNKS * nb * m]
-                .par_chunks_mut(nb * m)
-                .enumerate()
-                .for_each(|(c, acc)| {
+            team.for_each(
+                acc[..N_CHUNKS * nb * m]
+                    .chunks_mut(nb * m)
+                    .enumerate()
+                    .collect(),
+                |(c, acc)| {
                     simd_chunk_positive(
                         model,
                         chunk_bounds[c],
@@ -1854,7 +1880,8 @@ impl RatingRbm {
                         by_item_ptr,
                         acc,
                     );
-                });
+                },
+            );
         }
     }
 
@@ -1876,10 +1903,11 @@ impl RatingRbm {
         key: (u64, u64, u64),
         g: &mut BatchGrad,
         prepared: bool,
+        team: &Team<'_>,
     ) -> (f64, usize) {
         if !prepared {
-            self.batch_index(cases, batch, g);
-            self.batch_positive(batch.len(), g);
+            self.batch_index(cases, batch, g, team);
+            self.batch_positive(batch.len(), g, team);
         }
         let (k, m) = (self.k, self.m);
         let BatchGrad {
@@ -1909,12 +1937,13 @@ impl RatingRbm {
         };
         {
             let accr = &acc[..];
-            p0[..nb * m]
-                .par_chunks_mut(m)
-                .zip(p1[..nb * m].par_chunks_mut(m))
-                .zip(base[..nb * m].par_chunks_mut(m))
-                .enumerate()
-                .for_each(|(n, ((p0, h), base))| {
+            let runs = case_runs(team, nb, m, [&mut p0[..], &mut p1[..], &mut base[..]]);
+            team.for_each(runs, |(n0, [p0, h, base])| {
+                let rows = p0
+                    .chunks_mut(m)
+                    .zip(h.chunks_mut(m))
+                    .zip(base.chunks_mut(m));
+                for (n, ((p0, h), base)) in (n0..).zip(rows) {
                     with_simd(|| {
                         base.copy_from_slice(&model.c);
                         if let Some(dm) = &model.dmat {
@@ -1926,7 +1955,8 @@ impl RatingRbm {
                         h.copy_from_slice(p0);
                         case_rng(n, 0).bernoulli_in_place(h);
                     })
-                });
+                }
+            });
         }
         let mut err = 0.0f64;
         for t in 0..t_steps {
@@ -1950,7 +1980,11 @@ impl RatingRbm {
                     &by_item_ptr[..],
                     &chunk_bounds[..],
                 );
-                jobs.into_par_iter().for_each(|(c, z, a, e)| {
+                // Chunk c always on the same member (here and in the momentum step), so its
+                // part of W, its accumulator and its reconstructions stay in that core's
+                // caches: with members taking chunks as they came free, the step ran at half
+                // speed on two threads.
+                team.for_each_static(jobs, |(c, z, a, e)| {
                     *e = simd_chunk_negative(
                         model,
                         chunk_bounds[c],
@@ -1970,18 +2004,17 @@ impl RatingRbm {
                 err = err_item[..N_CHUNKS].iter().sum::<f64>();
             }
             let accr = &acc[..];
-            p1[..nb * m]
-                .par_chunks_mut(m)
-                .zip(base[..nb * m].par_chunks(m))
-                .enumerate()
-                .for_each(|(n, (p1, base))| {
+            let runs = case_runs(team, nb, m, [&mut p1[..], &mut base[..]]);
+            team.for_each(runs, |(n0, [p1, base])| {
+                for (n, (p1, base)) in (n0..).zip(p1.chunks_mut(m).zip(base.chunks(m))) {
                     with_simd(|| {
                         hidden_probs_from_chunks(p1, base, accr, n, nb);
                         if !last {
                             case_rng(n, t + 1).bernoulli_in_place(p1);
                         }
                     })
-                });
+                }
+            });
         }
 
         (err, nr)
@@ -2052,8 +2085,11 @@ impl RatingRbm {
         negative: NegativePhase,
         key: (u64, u64, u64),
         g: &mut BatchGrad,
+        team: &Team<'_>,
     ) -> (f64, usize) {
-        let out = self.batch_chains(cases, implicit, batch, t_steps, negative, key, g, false);
+        let out = self.batch_chains(
+            cases, implicit, batch, t_steps, negative, key, g, false, team,
+        );
         let (k, m) = (self.k, self.m);
         let inv_b = 1.0 / batch.len() as f32;
         let BatchGrad {
@@ -2075,10 +2111,15 @@ impl RatingRbm {
             vneg[r * k..(r + 1) * k].copy_from_slice(&zbi[p * k..(p + 1) * k]);
         }
         let (p0, p1, zbi, by_item, by_item_ptr) = (&p0, &p1, &zbi, &by_item, &by_item_ptr);
-        gw.par_chunks_mut(k * m)
-            .zip(gb.par_chunks_mut(k))
+        // Runs of units, a few per team member so uneven runs balance out.
+        let per = self.d.div_ceil(4 * team.threads()).max(1);
+        let runs = gw
+            .chunks_mut(per * k * m)
+            .zip(gb.chunks_mut(per * k))
             .enumerate()
-            .for_each(|(i, (gwi, gbi))| {
+            .collect();
+        team.for_each(runs, |(r, (gw, gb))| {
+            for (i, (gwi, gbi)) in (r * per..).zip(gw.chunks_mut(k * m).zip(gb.chunks_mut(k))) {
                 let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
                 item_step(
                     &by_item[a..b],
@@ -2092,7 +2133,8 @@ impl RatingRbm {
                     None,
                     None,
                 );
-            });
+            }
+        });
         self.hidden_grads(implicit, batch, g);
         out
     }
@@ -2180,93 +2222,100 @@ impl RatingRbm {
                 .permutation(active.len());
             let mut err_sum = 0.0f64;
             let mut n_rated = 0usize;
-            for (bi, chunk) in perm.chunks(bs).enumerate() {
-                batch_cases.clear();
-                batch_cases.extend(chunk.iter().map(|&p| active[p]));
-                adam_t += 1;
-                let wcfg = StepCfg {
-                    lr: params.learning_rate,
-                    decay: params.weight_decay,
-                    momentum,
-                    adam_t,
-                };
-                let bcfg = StepCfg {
-                    lr: params.bias_learning_rate,
-                    decay: 0.0,
-                    momentum,
-                    adam_t,
-                };
-                let key = (params.seed, epoch as u64, bi as u64);
-                if fused {
-                    // Fused: each visible unit's gradient goes straight into its momentum
-                    // step while its K×M block is in cache (no D×K×M gradient pass), and the
-                    // next batch's positive phase reads the updated block there too.
-                    let (err, nr) = self.batch_chains(
-                        cases,
-                        implicit,
-                        &batch_cases,
-                        t_steps,
-                        params.negative,
-                        key,
-                        &mut g,
-                        bi > 0,
-                    );
-                    err_sum += err;
-                    n_rated += nr;
-                    let inv_b = 1.0 / batch_cases.len() as f32;
-                    let (wc, bc) = (&wcfg, &bcfg);
-                    let sampled = params.negative == NegativePhase::Sample;
-                    let next = perm.chunks(bs).nth(bi + 1);
-                    if let Some(next) = next {
-                        next_cases.clear();
-                        next_cases.extend(next.iter().map(|&p| active[p]));
-                        self.batch_index(cases, &next_cases, &mut gn);
-                    }
-                    let (p0, p1, zbi, by_item, by_item_ptr) =
-                        (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
-                    // One job per chunk of units: their steps, then (when there is a next batch)
-                    // their rows into that chunk's accumulator for the next positive phase, in
-                    // unit order. The chunks are the next batch's, or this batch's at the end of
-                    // an epoch.
-                    let nbn = if next.is_some() { next_cases.len() } else { 0 };
-                    let BatchGrad {
-                        acc: nacc,
-                        by_item: nents,
-                        by_item_ptr: nptr,
-                        chunk_bounds: nbounds,
-                        ..
-                    } = &mut gn;
-                    let bounds = if next.is_some() {
-                        &nbounds[..]
-                    } else {
-                        &g.chunk_bounds[..]
+            // One team per epoch: the caller's pool decides the thread count.
+            with_team(rayon::current_num_threads(), |team| {
+                for (bi, chunk) in perm.chunks(bs).enumerate() {
+                    batch_cases.clear();
+                    batch_cases.extend(chunk.iter().map(|&p| active[p]));
+                    adam_t += 1;
+                    let wcfg = StepCfg {
+                        lr: params.learning_rate,
+                        decay: params.weight_decay,
+                        momentum,
+                        adam_t,
                     };
-                    let mut jobs = Vec::with_capacity(N_CHUNKS);
-                    let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
-                        (&mut self.w[..], &mut s_w.m1[..]);
-                    let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
-                        (&mut self.b[..], &mut s_b.m1[..]);
-                    let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
-                    for c in 0..N_CHUNKS {
-                        let (i0, i1) = (bounds[c], bounds[c + 1]);
-                        let units = i1 - i0;
-                        let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
-                        rw = r;
-                        let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
-                        rv = r;
-                        let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
-                        rb = r;
-                        let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
-                        rvb = r;
-                        let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
-                        racc = r;
-                        jobs.push((i0, i1, w, v, b, vb, a));
-                    }
-                    let (nents, nptr) = (&nents[..], &nptr[..]);
-                    let has_next = next.is_some();
-                    jobs.into_par_iter().for_each_init(
-                        || (vec![0.0f32; k * m], vec![0.0f32; k]),
-                        |(gwi, gbi), (i0, i1, w, v, b, vb, a)| {
+                    let bcfg = StepCfg {
+                        lr: params.bias_learning_rate,
+                        decay: 0.0,
+                        momentum,
+                        adam_t,
+                    };
+                    let key = (params.seed, epoch as u64, bi as u64);
+                    if fused {
+                        // Fused: each visible unit's gradient goes straight into its momentum
+                        // step while its K×M block is in cache (no D×K×M gradient pass), and the
+                        // next batch's positive phase reads the updated block there too.
+                        let (err, nr) = self.batch_chains(
+                            cases,
+                            implicit,
+                            &batch_cases,
+                            t_steps,
+                            params.negative,
+                            key,
+                            &mut g,
+                            bi > 0,
+                            team,
+                        );
+                        err_sum += err;
+                        n_rated += nr;
+                        let inv_b = 1.0 / batch_cases.len() as f32;
+                        let (wc, bc) = (&wcfg, &bcfg);
+                        let sampled = params.negative == NegativePhase::Sample;
+                        let next = perm.chunks(bs).nth(bi + 1);
+                        if let Some(next) = next {
+                            next_cases.clear();
+                            next_cases.extend(next.iter().map(|&p| active[p]));
+                            self.batch_index(cases, &next_cases, &mut gn, team);
+                        }
+                        let (p0, p1, zbi, by_item, by_item_ptr) =
+                            (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
+                        // One job per chunk of units: their steps, then (when there is a next batch)
+                        // their rows into that chunk's accumulator for the next positive phase, in
+                        // unit order. The chunks are the next batch's, or this batch's at the end of
+                        // an epoch.
+                        let nbn = if next.is_some() { next_cases.len() } else { 0 };
+                        let BatchGrad {
+                            acc: nacc,
+                            by_item: nents,
+                            by_item_ptr: nptr,
+                            chunk_bounds: nbounds,
+                            step_scratch,
+                            ..
+                        } = &mut gn;
+                        let bounds = if next.is_some() {
+                            &nbounds[..]
+                        } else {
+                            &g.chunk_bounds[..]
+                        };
+                        let mut jobs = Vec::with_capacity(N_CHUNKS);
+                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
+                            (&mut self.w[..], &mut s_w.m1[..]);
+                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
+                            (&mut self.b[..], &mut s_b.m1[..]);
+                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                        let mut scratch = step_scratch.chunks_mut(k * m + k);
+                        for c in 0..N_CHUNKS {
+                            let (i0, i1) = (bounds[c], bounds[c + 1]);
+                            let units = i1 - i0;
+                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
+                            rw = r;
+                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
+                            rv = r;
+                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
+                            rb = r;
+                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
+                            rvb = r;
+                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
+                            racc = r;
+                            let (gwi, gbi) = scratch
+                                .next()
+                                .expect("a block per chunk")
+                                .split_at_mut(k * m);
+                            jobs.push((i0, i1, w, v, b, vb, a, gwi, gbi));
+                        }
+                        let (nents, nptr) = (&nents[..], &nptr[..]);
+                        let has_next = next.is_some();
+                        team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
                             a.fill(0.0);
                             let blocks = w
                                 .chunks_mut(k * m)
@@ -2301,67 +2350,68 @@ impl RatingRbm {
                                     nx,
                                 );
                             }
-                        },
+                        });
+                        self.hidden_grads(implicit, &batch_cases, &mut g);
+                        opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
+                        if let Some(dm) = &mut self.dmat {
+                            opt_step(dm, &g.gd, &mut s_d, &wcfg, adam);
+                        }
+                        // The next batch (indexed, positive phase done) becomes the current one.
+                        std::mem::swap(&mut g, &mut gn);
+                        continue;
+                    }
+                    let (err, nr) = self.batch_gradient(
+                        cases,
+                        implicit,
+                        &batch_cases,
+                        t_steps,
+                        params.negative,
+                        key,
+                        &mut g,
+                        team,
                     );
-                    self.hidden_grads(implicit, &batch_cases, &mut g);
-                    opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
-                    if let Some(dm) = &mut self.dmat {
-                        opt_step(dm, &g.gd, &mut s_d, &wcfg, adam);
-                    }
-                    // The next batch (indexed, positive phase done) becomes the current one.
-                    std::mem::swap(&mut g, &mut gn);
-                    continue;
-                }
-                let (err, nr) = self.batch_gradient(
-                    cases,
-                    implicit,
-                    &batch_cases,
-                    t_steps,
-                    params.negative,
-                    key,
-                    &mut g,
-                );
-                err_sum += err;
-                n_rated += nr;
-                let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
+                    err_sum += err;
+                    n_rated += nr;
+                    let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
 
-                // Optimizer steps.
-                match &mut self.factors {
-                    None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam),
-                    Some((cf, a, bf)) => {
-                        let cf = *cf;
-                        // gA (C×DK, column-major) = Bᵀ gW ; gB (M×C) = gW Aᵀ.
-                        let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
-                        let b_ref = MatRef::from_column_major_slice(bf, m, cf);
-                        let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
-                        let par = crate::linalg::current_par();
-                        gemm(
-                            MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k),
-                            Accum::Replace,
-                            b_ref.transpose(),
-                            gw_ref,
-                            1.0,
-                            par,
-                        );
-                        gemm(
-                            MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
-                            Accum::Replace,
-                            gw_ref,
-                            a_ref.transpose(),
-                            1.0,
-                            par,
-                        );
-                        opt_step(a, &gfa, &mut s_fa, &wcfg, adam);
-                        opt_step(bf, &gfb, &mut s_fb, &wcfg, adam);
-                        factor_product(&mut self.w, a, bf, d * k, cf, m);
+                    // Optimizer steps.
+                    match &mut self.factors {
+                        None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam),
+                        Some((cf, a, bf)) => {
+                            let cf = *cf;
+                            // gA (C×DK, column-major) = Bᵀ gW ; gB (M×C) = gW Aᵀ.
+                            let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
+                            let b_ref = MatRef::from_column_major_slice(bf, m, cf);
+                            let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
+                            let par = crate::linalg::current_par();
+                            gemm(
+                                MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k),
+                                Accum::Replace,
+                                b_ref.transpose(),
+                                gw_ref,
+                                1.0,
+                                par,
+                            );
+                            gemm(
+                                MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
+                                Accum::Replace,
+                                gw_ref,
+                                a_ref.transpose(),
+                                1.0,
+                                par,
+                            );
+                            opt_step(a, &gfa, &mut s_fa, &wcfg, adam);
+                            opt_step(bf, &gfb, &mut s_fb, &wcfg, adam);
+                            factor_product(&mut self.w, a, bf, d * k, cf, m);
+                        }
+                    }
+                    opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam);
+                    opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam);
+                    if let Some(dm) = &mut self.dmat {
+                        opt_step(dm, gd, &mut s_d, &wcfg, adam);
                     }
                 }
-                opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam);
-                opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam);
-                if let Some(dm) = &mut self.dmat {
-                    opt_step(dm, gd, &mut s_d, &wcfg, adam);
-                }
-            }
+            });
             let secs = t0.elapsed().as_secs_f64();
             secs_total += secs;
             if !(self.w.iter().all(|x| x.is_finite())
@@ -2667,7 +2717,9 @@ pub(crate) mod tests {
             let mut g = BatchGrad::new(d, k, m, n, true);
             // Batch in a shuffled order, to exercise the per-visible-unit index.
             let batch = [3usize, 0, 6, 1, 5, 2, 4];
-            model.batch_gradient(&cases, &cases, &batch, 1, negative, (1, 2, 3), &mut g);
+            with_team(2, |team| {
+                model.batch_gradient(&cases, &cases, &batch, 1, negative, (1, 2, 3), &mut g, team)
+            });
             // Dense one-hot tensors, mask applied to the reconstruction (v¹ · mask).
             let mut v0 = vec![0.0f64; n * d * k];
             let mut v1 = vec![0.0f64; n * d * k];
@@ -2867,13 +2919,9 @@ pub(crate) mod tests {
         assert!(want.len() >= PAR_INDEX_MIN);
         want.sort_by_key(|e| e.0); // stable: batch order within a unit
         let model = random_model(d, k, 8, false, 1);
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+        for threads in [1, 2, 3] {
             let mut g = BatchGrad::new(d, k, 8, n, false);
-            pool.install(|| {
+            with_team(threads, |team| {
                 model.batch_chains(
                     &cases,
                     &cases,
@@ -2883,6 +2931,7 @@ pub(crate) mod tests {
                     (1, 2, 3),
                     &mut g,
                     false,
+                    team,
                 )
             });
             let got: Vec<(u32, u32, u8)> = (0..d)
@@ -3042,15 +3091,18 @@ pub(crate) mod tests {
             for (bi, chunk) in perm.chunks(16).enumerate() {
                 let batch: Vec<usize> = chunk.iter().map(|&p| active[p]).collect();
                 let by_user = &mat.by_user;
-                m.batch_gradient(
-                    by_user,
-                    by_user,
-                    &batch,
-                    1,
-                    NegativePhase::Sample,
-                    (9, epoch as u64, bi as u64),
-                    &mut g,
-                );
+                with_team(2, |team| {
+                    m.batch_gradient(
+                        by_user,
+                        by_user,
+                        &batch,
+                        1,
+                        NegativePhase::Sample,
+                        (9, epoch as u64, bi as u64),
+                        &mut g,
+                        team,
+                    )
+                });
                 let wcfg = StepCfg {
                     lr: params.learning_rate,
                     decay: params.weight_decay,

@@ -195,6 +195,27 @@ impl Team<'_> {
         });
     }
 
+    /// Calls `f` on every item, item `i` of `n` on member `i · threads / n` (contiguous runs
+    /// of items per member, the same every call).
+    pub fn for_each_static<T: Send>(&self, items: Vec<T>, f: impl Fn(T) + Sync) {
+        if self.threads == 1 || items.len() <= 1 {
+            items.into_iter().for_each(f);
+            return;
+        }
+        let n = items.len();
+        let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        self.run(&|member| {
+            for (i, slot) in slots.iter().enumerate() {
+                if i * self.threads / n == member {
+                    let item = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(item) = item {
+                        f(item);
+                    }
+                }
+            }
+        });
+    }
+
     /// Runs `a` and `b`, on two members when there are two.
     pub fn join(&self, a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
         if self.threads == 1 {
@@ -239,6 +260,28 @@ mod tests {
                             h.load(Ordering::Relaxed),
                             i + 1,
                             "threads {threads} round {round}"
+                        );
+                    }
+                    // The static mapping: every item once, item i on member i·threads/n, so the
+                    // items of one thread form one contiguous run.
+                    let owner: Vec<AtomicUsize> =
+                        (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
+                    let ids = Mutex::new(std::collections::HashMap::new());
+                    team.for_each_static((0..n).collect(), |i| {
+                        let mut ids = ids.lock().unwrap();
+                        let next = ids.len();
+                        let me = *ids.entry(std::thread::current().id()).or_insert(next);
+                        assert_eq!(owner[i].swap(me, Ordering::Relaxed), usize::MAX);
+                    });
+                    let owners: Vec<usize> =
+                        owner.iter().map(|o| o.load(Ordering::Relaxed)).collect();
+                    assert!(owners.iter().all(|&o| o != usize::MAX));
+                    for i in 1..n {
+                        let same_member = i * threads / n == (i - 1) * threads / n;
+                        assert_eq!(
+                            same_member,
+                            owners[i] == owners[i - 1],
+                            "threads {threads} n {n}"
                         );
                     }
                 }
