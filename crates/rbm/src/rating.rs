@@ -1273,8 +1273,9 @@ fn softmax(z: &mut [f32]) {
 /// momentum step over K×M weights costs about as much as a few ratings' gradient terms).
 const UNIT_WEIGHT: usize = 4;
 
-/// Batches with at least this many ratings are indexed in parallel (below it, waking the
-/// thread pool costs more than it saves; the result is the same either way).
+/// Batches with at least this many ratings are indexed in parallel (below it, the parallel
+/// version's per-part counts over all units cost more than they save: 0.5 → 0.9 ms per
+/// MovieLens-100K epoch at 4,096; the result is the same either way).
 const PAR_INDEX_MIN: usize = 1 << 15;
 
 /// A raw pointer that may cross threads, for writes the caller proves disjoint.
