@@ -3,12 +3,12 @@
 
 use crate::common::{Common, print_json};
 use anyhow::{Context, Result};
-use faer::Accum;
 use rbm::Matrix;
-use rbm::linalg::{self, current_par};
+use rbm::linalg;
 use rbm::rating::{CdSchedule, EpochReport, RatingRbm, RatingRbmParams, TrainData};
 use rbm::ratings::{Csr, IdMap, RatingFormat, RatingMatrix, RatingScale, read_ratings};
 use rbm::synthetic::{PlantedSpec, generate_planted};
+use rbm::team::with_team;
 use rbm::train::{Momentum, TrainParams, Trainer};
 use serde_json::{Value, json};
 use std::ops::ControlFlow;
@@ -159,27 +159,33 @@ fn gemm_peak() -> f64 {
     shape_gflops(n, n, n)
 }
 
-/// GFLOP/s of the `m × k × n` product `Wᵀ·V` as training runs it (best of a few repetitions).
+/// GFLOP/s of the `m × k × n` product `Wᵀ·V` as training runs it: split by rows over the
+/// training team (best of a few repetitions).
 fn shape_gflops(m: usize, k: usize, n: usize) -> f64 {
     let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 17) as f32 * 0.01);
     let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j) % 13) as f32 * 0.01);
     let mut c = Matrix::zeros(m, n);
     let reps = (2e8 / (2.0 * (m * k * n) as f64)).ceil().max(1.0) as usize;
     let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..reps {
-            linalg::gemm(
-                c.view_mut(),
-                Accum::Replace,
-                a.view(),
-                b.view(),
-                1.0,
-                current_par(),
-            );
+    with_team(rayon::current_num_threads(), |team| {
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                let side = faer::MatMut::from_column_major_slice_mut(&mut [], m, 0);
+                let block = m.div_ceil(8);
+                linalg::gemm_rows_then(
+                    c.view_mut(),
+                    side,
+                    a.view(),
+                    b.view(),
+                    block,
+                    team,
+                    &|_, _, _| {},
+                );
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
         }
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-    }
+    });
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
