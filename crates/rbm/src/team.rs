@@ -10,6 +10,10 @@
 //!
 //! Results never depend on which thread runs which item: callers give every item its own
 //! inputs and outputs, exactly as with rayon.
+//!
+//! A team takes its size from the caller's rayon pool and owns those cores while it runs: to
+//! train several models at once, run each in its own small pool (`ThreadPoolBuilder::new()
+//! .num_threads(1).build()?.install(..)`), or the teams' spinning helpers crowd the cores.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Mutex;
