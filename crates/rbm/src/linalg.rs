@@ -198,6 +198,7 @@ fn gemm_rows_split(
 ) {
     let none = MatMut::from_column_major_slice_mut(&mut [], a.nrows(), 0);
     split_rows(dst, none, a, parts, 1)
+        .collect::<Vec<_>>()
         .into_par_iter()
         .for_each(|(_, d, _, a)| faer::linalg::matmul::matmul(d, beta, a, b, alpha, Par::Seq));
 }
@@ -236,26 +237,25 @@ type RowPart<'a> = (usize, MatMut<'a, f32>, MatMut<'a, f32>, MatRef<'a, f32>);
 /// blocks allow (fewer parts when there are fewer blocks). Each output row is still one
 /// sequential dot product per column, so the split never changes the results.
 fn split_rows<'a>(
-    mut dst: MatMut<'a, f32>,
-    mut side: MatMut<'a, f32>,
-    mut a: MatRef<'a, f32>,
+    dst: MatMut<'a, f32>,
+    side: MatMut<'a, f32>,
+    a: MatRef<'a, f32>,
     parts: usize,
     align: usize,
-) -> Vec<RowPart<'a>> {
+) -> impl Iterator<Item = RowPart<'a>> {
     let rows = a.nrows();
     let blocks = rows.div_ceil(align);
     let parts = parts.clamp(1, blocks.max(1));
-    let mut out = Vec::with_capacity(parts);
-    let mut r0 = 0;
-    for p in 1..=parts {
+    let mut rest = Some((dst, side, a, 0));
+    (1..=parts).map_while(move |p| {
+        let (dst, side, a, r0) = rest.take()?;
         let r1 = (blocks * p / parts * align).min(rows);
         let (d0, d1) = dst.split_at_row_mut(r1 - r0);
         let (s0, s1) = side.split_at_row_mut(r1 - r0);
         let (a0, a1) = a.split_at_row(r1 - r0);
-        out.push((r0, d0, s0, a0));
-        (dst, side, a, r0) = (d1, s1, a1, r1);
-    }
-    out
+        rest = Some((d1, s1, a1, r1));
+        Some((r0, d0, s0, a0))
+    })
 }
 
 /// The logistic function, written so neither branch overflows: the input is clamped to ±80,

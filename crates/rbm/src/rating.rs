@@ -1284,7 +1284,12 @@ struct SyncPtr<T>(*mut T);
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 /// Runs `f` on every item, on the team when `par`, else in order here.
-fn for_each_maybe_par<T: Send>(team: &Team<'_>, par: bool, items: Vec<T>, f: impl Fn(T) + Sync) {
+fn for_each_maybe_par<T: Send>(
+    team: &Team<'_>,
+    par: bool,
+    items: impl IntoIterator<Item = T>,
+    f: impl Fn(T) + Sync,
+) {
     if par {
         team.for_each(items, f);
     } else {
@@ -1299,17 +1304,15 @@ fn case_runs<'a, const B: usize>(
     nb: usize,
     m: usize,
     bufs: [&'a mut [f32]; B],
-) -> Vec<(usize, [&'a mut [f32]; B])> {
+) -> impl Iterator<Item = (usize, [&'a mut [f32]; B])> + 'a {
     let per = nb.div_ceil(team.threads()).max(1);
     let mut rows = bufs.map(|b| b[..nb * m].chunks_mut(per * m));
-    (0..nb.div_ceil(per))
-        .map(|r| {
-            let run = rows
-                .each_mut()
-                .map(|it| it.next().expect("one run per chunk"));
-            (r * per, run)
-        })
-        .collect()
+    (0..nb.div_ceil(per)).map(move |r| {
+        let run = rows
+            .each_mut()
+            .map(|it| it.next().expect("one run per chunk"));
+        (r * per, run)
+    })
 }
 
 /// Buffers and gradients of one mini-batch, allocated once per training run.
@@ -1331,6 +1334,7 @@ pub(crate) struct BatchGrad {
     part_cnt: Vec<u32>,
     imp_ptr: Vec<usize>,
     imp_ent: Vec<u32>,
+    imp_fill: Vec<usize>,
     /// Gradient of W.
     pub(crate) gw: Vec<f32>,
     /// Gradient of b.
@@ -1361,6 +1365,7 @@ impl BatchGrad {
             part_cnt: Vec::new(),
             imp_ptr: vec![0; d + 1],
             imp_ent: Vec::new(),
+            imp_fill: Vec::new(),
             gw: vec![0.0; d * k * m],
             gb: vec![0.0; d * k],
             gc: vec![0.0; m],
@@ -1772,7 +1777,7 @@ impl RatingRbm {
         part_cnt.resize(N_CHUNKS * d, 0);
         let big = nr >= PAR_INDEX_MIN;
         let part = |c: usize| (nb * c / N_CHUNKS, nb * (c + 1) / N_CHUNKS);
-        let parts: Vec<_> = part_cnt.chunks_mut(d).enumerate().collect();
+        let parts = part_cnt.chunks_mut(d).enumerate();
         for_each_maybe_par(team, big, parts, |(c, cnt)| {
             cnt.fill(0);
             let (n0, n1) = part(c);
@@ -1797,15 +1802,14 @@ impl RatingRbm {
         {
             let slots = SyncPtr(by_item.as_mut_ptr());
             // Each part's ratings are a contiguous, case-major range of `pos_of`.
-            let mut jobs = Vec::with_capacity(N_CHUNKS);
             let mut rest_pos: &mut [u32] = &mut pos_of[..];
-            for (c, cnt) in part_cnt.chunks_mut(d).enumerate() {
+            let jobs = part_cnt.chunks_mut(d).enumerate().map(|(c, cnt)| {
                 let (n0, n1) = part(c);
                 let (pos, r) =
                     std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
                 rest_pos = r;
-                jobs.push((n0, n1, cnt, pos));
-            }
+                (n0, n1, cnt, pos)
+            });
             for_each_maybe_par(team, big, jobs, |(n0, n1, cnt, pos)| {
                 let slots = &slots;
                 let mut q = 0;
@@ -1868,10 +1872,7 @@ impl RatingRbm {
             let (by_item, by_item_ptr, chunk_bounds) =
                 (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
             team.for_each(
-                acc[..N_CHUNKS * nb * m]
-                    .chunks_mut(nb * m)
-                    .enumerate()
-                    .collect(),
+                acc[..N_CHUNKS * nb * m].chunks_mut(nb * m).enumerate(),
                 |(c, acc)| {
                     simd_chunk_positive(
                         model,
@@ -1963,18 +1964,18 @@ impl RatingRbm {
         for t in 0..t_steps {
             let last = t + 1 == t_steps;
             {
-                let mut jobs = Vec::with_capacity(N_CHUNKS);
                 let mut rest_z: &mut [f32] = &mut zbi[..nr * k];
-                for ((c, a), e) in acc[..N_CHUNKS * nb * m]
+                let jobs = acc[..N_CHUNKS * nb * m]
                     .chunks_mut(nb * m)
                     .enumerate()
                     .zip(err_item.iter_mut())
-                {
-                    let len = (by_item_ptr[chunk_bounds[c + 1]] - by_item_ptr[chunk_bounds[c]]) * k;
-                    let (z, r) = std::mem::take(&mut rest_z).split_at_mut(len);
-                    rest_z = r;
-                    jobs.push((c, z, a, e));
-                }
+                    .map(|((c, a), e)| {
+                        let len =
+                            (by_item_ptr[chunk_bounds[c + 1]] - by_item_ptr[chunk_bounds[c]]) * k;
+                        let (z, r) = std::mem::take(&mut rest_z).split_at_mut(len);
+                        rest_z = r;
+                        (c, z, a, e)
+                    });
                 let (h, by_item, by_item_ptr, chunk_bounds) = (
                     &p1[..nb * m],
                     &by_item[..],
@@ -2031,6 +2032,7 @@ impl RatingRbm {
             p1,
             imp_ptr,
             imp_ent,
+            imp_fill,
             gc,
             gd,
             ..
@@ -2052,7 +2054,8 @@ impl RatingRbm {
                 imp_ptr[i + 1] += imp_ptr[i];
             }
             imp_ent.resize(imp_ptr[d], 0);
-            let mut fill = imp_ptr.clone();
+            imp_fill.clone_from(imp_ptr);
+            let fill = imp_fill;
             for (n, &p) in batch.iter().enumerate() {
                 for &i in implicit.row(p).0 {
                     imp_ent[fill[i as usize]] = n as u32;
@@ -2117,8 +2120,7 @@ impl RatingRbm {
         let runs = gw
             .chunks_mut(per * k * m)
             .zip(gb.chunks_mut(per * k))
-            .enumerate()
-            .collect();
+            .enumerate();
         team.for_each(runs, |(r, (gw, gb))| {
             for (i, (gwi, gbi)) in (r * per..).zip(gw.chunks_mut(k * m).zip(gb.chunks_mut(k))) {
                 let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
@@ -2288,14 +2290,13 @@ impl RatingRbm {
                         } else {
                             &g.chunk_bounds[..]
                         };
-                        let mut jobs = Vec::with_capacity(N_CHUNKS);
                         let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
                             (&mut self.w[..], &mut s_w.m1[..]);
                         let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
                             (&mut self.b[..], &mut s_b.m1[..]);
                         let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
                         let mut scratch = step_scratch.chunks_mut(k * m + k);
-                        for c in 0..N_CHUNKS {
+                        let jobs = (0..N_CHUNKS).map(|c| {
                             let (i0, i1) = (bounds[c], bounds[c + 1]);
                             let units = i1 - i0;
                             let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
@@ -2312,8 +2313,8 @@ impl RatingRbm {
                                 .next()
                                 .expect("a block per chunk")
                                 .split_at_mut(k * m);
-                            jobs.push((i0, i1, w, v, b, vb, a, gwi, gbi));
-                        }
+                            (i0, i1, w, v, b, vb, a, gwi, gbi)
+                        });
                         let (nents, nptr) = (&nents[..], &nptr[..]);
                         let has_next = next.is_some();
                         team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {

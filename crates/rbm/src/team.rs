@@ -40,6 +40,40 @@ struct Shared {
     quit: AtomicBool,
 }
 
+/// Items a parallel step hands out held on the stack (more go to the heap).
+pub const STACK_SLOTS: usize = 32;
+
+/// The items of one parallel step, each taken exactly once by whichever member claims it.
+struct Slots<T> {
+    stack: [Mutex<Option<T>>; STACK_SLOTS],
+    more: Vec<Mutex<Option<T>>>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    fn new(items: impl IntoIterator<Item = T>) -> Self {
+        let mut it = items.into_iter().fuse();
+        let mut len = 0;
+        let stack = std::array::from_fn(|_| {
+            let item = it.next();
+            len += usize::from(item.is_some());
+            Mutex::new(item)
+        });
+        // Empty (and so not allocated) unless there are more than STACK_SLOTS items.
+        let more: Vec<_> = it.map(|t| Mutex::new(Some(t))).collect();
+        len += more.len();
+        Slots { stack, more, len }
+    }
+
+    fn take(&self, i: usize) -> Option<T> {
+        let slot = match i.checked_sub(STACK_SLOTS) {
+            None => &self.stack[i],
+            Some(j) => self.more.get(j)?,
+        };
+        slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// The team of a parallel training run (see the module doc). Get one from [`with_team`].
 pub struct Team<'a> {
     shared: &'a Shared,
@@ -179,20 +213,26 @@ impl Team<'_> {
     }
 
     /// Calls `f` on every item, the members taking items in order as they become free (so
-    /// uneven items balance out). Runs here, in order, with one thread or one item.
-    pub fn for_each<T: Send>(&self, items: Vec<T>, f: impl Fn(T) + Sync) {
-        if self.threads == 1 || items.len() <= 1 {
+    /// uneven items balance out). Runs here, in order, with one thread or one item. Up to
+    /// [`STACK_SLOTS`] items are held on the stack, so a training step allocates nothing.
+    pub fn for_each<T: Send>(&self, items: impl IntoIterator<Item = T>, f: impl Fn(T) + Sync) {
+        if self.threads == 1 {
             items.into_iter().for_each(f);
             return;
         }
-        let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let slots = Slots::new(items);
+        if slots.len <= 1 {
+            slots.take(0).into_iter().for_each(f);
+            return;
+        }
         let next = AtomicUsize::new(0);
         self.run(&|_| {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = slots.get(i) else { break };
-                let item = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(item) = item {
+                if i >= slots.len {
+                    break;
+                }
+                if let Some(item) = slots.take(i) {
                     f(item);
                 }
             }
@@ -200,21 +240,27 @@ impl Team<'_> {
     }
 
     /// Calls `f` on every item, item `i` of `n` on member `i · threads / n` (contiguous runs
-    /// of items per member, the same every call).
-    pub fn for_each_static<T: Send>(&self, items: Vec<T>, f: impl Fn(T) + Sync) {
-        if self.threads == 1 || items.len() <= 1 {
+    /// of items per member, the same every call, so each member keeps working on the same
+    /// data). Like [`Self::for_each`], it allocates nothing for up to [`STACK_SLOTS`] items.
+    pub fn for_each_static<T: Send>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        f: impl Fn(T) + Sync,
+    ) {
+        if self.threads == 1 {
             items.into_iter().for_each(f);
             return;
         }
-        let n = items.len();
-        let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let slots = Slots::new(items);
+        let n = slots.len;
+        if n <= 1 {
+            slots.take(0).into_iter().for_each(f);
+            return;
+        }
         self.run(&|member| {
-            for (i, slot) in slots.iter().enumerate() {
-                if i * self.threads / n == member {
-                    let item = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if let Some(item) = item {
-                        f(item);
-                    }
+            for i in (0..n).filter(|i| i * self.threads / n == member) {
+                if let Some(item) = slots.take(i) {
+                    f(item);
                 }
             }
         });
@@ -254,9 +300,14 @@ mod tests {
             with_team(threads, |team| {
                 assert_eq!(team.threads(), threads);
                 for round in 0..200usize {
-                    let n = round % 17;
+                    // Some rounds with more items than the stack holds.
+                    let n = if round % 50 == 49 {
+                        3 * STACK_SLOTS + 1
+                    } else {
+                        round % 17
+                    };
                     let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                    team.for_each((0..n).collect(), |i| {
+                    team.for_each(0..n, |i| {
                         hits[i].fetch_add(i + 1, Ordering::Relaxed);
                     });
                     for (i, h) in hits.iter().enumerate() {
@@ -271,7 +322,7 @@ mod tests {
                     let owner: Vec<AtomicUsize> =
                         (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
                     let ids = Mutex::new(std::collections::HashMap::new());
-                    team.for_each_static((0..n).collect(), |i| {
+                    team.for_each_static(0..n, |i| {
                         let mut ids = ids.lock().unwrap();
                         let next = ids.len();
                         let me = *ids.entry(std::thread::current().id()).or_insert(next);

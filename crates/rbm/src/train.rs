@@ -571,8 +571,7 @@ impl Trainer {
         team.for_each(
             buf.v.as_mut_slice()[..d * b]
                 .chunks_mut(d * per)
-                .zip(idx.chunks(per))
-                .collect(),
+                .zip(idx.chunks(per)),
             |(cols, idx)| {
                 for (col, &j) in cols.chunks_exact_mut(d).zip(idx) {
                     col.copy_from_slice(data.col(j));
@@ -819,26 +818,25 @@ impl Trainer {
         // One job for the hidden bias, then one per block of visible units (SGD keeps no
         // second moments and needs no scratch).
         let (chunk, bc) = (UPDATE_BLOCK * m, UPDATE_BLOCK);
-        let mut jobs = vec![UpdateJob::Hidden];
-        let ws = w.chunks_mut(chunk).zip(m_w.chunks_mut(chunk));
-        let bs = bv.chunks_mut(bc).zip(m_b.chunks_mut(bc));
-        if adam {
-            let more = ws
-                .zip(v_w.chunks_mut(chunk))
-                .zip(bs.zip(v_b.chunks_mut(bc)));
-            for (i, ((((wb, mb), vb), ((bb, mbb), vbb)), scratch)) in
-                more.zip(gw.chunks_mut(chunk)).enumerate()
-            {
-                jobs.push(UpdateJob::Block(i, [wb, mb, vb, bb, mbb, vbb, scratch]));
-            }
+        // SGD keeps no second moments and needs no scratch: empty slices stand in for them.
+        let (v_w, v_b, gw): (&mut [f32], &mut [f32], &mut [f32]) = if adam {
+            (v_w, v_b, gw)
         } else {
-            for (i, ((wb, mb), (bb, mbb))) in ws.zip(bs).enumerate() {
-                jobs.push(UpdateJob::Block(
-                    i,
-                    [wb, mb, &mut [], bb, mbb, &mut [], &mut []],
-                ));
-            }
-        }
+            (&mut [], &mut [], &mut [])
+        };
+        let jobs = std::iter::once(UpdateJob::Hidden).chain(
+            w.chunks_mut(chunk)
+                .zip(m_w.chunks_mut(chunk))
+                .zip(chunks_or_empty(v_w, chunk))
+                .zip(bv.chunks_mut(bc))
+                .zip(m_b.chunks_mut(bc))
+                .zip(chunks_or_empty(v_b, bc))
+                .zip(chunks_or_empty(gw, chunk))
+                .enumerate()
+                .map(|(i, ((((((wb, mb), vb), bb), mbb), vbb), scratch))| {
+                    UpdateJob::Block(i, [wb, mb, vb, bb, mbb, vbb, scratch])
+                }),
+        );
         let hidden = std::sync::Mutex::new(Some(hidden));
         team.for_each(jobs, |job| match job {
             UpdateJob::Hidden => {
@@ -851,6 +849,12 @@ impl Trainer {
             }
         });
     }
+}
+
+/// `x` in chunks of `len`, then empty slices for ever (for a buffer a rule does not use).
+fn chunks_or_empty(x: &mut [f32], len: usize) -> impl Iterator<Item = &mut [f32]> {
+    x.chunks_mut(len)
+        .chain(std::iter::repeat_with(<&mut [f32]>::default))
 }
 
 /// One job of [`Trainer::update`]: the hidden-bias step, or block `i` of visible units with
