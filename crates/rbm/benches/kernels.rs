@@ -1,4 +1,5 @@
-//! Criterion benchmarks of the kernels the binary training loop spends its time in.
+//! Criterion benchmarks of the kernels the binary training loop spends its time in, and of the
+//! fork-join cost that made the training loops move from rayon to `rbm::team`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
@@ -78,5 +79,36 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels);
+/// Busy-waits `us` microseconds (a stand-in for a short parallel step).
+fn spin(us: u64) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_micros(us) {
+        std::hint::spin_loop();
+    }
+}
+
+/// Two 50 µs tasks, and 50 + 150 µs, joined by rayon and by the training team (2 threads):
+/// the time above 50 µs (150 µs) is the fork-join cost. On the 2-core VM: rayon +25 µs
+/// (+100 µs), the team +2–5 µs.
+fn fork_join(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fork-join");
+    g.sample_size(20);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (a, b) in [(50, 50), (50, 150)] {
+        g.bench_function(format!("rayon::join {a} µs + {b} µs"), |bench| {
+            pool.install(|| bench.iter(|| rayon::join(|| spin(a), || spin(b))))
+        });
+        rbm::team::with_team(2, |team| {
+            g.bench_function(format!("Team::join {a} µs + {b} µs"), |bench| {
+                bench.iter(|| team.join(|| spin(a), || spin(b)))
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, fork_join);
 criterion_main!(benches);
