@@ -1770,15 +1770,18 @@ impl RatingRbm {
 
         // Index the batch's ratings by visible unit (counting sort, fixed order: by unit, then
         // by place in the batch); `pos_of` maps a rating (case-major) to its place in the
-        // item-major order. The batch is cut into N_CHUNKS fixed parts of cases, each counting
-        // its own ratings per unit, so big batches are indexed in parallel with the same result.
+        // item-major order. Big batches are cut into one part of cases per team member, each
+        // counting its own ratings per unit and filling its own slots of every unit's range,
+        // so they are indexed in parallel with the same result as in one part.
         by_item.resize(nr, (0, 0));
         pos_of.resize(nr, 0);
-        part_cnt.resize(N_CHUNKS * d, 0);
         let big = nr >= PAR_INDEX_MIN;
-        let part = |c: usize| (nb * c / N_CHUNKS, nb * (c + 1) / N_CHUNKS);
-        let parts = part_cnt.chunks_mut(d).enumerate();
-        for_each_maybe_par(team, big, parts, |(c, cnt)| {
+        // One part per team member (the index comes out the same for any number of parts).
+        let parts = if big { team.threads() } else { 1 };
+        part_cnt.resize(parts * d, 0);
+        let part = |c: usize| (nb * c / parts, nb * (c + 1) / parts);
+        let counts = part_cnt[..parts * d].chunks_mut(d).enumerate();
+        for_each_maybe_par(team, big, counts, |(c, cnt)| {
             cnt.fill(0);
             let (n0, n1) = part(c);
             for &p in &batch[n0..n1] {
@@ -1791,7 +1794,7 @@ impl RatingRbm {
         by_item_ptr[0] = 0;
         for i in 0..d {
             let mut run = by_item_ptr[i] as u32;
-            for c in 0..N_CHUNKS {
+            for c in 0..parts {
                 let cnt = &mut part_cnt[c * d + i];
                 let here = *cnt;
                 *cnt = run;
@@ -1803,13 +1806,16 @@ impl RatingRbm {
             let slots = SyncPtr(by_item.as_mut_ptr());
             // Each part's ratings are a contiguous, case-major range of `pos_of`.
             let mut rest_pos: &mut [u32] = &mut pos_of[..];
-            let jobs = part_cnt.chunks_mut(d).enumerate().map(|(c, cnt)| {
-                let (n0, n1) = part(c);
-                let (pos, r) =
-                    std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
-                rest_pos = r;
-                (n0, n1, cnt, pos)
-            });
+            let jobs = part_cnt[..parts * d]
+                .chunks_mut(d)
+                .enumerate()
+                .map(|(c, cnt)| {
+                    let (n0, n1) = part(c);
+                    let (pos, r) =
+                        std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
+                    rest_pos = r;
+                    (n0, n1, cnt, pos)
+                });
             for_each_maybe_par(team, big, jobs, |(n0, n1, cnt, pos)| {
                 let slots = &slots;
                 let mut q = 0;
