@@ -9,7 +9,7 @@ use rbm::linalg::{self, current_par};
 use rbm::rating::{CdSchedule, EpochReport, RatingRbm, RatingRbmParams, TrainData};
 use rbm::ratings::{Csr, IdMap, RatingFormat, RatingMatrix, RatingScale, read_ratings};
 use rbm::synthetic::{PlantedSpec, generate_planted};
-use rbm::team::with_team;
+use rbm::team::{training_threads, with_team};
 use rbm::train::{Momentum, TrainParams, Trainer};
 use serde_json::{Value, json};
 use std::ops::ControlFlow;
@@ -188,7 +188,7 @@ fn shape_gflops(m: usize, k: usize, n: usize) -> f64 {
     let mut c = Matrix::zeros(m, n);
     let reps = (2e8 / (2.0 * (m * k * n) as f64)).ceil().max(1.0) as usize;
     let mut best = f64::INFINITY;
-    with_team(rayon::current_num_threads(), |team| {
+    with_team(training_threads(), |team| {
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {

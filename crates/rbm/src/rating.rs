@@ -29,7 +29,7 @@ use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
 use crate::random::{Purpose, Stream};
 use crate::ratings::Csr;
-use crate::team::{Team, with_team};
+use crate::team::{Team, training_threads, with_team};
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -1992,7 +1992,7 @@ impl RatingRbm {
                 // part of W, its accumulator and its reconstructions stay in that core's
                 // caches: with members taking chunks as they came free, the step ran at half
                 // speed on two threads.
-                team.for_each_static(jobs, |(c, z, a, e)| {
+                team.for_each_affine(jobs, |(c, z, a, e)| {
                     *e = simd_chunk_negative(
                         model,
                         chunk_bounds[c],
@@ -2231,8 +2231,8 @@ impl RatingRbm {
                 .permutation(active.len());
             let mut err_sum = 0.0f64;
             let mut n_rated = 0usize;
-            // One team per epoch: the caller's pool decides the thread count.
-            with_team(rayon::current_num_threads(), |team| {
+            // One team per epoch, sized by the caller's pool (at most one member per core).
+            with_team(training_threads(), |team| {
                 for (bi, chunk) in perm.chunks(bs).enumerate() {
                     batch_cases.clear();
                     batch_cases.extend(chunk.iter().map(|&p| active[p]));
@@ -2323,7 +2323,7 @@ impl RatingRbm {
                         });
                         let (nents, nptr) = (&nents[..], &nptr[..]);
                         let has_next = next.is_some();
-                        team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
+                        team.for_each_affine(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
                             a.fill(0.0);
                             let blocks = w
                                 .chunks_mut(k * m)

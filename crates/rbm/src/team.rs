@@ -1,12 +1,14 @@
 //! A fork-join team for the training loops: the caller plus `threads − 1` helper threads that
-//! stay awake (spinning, then yielding) between the many short parallel steps of a mini-batch.
+//! stay awake (spinning briefly, then parking) between the many short parallel steps of a mini-batch.
 //!
 //! Why not rayon there: a mini-batch is a handful of parallel steps of 0.1–1 ms each, and on a
 //! virtual machine waking a sleeping rayon worker (or the caller blocked in a join) costs
-//! 25–100 µs per step (`rayon::join` of two 50 µs tasks took 75 µs here; with one side 100 µs
-//! longer, 250 µs instead of 150). Helpers that spin between steps answer in about a
-//! microsecond. They park again after a few milliseconds without work, so a team left idle (a
-//! progress callback, an evaluation on the rayon pool) does not hold the cores.
+//! 25–100 µs per step (`rayon::join` of two 50 µs tasks took 77 µs here; with one side 100 µs
+//! longer, 243 µs instead of 150: `cargo bench -p rbm --bench kernels -- fork-join`). Members
+//! that spin while they wait answer in about a microsecond. A member that finds it was
+//! descheduled while spinning (another thread wants its core) parks instead, and from then on
+//! the whole team parks after a short spin, as rayon does: on a busy machine it costs what
+//! rayon costs, not more.
 //!
 //! Results never depend on which thread runs which item: callers give every item its own
 //! inputs and outputs, exactly as with rayon.
@@ -20,9 +22,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long a waiting thread spins before it yields, and a helper before it parks.
-const SPIN: Duration = Duration::from_micros(500);
-const PARK_AFTER: Duration = Duration::from_millis(5);
+/// How long a waiting member spins before it parks while it seems to have its core to itself
+/// (the gaps between and within the steps of a mini-batch are up to a few hundred µs).
+const SPIN: Duration = Duration::from_millis(2);
+/// How long it spins once the team has seen contention: then it behaves like rayon.
+const SPIN_CONTENDED: Duration = Duration::from_micros(20);
+/// A pause this long between two looks at the clock while spinning means the thread was
+/// descheduled: another thread wants this core, and spinning would take the core from it
+/// (with a busy process beside it, a team that kept spinning trained 5–20× slower).
+const PREEMPTED: Duration = Duration::from_micros(50);
+/// A parked thread looks again after this long even if nobody woke it (a safety net only).
+const PARK_TIMEOUT: Duration = Duration::from_millis(2);
 
 /// A task for every member: `f(member)` with `member` in `0..threads`.
 type Task = dyn Fn(usize) + Sync;
@@ -36,8 +46,16 @@ struct Shared {
     done: AtomicUsize,
     /// Helpers that are parked (the caller unparks them).
     parked: AtomicUsize,
+    /// The caller, parked while it waits for the helpers (the last helper to finish unparks
+    /// it).
+    caller: Mutex<Option<std::thread::Thread>>,
+    caller_parked: AtomicBool,
     panicked: AtomicBool,
     quit: AtomicBool,
+    /// Set once any member was descheduled while spinning: from then on members park soon.
+    contended: AtomicBool,
+    /// Helpers in the team (threads − 1).
+    helpers_total: AtomicUsize,
 }
 
 /// Items a parallel step hands out held on the stack (more go to the heap).
@@ -81,6 +99,15 @@ pub struct Team<'a> {
     helpers: Vec<std::thread::Thread>,
 }
 
+/// The team size for a training run: the caller's rayon pool decides (as `--threads` and
+/// `pool.install` always did), but never more members than the cores this process may use —
+/// a member without a core stalls every step it takes part in (measured: 3 members on 2 cores
+/// made an epoch 2–5× slower). Results do not depend on the team size.
+pub fn training_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    rayon::current_num_threads().clamp(1, cores)
+}
+
 /// Runs `body` with a team of `threads` threads (the caller and `threads − 1` helpers, which
 /// stop when `body` returns). With one thread there are no helpers and everything runs here.
 pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
@@ -90,8 +117,12 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
         generation: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         parked: AtomicUsize::new(0),
+        caller: Mutex::new(None),
+        caller_parked: AtomicBool::new(false),
         panicked: AtomicBool::new(false),
         quit: AtomicBool::new(false),
+        contended: AtomicBool::new(false),
+        helpers_total: AtomicUsize::new(threads - 1),
     };
     std::thread::scope(|s| {
         let helpers = (1..threads)
@@ -120,11 +151,53 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
     })
 }
 
+/// The spinning phase of one wait (see [`SPIN`], [`PREEMPTED`]).
+struct Spin {
+    start: Instant,
+    last: Instant,
+    limit: Duration,
+    spins: u32,
+}
+
+impl Spin {
+    fn new(shared: &Shared) -> Self {
+        let now = Instant::now();
+        let limit = if shared.contended.load(Ordering::Relaxed) {
+            SPIN_CONTENDED
+        } else {
+            SPIN
+        };
+        Spin {
+            start: now,
+            last: now,
+            limit,
+            spins: 0,
+        }
+    }
+
+    /// One more spin (true), or time to park (false).
+    #[inline]
+    fn go_on(&mut self, shared: &Shared) -> bool {
+        self.spins = self.spins.wrapping_add(1);
+        if !self.spins.is_multiple_of(64) {
+            std::hint::spin_loop();
+            return true;
+        }
+        let now = Instant::now();
+        if now - self.last > PREEMPTED {
+            shared.contended.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.last = now;
+        std::hint::spin_loop();
+        now - self.start < self.limit
+    }
+}
+
 fn helper(shared: &Shared, member: usize) {
     let mut seen = 0;
     loop {
-        let start = Instant::now();
-        let mut spins = 0u32;
+        let mut spin = Spin::new(shared);
         loop {
             if shared.quit.load(Ordering::Acquire) {
                 return;
@@ -134,27 +207,19 @@ fn helper(shared: &Shared, member: usize) {
                 seen = g;
                 break;
             }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) {
-                std::hint::spin_loop();
+            if spin.go_on(shared) {
                 continue;
             }
-            let idle = start.elapsed();
-            if idle < SPIN {
-                std::hint::spin_loop();
-            } else if idle < PARK_AFTER {
-                std::thread::yield_now();
-            } else {
-                // SeqCst on both sides (announce, then re-check; publish, then look), so either
-                // this re-check sees the new task or the caller sees this helper parked.
-                shared.parked.fetch_add(1, Ordering::SeqCst);
-                if shared.generation.load(Ordering::SeqCst) == seen
-                    && !shared.quit.load(Ordering::Acquire)
-                {
-                    std::thread::park_timeout(Duration::from_millis(1));
-                }
-                shared.parked.fetch_sub(1, Ordering::SeqCst);
+            // SeqCst on both sides (announce, then re-check; publish, then look), so either
+            // this re-check sees the new task or the caller sees this helper parked.
+            shared.parked.fetch_add(1, Ordering::SeqCst);
+            if shared.generation.load(Ordering::SeqCst) == seen
+                && !shared.quit.load(Ordering::SeqCst)
+            {
+                std::thread::park_timeout(PARK_TIMEOUT);
             }
+            shared.parked.fetch_sub(1, Ordering::SeqCst);
+            spin = Spin::new(shared);
         }
         let task = *shared.task.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(task) = task
@@ -162,7 +227,18 @@ fn helper(shared: &Shared, member: usize) {
         {
             shared.panicked.store(true, Ordering::Release);
         }
-        shared.done.fetch_add(1, Ordering::AcqRel);
+        // The last helper to finish wakes the caller if it has parked (SeqCst: see `run`).
+        let finished = shared.done.fetch_add(1, Ordering::SeqCst) + 1;
+        if shared.caller_parked.load(Ordering::SeqCst)
+            && finished == shared.helpers_total.load(Ordering::Relaxed)
+            && let Some(caller) = shared
+                .caller
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+        {
+            caller.unpark();
+        }
     }
 }
 
@@ -193,15 +269,22 @@ impl Team<'_> {
             }
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        let start = Instant::now();
-        let mut spins = 0u32;
-        while self.shared.done.load(Ordering::Acquire) < self.threads - 1 {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+        let helpers = self.threads - 1;
+        let mut spin = Spin::new(self.shared);
+        while self.shared.done.load(Ordering::Acquire) < helpers {
+            if spin.go_on(self.shared) {
+                continue;
             }
+            // Announce, then re-check (the helpers count, then look: SeqCst on both sides), so
+            // either this re-check sees them done or the last one sees this thread parked.
+            let me = &self.shared;
+            *me.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
+            me.caller_parked.store(true, Ordering::SeqCst);
+            if me.done.load(Ordering::SeqCst) < helpers {
+                std::thread::park_timeout(PARK_TIMEOUT);
+            }
+            me.caller_parked.store(false, Ordering::SeqCst);
+            spin = Spin::new(me);
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(p) = mine {
@@ -239,10 +322,12 @@ impl Team<'_> {
         });
     }
 
-    /// Calls `f` on every item, item `i` of `n` on member `i · threads / n` (contiguous runs
-    /// of items per member, the same every call, so each member keeps working on the same
-    /// data). Like [`Self::for_each`], it allocates nothing for up to [`STACK_SLOTS`] items.
-    pub fn for_each_static<T: Send>(
+    /// Calls `f` on every item; item `i` of `n` belongs to member `i · threads / n`
+    /// (contiguous runs, the same every call, so each member keeps working on the same data in
+    /// its own caches). A member that is done with its own items takes the others' that have
+    /// not started yet, last first, so a member slowed down (say, by another process on its
+    /// core) does not hold the step up. Allocates nothing for up to [`STACK_SLOTS`] items.
+    pub fn for_each_affine<T: Send>(
         &self,
         items: impl IntoIterator<Item = T>,
         f: impl Fn(T) + Sync,
@@ -257,8 +342,11 @@ impl Team<'_> {
             slots.take(0).into_iter().for_each(f);
             return;
         }
+        let owner = |i: usize| i * self.threads / n;
         self.run(&|member| {
-            for i in (0..n).filter(|i| i * self.threads / n == member) {
+            let own = (0..n).filter(|&i| owner(i) == member);
+            let others = (0..n).rev().filter(|&i| owner(i) != member);
+            for i in own.chain(others) {
                 if let Some(item) = slots.take(i) {
                     f(item);
                 }
@@ -317,28 +405,12 @@ mod tests {
                             "threads {threads} round {round}"
                         );
                     }
-                    // The static mapping: every item once, item i on member i·threads/n, so the
-                    // items of one thread form one contiguous run.
-                    let owner: Vec<AtomicUsize> =
-                        (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
-                    let ids = Mutex::new(std::collections::HashMap::new());
-                    team.for_each_static(0..n, |i| {
-                        let mut ids = ids.lock().unwrap();
-                        let next = ids.len();
-                        let me = *ids.entry(std::thread::current().id()).or_insert(next);
-                        assert_eq!(owner[i].swap(me, Ordering::Relaxed), usize::MAX);
+                    // The affine mapping also runs every item exactly once.
+                    let runs: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                    team.for_each_affine(0..n, |i| {
+                        runs[i].fetch_add(1, Ordering::Relaxed);
                     });
-                    let owners: Vec<usize> =
-                        owner.iter().map(|o| o.load(Ordering::Relaxed)).collect();
-                    assert!(owners.iter().all(|&o| o != usize::MAX));
-                    for i in 1..n {
-                        let same_member = i * threads / n == (i - 1) * threads / n;
-                        assert_eq!(
-                            same_member,
-                            owners[i] == owners[i - 1],
-                            "threads {threads} n {n}"
-                        );
-                    }
+                    assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
                 }
                 let members: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
                 team.run(&|m| {
@@ -353,9 +425,29 @@ mod tests {
     }
 
     #[test]
+    fn a_member_done_with_its_items_takes_the_others() {
+        // Member 1's first item (4) waits until items 5..8, also member 1's, have run: that
+        // only happens if member 0 takes them after its own (otherwise it times out).
+        with_team(2, |team| {
+            let done: Vec<AtomicBool> = (0..8).map(|_| AtomicBool::new(false)).collect();
+            team.for_each_affine(0..8, |i| {
+                if i == 4 {
+                    let start = Instant::now();
+                    while !(5..8).all(|j| done[j].load(Ordering::Acquire)) {
+                        assert!(start.elapsed() < Duration::from_secs(10), "items not taken");
+                        std::thread::yield_now();
+                    }
+                }
+                done[i].store(true, Ordering::Release);
+            });
+            assert!(done.iter().all(|d| d.load(Ordering::Relaxed)));
+        });
+    }
+
+    #[test]
     fn tasks_after_the_helpers_parked_still_run() {
         with_team(2, |team| {
-            std::thread::sleep(PARK_AFTER * 3);
+            std::thread::sleep(Duration::from_millis(20));
             let sum = AtomicUsize::new(0);
             team.for_each(vec![1, 2, 3, 4], |v| {
                 sum.fetch_add(v, Ordering::Relaxed);

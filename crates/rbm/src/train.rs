@@ -15,7 +15,7 @@ use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
 use crate::linalg::{self, Matrix};
 use crate::random::{Purpose, Stream};
-use crate::team::{Team, with_team};
+use crate::team::{Team, training_threads, with_team};
 use faer::Accum;
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -462,8 +462,8 @@ impl Trainer {
             let start = Instant::now();
             let order =
                 Stream::new(self.cfg.seed, Purpose::Shuffle, epoch as u64, 0, 0).permutation(n);
-            // One team per epoch: the caller's pool decides the thread count.
-            with_team(rayon::current_num_threads(), |team| {
+            // One team per epoch, sized by the caller's pool (at most one member per core).
+            with_team(training_threads(), |team| {
                 for (batch, idx) in order.chunks(self.cfg.batch_size).enumerate() {
                     let lr_scale = if self.cfg.lr_decay {
                         1.0 - (done * batches + batch) as f32 / total_updates
