@@ -1992,7 +1992,7 @@ impl RatingRbm {
                 // part of W, its accumulator and its reconstructions stay in that core's
                 // caches: with members taking chunks as they came free, the step ran at half
                 // speed on two threads.
-                team.for_each_affine(jobs, |(c, z, a, e)| {
+                team.for_each_static(jobs, |(c, z, a, e)| {
                     *e = simd_chunk_negative(
                         model,
                         chunk_bounds[c],
@@ -2323,7 +2323,7 @@ impl RatingRbm {
                         });
                         let (nents, nptr) = (&nents[..], &nptr[..]);
                         let has_next = next.is_some();
-                        team.for_each_affine(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
+                        team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
                             a.fill(0.0);
                             let blocks = w
                                 .chunks_mut(k * m)
