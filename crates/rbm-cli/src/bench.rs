@@ -160,29 +160,19 @@ pub fn peak_rss_bytes() -> u64 {
 /// figure, faer's own), so the fractions are taken against what the machine can really do.
 fn gemm_peak() -> (f64, f64) {
     let n = 2048;
-    let a = Matrix::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 17) as f32 * 0.01);
-    let b = Matrix::from_fn(n, n, |i, j| ((i * 5 + j) % 13) as f32 * 0.01);
-    let mut c = Matrix::zeros(n, n);
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t = Instant::now();
-        faer::linalg::matmul::matmul(
-            c.view_mut(),
-            Accum::Replace,
-            a.view(),
-            b.view(),
-            1.0,
-            current_par(),
-        );
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    let faer_own = 2.0 * (n * n * n) as f64 / best / 1e9;
-    (shape_gflops(n, n, n).max(faer_own), faer_own)
+    let faer_own = product_gflops(n, n, n, false);
+    (product_gflops(n, n, n, true).max(faer_own), faer_own)
 }
 
-/// GFLOP/s of the `m × k × n` product `Wᵀ·V` as training runs it: split by rows over the
-/// training team (best of a few repetitions).
+/// GFLOP/s of the `m × k × n` product `Wᵀ·V` as training runs it.
 fn shape_gflops(m: usize, k: usize, n: usize) -> f64 {
+    product_gflops(m, k, n, true)
+}
+
+/// GFLOP/s of an `m × k × n` product, best of five timings of a few repetitions: with `split`
+/// cut by rows over the training team (8 row blocks, as the Gibbs passes do), else faer's own
+/// parallel product.
+fn product_gflops(m: usize, k: usize, n: usize, split: bool) -> f64 {
     let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 17) as f32 * 0.01);
     let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j) % 13) as f32 * 0.01);
     let mut c = Matrix::zeros(m, n);
@@ -192,17 +182,28 @@ fn shape_gflops(m: usize, k: usize, n: usize) -> f64 {
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
-                let side = faer::MatMut::from_column_major_slice_mut(&mut [], m, 0);
-                let block = m.div_ceil(8);
-                linalg::gemm_rows_then(
-                    c.view_mut(),
-                    side,
-                    a.view(),
-                    b.view(),
-                    block,
-                    team,
-                    &|_, _, _| {},
-                );
+                if split {
+                    let side = faer::MatMut::from_column_major_slice_mut(&mut [], m, 0);
+                    linalg::gemm_rows_then(
+                        c.view_mut(),
+                        side,
+                        a.view(),
+                        b.view(),
+                        m.div_ceil(8),
+                        team,
+                        &|_, _, _| {},
+                    );
+                } else {
+                    let (a, b) = (a.view(), b.view());
+                    faer::linalg::matmul::matmul(
+                        c.view_mut(),
+                        Accum::Replace,
+                        a,
+                        b,
+                        1.0,
+                        current_par(),
+                    );
+                }
             }
             best = best.min(t.elapsed().as_secs_f64() / reps as f64);
         }

@@ -1,14 +1,14 @@
 //! A fork-join team for the training loops: the caller plus `threads − 1` helper threads that
-//! stay awake (spinning briefly, then parking) between the many short parallel steps of a mini-batch.
+//! stay awake (spinning, then yielding) between the many short parallel steps of a mini-batch.
 //!
 //! Why not rayon there: a mini-batch is a handful of parallel steps of 0.1–1 ms each, and on a
 //! virtual machine waking a sleeping rayon worker (or the caller blocked in a join) costs
 //! 25–100 µs per step (`rayon::join` of two 50 µs tasks took 77 µs here; with one side 100 µs
 //! longer, 243 µs instead of 150: `cargo bench -p rbm --bench kernels -- fork-join`). Members
-//! that spin while they wait answer in about a microsecond. A member that finds it was
-//! descheduled while spinning (another thread wants its core) parks instead, and from then on
-//! the whole team parks after a short spin, as rayon does: on a busy machine it costs what
-//! rayon costs, not more.
+//! that spin, then yield, while they wait answer in microseconds; they park after 5 ms without
+//! work. A member that finds it was descheduled for a whole time slice while waiting (another
+//! thread wants its core) parks instead, and from then on the whole team parks after a short
+//! spin, as rayon does, so a busy machine costs it about what it costs rayon.
 //!
 //! Results never depend on which thread runs which item: callers give every item its own
 //! inputs and outputs, exactly as with rayon.
@@ -33,6 +33,7 @@ const SPIN_CONTENDED: Duration = Duration::from_micros(20);
 /// would starve it (next to a process that keeps a core busy, a team that kept spinning and
 /// yielding trained 5–20× slower). Shorter pauses happen on a quiet virtual machine too.
 const PREEMPTED: Duration = Duration::from_millis(2);
+/// A parked member looks again after this long even if nobody woke it (a safety net only).
 const PARK_TIMEOUT: Duration = Duration::from_millis(2);
 
 /// A task for every member: `f(member)` with `member` in `0..threads`.
@@ -56,7 +57,7 @@ struct Shared {
     /// Set once any member was descheduled while spinning: from then on members park soon.
     contended: AtomicBool,
     /// Helpers in the team (threads − 1).
-    helpers_total: AtomicUsize,
+    helpers_total: usize,
 }
 
 /// Items a parallel step hands out held on the stack (more go to the heap).
@@ -123,7 +124,7 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
         panicked: AtomicBool::new(false),
         quit: AtomicBool::new(false),
         contended: AtomicBool::new(false),
-        helpers_total: AtomicUsize::new(threads - 1),
+        helpers_total: threads - 1,
     };
     std::thread::scope(|s| {
         let helpers = (1..threads)
@@ -156,22 +157,18 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
 struct Spin {
     start: Instant,
     last: Instant,
-    limit: Duration,
+    /// The team had seen contention when this wait began: spin briefly, never yield.
+    contended: bool,
     spins: u32,
 }
 
 impl Spin {
     fn new(shared: &Shared) -> Self {
         let now = Instant::now();
-        let limit = if shared.contended.load(Ordering::Relaxed) {
-            SPIN_CONTENDED
-        } else {
-            SPIN
-        };
         Spin {
             start: now,
             last: now,
-            limit,
+            contended: shared.contended.load(Ordering::Relaxed),
             spins: 0,
         }
     }
@@ -191,10 +188,10 @@ impl Spin {
         }
         self.last = now;
         let waited = now - self.start;
-        if waited < self.limit {
+        if waited < if self.contended { SPIN_CONTENDED } else { SPIN } {
             std::hint::spin_loop();
             true
-        } else if self.limit == SPIN && waited < PARK_AFTER {
+        } else if !self.contended && waited < PARK_AFTER {
             std::thread::yield_now();
             true
         } else {
@@ -239,7 +236,7 @@ fn helper(shared: &Shared, member: usize) {
         // The last helper to finish wakes the caller if it has parked (SeqCst: see `run`).
         let finished = shared.done.fetch_add(1, Ordering::SeqCst) + 1;
         if shared.caller_parked.load(Ordering::SeqCst)
-            && finished == shared.helpers_total.load(Ordering::Relaxed)
+            && finished == shared.helpers_total
             && let Some(caller) = shared
                 .caller
                 .lock()
@@ -278,7 +275,7 @@ impl Team<'_> {
             }
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        let helpers = self.threads - 1;
+        let helpers = self.shared.helpers_total;
         let mut spin = Spin::new(self.shared);
         while self.shared.done.load(Ordering::Acquire) < helpers {
             if spin.go_on(self.shared) {
