@@ -511,9 +511,243 @@ pub(crate) struct NextPositive<'a> {
 
 simd_fn!(
     /// [`item_step_body`] at the widest SIMD allowed.
-    fn item_step(ents: &[(u32, u8)], p0: &[f32], p1: &[f32], zi: &[f32], inv_b: f32,
+    fn item_step_simd(ents: &[(u32, u8)], p0: &[f32], p1: &[f32], zi: &[f32], inv_b: f32,
         sampled: bool, gwi: &mut [f32], gbi: &mut [f32], step: Option<ItemMomentum<'_>>,
         next: Option<NextPositive<'_>>) -> () => item_step_body);
+
+/// Most ratings of one unit in one batch that [`item_step_avx512`] sorts by class on its
+/// stack (more go the portable way).
+const STEP_MAX_ENTS: usize = 256;
+
+/// Phase 2 for one visible unit (see [`item_step_body`]), the fastest way the CPU allows.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn item_step(
+    ents: &[(u32, u8)],
+    p0: &[f32],
+    p1: &[f32],
+    zi: &[f32],
+    inv_b: f32,
+    sampled: bool,
+    gwi: &mut [f32],
+    gbi: &mut [f32],
+    step: Option<ItemMomentum<'_>>,
+    next: Option<NextPositive<'_>>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if sampled && has_avx512() && gbi.len() <= 16 && ents.len() <= STEP_MAX_ENTS {
+        // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
+        return unsafe { item_step_avx512(ents, p0, p1, zi, inv_b, gwi, gbi, step, next) };
+    }
+    item_step_simd(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
+}
+
+/// [`item_step_body`] for a sampled negative phase, with each class's gradient row summed in
+/// registers and stepped at once: the unit's ratings are first sorted by class (stably, the
+/// positive term of a rating before its negative one), so every element sees the same
+/// additions in the same order as in [`item_step_body`] and the result is bit-identical, but
+/// no K×M gradient block goes through memory. Columns are taken 128 at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn item_step_avx512(
+    ents: &[(u32, u8)],
+    p0: &[f32],
+    p1: &[f32],
+    zi: &[f32],
+    inv_b: f32,
+    gwi: &mut [f32],
+    gbi: &mut [f32],
+    mut step: Option<ItemMomentum<'_>>,
+    next: Option<NextPositive<'_>>,
+) {
+    let (k, m) = (gbi.len(), gwi.len() / gbi.len());
+    let n = ents.len();
+    assert!(k <= 16 && n <= STEP_MAX_ENTS && zi.len() >= n * k);
+    // Events per class: rating e adds its p0 row to its class (2e) and subtracts its p1 row
+    // from its sampled class (2e + 1).
+    let mut pick = [0u8; STEP_MAX_ENTS];
+    let mut start = [0u16; 17];
+    for (e, &(_, cl)) in ents.iter().enumerate() {
+        let ze = &zi[e * k..(e + 1) * k];
+        // One-hot: the sampled class's index, without a data-dependent branch.
+        let pk = ze
+            .iter()
+            .enumerate()
+            .map(|(kk, &v)| kk * usize::from(v != 0.0))
+            .sum::<usize>();
+        pick[e] = pk as u8;
+        start[cl as usize + 1] += 1;
+        start[pk + 1] += 1;
+    }
+    for c in 0..k {
+        start[c + 1] += start[c];
+    }
+    let mut events = [0u16; 2 * STEP_MAX_ENTS];
+    let mut fill = start;
+    for (e, &(_, cl)) in ents.iter().enumerate() {
+        for (c, ev) in [(cl as usize, 2 * e), (pick[e] as usize, 2 * e + 1)] {
+            events[fill[c] as usize] = ev as u16;
+            fill[c] += 1;
+        }
+    }
+    let (events, start) = (&events[..2 * n], &start[..=k]);
+    let mut j0 = 0;
+    while j0 < m {
+        let nv = (m - j0).div_ceil(16).min(8);
+        let args = (j0, m, ents, events, start, p0, p1, inv_b);
+        let (gw, st) = (&mut *gwi, step.as_mut());
+        match nv {
+            1 => step_cols_avx512::<1>(args, gw, st),
+            2 => step_cols_avx512::<2>(args, gw, st),
+            3 => step_cols_avx512::<3>(args, gw, st),
+            4 => step_cols_avx512::<4>(args, gw, st),
+            5 => step_cols_avx512::<5>(args, gw, st),
+            6 => step_cols_avx512::<6>(args, gw, st),
+            7 => step_cols_avx512::<7>(args, gw, st),
+            _ => step_cols_avx512::<8>(args, gw, st),
+        }
+        j0 += 16 * nv;
+    }
+    for c in 0..k {
+        let mut gb = 0.0f32;
+        for &ev in &events[start[c] as usize..start[c + 1] as usize] {
+            gb += if ev & 1 == 0 { inv_b } else { -inv_b };
+        }
+        gbi[c] = gb;
+    }
+    let Some(st) = step else { return };
+    let c = st.bcfg;
+    for n in 0..k {
+        st.vb[n] = c.momentum * st.vb[n] + c.lr * (gbi[n] - c.decay * st.b[n]);
+        st.b[n] += st.vb[n];
+    }
+    if let Some(nx) = next {
+        // The same additions as `chunk_positive` on the updated W.
+        for &(n, cl) in nx.ents {
+            let (n, cl) = (n as usize, cl as usize);
+            add_row_avx512(&mut nx.acc[n * m..(n + 1) * m], &st.w[cl * m..(cl + 1) * m]);
+        }
+    }
+}
+
+/// Columns `j0..j0 + 16·NV` (cut at M) of [`item_step_avx512`]: per class, the gradient
+/// (Σ ±inv_b·row over its events) in NV registers, then the momentum step on that row of W
+/// (or the gradient stored into `gwi` without `step`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::type_complexity)]
+fn step_cols_avx512<const NV: usize>(
+    (j0, m, ents, events, start, p0, p1, inv_b): (
+        usize,
+        usize,
+        &[(u32, u8)],
+        &[u16],
+        &[u16],
+        &[f32],
+        &[f32],
+        f32,
+    ),
+    gwi: &mut [f32],
+    mut step: Option<&mut ItemMomentum<'_>>,
+) {
+    use std::arch::x86_64::*;
+    let width = (m - j0).min(16 * NV);
+    let tail = width - 16 * (NV - 1);
+    let mask = |v: usize| -> __mmask16 {
+        if v + 1 < NV {
+            0xffff
+        } else {
+            if tail == 16 {
+                0xffff
+            } else {
+                ((1u32 << tail) - 1) as u16
+            }
+        }
+    };
+    let k = start.len() - 1;
+    for c in 0..k {
+        let mut acc = [_mm512_setzero_ps(); NV];
+        for &ev in &events[start[c] as usize..start[c + 1] as usize] {
+            let (e, neg) = (usize::from(ev >> 1), ev & 1 == 1);
+            let n = ents[e].0 as usize;
+            let src = if neg { p1 } else { p0 };
+            let row = &src[n * m + j0..n * m + j0 + width];
+            let s = _mm512_set1_ps(if neg { -inv_b } else { inv_b });
+            for (v, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the masked lanes lie within `row` (width = 16·(NV−1) + tail).
+                let x = unsafe { _mm512_maskz_loadu_ps(mask(v), row.as_ptr().add(16 * v)) };
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(s, x));
+            }
+        }
+        let o = c * m + j0;
+        match step.as_deref_mut() {
+            Some(st) => {
+                let (w, vw) = (&mut st.w[o..o + width], &mut st.vw[o..o + width]);
+                let cfg = st.wcfg;
+                let (mu, lr, dec) = (
+                    _mm512_set1_ps(cfg.momentum),
+                    _mm512_set1_ps(cfg.lr),
+                    _mm512_set1_ps(cfg.decay),
+                );
+                for (v, &g) in acc.iter().enumerate() {
+                    let mk = mask(v);
+                    // SAFETY: the masked lanes lie within `w` and `vw` (length `width`).
+                    unsafe {
+                        let (wp, vp) = (w.as_mut_ptr().add(16 * v), vw.as_mut_ptr().add(16 * v));
+                        let (x, u) = (_mm512_maskz_loadu_ps(mk, wp), _mm512_maskz_loadu_ps(mk, vp));
+                        // The same operations as `item_step_body`: μ·v + lr·(g − λ·w), no FMA.
+                        let u = _mm512_add_ps(
+                            _mm512_mul_ps(mu, u),
+                            _mm512_mul_ps(lr, _mm512_sub_ps(g, _mm512_mul_ps(dec, x))),
+                        );
+                        _mm512_mask_storeu_ps(vp, mk, u);
+                        _mm512_mask_storeu_ps(wp, mk, _mm512_add_ps(x, u));
+                    }
+                }
+            }
+            None => {
+                let out = &mut gwi[o..o + width];
+                for (v, &g) in acc.iter().enumerate() {
+                    // SAFETY: the masked lanes lie within `out`.
+                    unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(16 * v), mask(v), g) };
+                }
+            }
+        }
+    }
+}
+
+/// `y += x` over one row (x at least as long), 16 lanes at a time, the tail under a mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn add_row_avx512(y: &mut [f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    let m = y.len();
+    let x = &x[..m];
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let mut j = 0;
+    while j + 16 <= m {
+        // SAFETY: j + 16 <= m = len(x) = len(y).
+        unsafe {
+            let s = _mm512_add_ps(_mm512_loadu_ps(yp.add(j)), _mm512_loadu_ps(xp.add(j)));
+            _mm512_storeu_ps(yp.add(j), s);
+        }
+        j += 16;
+    }
+    if j < m {
+        let mk: __mmask16 = ((1u32 << (m - j)) - 1) as u16;
+        // SAFETY: the masked lanes j..m lie within x and y.
+        unsafe {
+            let s = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(mk, yp.add(j)),
+                _mm512_maskz_loadu_ps(mk, xp.add(j)),
+            );
+            _mm512_mask_storeu_ps(yp.add(j), mk, s);
+        }
+    }
+}
 
 /// Runs `f` compiled for AVX2 when the CPU has it, so the `#[inline(always)]` loops over M
 /// inside it use 8-wide vectors (without FMA contraction the results are bit-identical to the
@@ -1055,7 +1289,7 @@ fn item_negative_avx512<const K: usize>(
             }
             let an = &mut acc[n * m..(n + 1) * m];
             if sample {
-                add(an, &wi[sm.1 * m..(sm.1 + 1) * m]);
+                add_row_avx512(an, &wi[sm.1 * m..(sm.1 + 1) * m]);
             } else {
                 for (kk, &pz) in zz.iter().enumerate() {
                     axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
@@ -2770,6 +3004,96 @@ pub(crate) mod tests {
                 gw.iter().any(|v| v.abs() > 1e-3),
                 "gradient should not vanish"
             );
+        }
+    }
+
+    #[test]
+    fn unit_step_kernel_matches_the_portable_body_bit_for_bit() {
+        // `item_step` (the AVX-512 kernel that sorts a unit's ratings by class and keeps each
+        // gradient row in registers, where the CPU has it) against `item_step_body`, the
+        // reference loops: gradient only, fused momentum step, and the next batch's positive
+        // rows; M with and without a tail, more than one column block, K up to 10, and more
+        // ratings than the kernel sorts on its stack.
+        for (k, m, n) in [
+            (5, 100, 13),
+            (2, 16, 1),
+            (10, 17, 40),
+            (5, 130, 9),
+            (3, 300, 0),
+            (5, 7, STEP_MAX_ENTS + 3),
+        ] {
+            let nb = 300;
+            let mut s = Stream::new(11, Purpose::Data, k as u64, m as u64, n as u64);
+            let mut vals =
+                |len: usize| -> Vec<f32> { (0..len).map(|_| s.uniform() - 0.3).collect() };
+            let (p0, p1) = (vals(nb * m), vals(nb * m));
+            let (w0, vw0, b0, vb0) = (vals(k * m), vals(k * m), vals(k), vals(k));
+            let acc0 = vals(nb * m);
+            let mut s = Stream::new(12, Purpose::Data, k as u64, m as u64, n as u64);
+            let mut pick = |r: usize| (s.uniform() * r as f32) as usize % r;
+            let ents: Vec<(u32, u8)> = (0..n)
+                .map(|e| ((e * 7 % nb) as u32, pick(k) as u8))
+                .collect();
+            let mut zi = vec![0.0f32; n * k];
+            for e in 0..n {
+                zi[e * k + pick(k)] = 1.0;
+            }
+            let next: Vec<(u32, u8)> = (0..n.min(50))
+                .map(|e| ((e * 3) as u32, pick(k) as u8))
+                .collect();
+            let wcfg = StepCfg {
+                lr: 0.07,
+                decay: 0.001,
+                momentum: 0.9,
+                adam_t: 1,
+            };
+            let bcfg = StepCfg {
+                lr: 0.05,
+                decay: 0.0,
+                momentum: 0.9,
+                adam_t: 1,
+            };
+            for (stepped, with_next) in [(false, false), (true, false), (true, true)] {
+                let run = |reference: bool| {
+                    let (mut w, mut vw, mut b, mut vb) =
+                        (w0.clone(), vw0.clone(), b0.clone(), vb0.clone());
+                    let (mut gwi, mut gbi) = (vec![f32::NAN; k * m], vec![f32::NAN; k]);
+                    let mut acc = acc0.clone();
+                    let step = stepped.then(|| ItemMomentum {
+                        w: &mut w,
+                        vw: &mut vw,
+                        b: &mut b,
+                        vb: &mut vb,
+                        wcfg: &wcfg,
+                        bcfg: &bcfg,
+                    });
+                    let nx = with_next.then(|| NextPositive {
+                        ents: &next,
+                        acc: &mut acc,
+                    });
+                    let inv_b = 1.0 / 37.0;
+                    if reference {
+                        item_step_body(
+                            &ents, &p0, &p1, &zi, inv_b, true, &mut gwi, &mut gbi, step, nx,
+                        );
+                    } else {
+                        item_step(
+                            &ents, &p0, &p1, &zi, inv_b, true, &mut gwi, &mut gbi, step, nx,
+                        );
+                    }
+                    let grad = if stepped {
+                        Vec::new()
+                    } else {
+                        [gwi, gbi].concat()
+                    };
+                    let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                    bits([grad, w, vw, b, vb, acc].concat())
+                };
+                assert!(
+                    run(true) == run(false),
+                    "K={k} M={m} n={n} step {stepped} next {with_next}"
+                );
+            }
         }
     }
 
