@@ -29,7 +29,7 @@ use crate::error::{RbmError, Result};
 use crate::linalg::{gemm, sigmoid};
 use crate::random::{Purpose, Stream};
 use crate::ratings::Csr;
-use crate::team::{Team, training_threads, with_team};
+use crate::team::{STACK_SLOTS, Team, training_threads, with_team};
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -775,39 +775,52 @@ fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// One optimizer step on `p` with ascent direction `g` (already averaged over the batch).
-fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool) {
+/// The length of the pieces a team splits an elementwise pass over `len` values into: a few
+/// per member so uneven pieces balance out, at most [`STACK_SLOTS`] of them (so a training
+/// step allocates nothing), none shorter than `min`.
+fn piece_len(len: usize, min: usize, team: &Team<'_>) -> usize {
+    len.div_ceil((4 * team.threads()).min(STACK_SLOTS))
+        .max(min)
+        .max(1)
+}
+
+/// One optimizer step on `p` with ascent direction `g` (already averaged over the batch), in
+/// pieces over the team (elementwise, so the result does not depend on the split).
+fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool, team: &Team<'_>) {
+    let piece = piece_len(p.len(), OPT_CHUNK, team);
     if adam {
         let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
         let c1 = 1.0 - b1.powi(cfg.adam_t);
         let c2 = 1.0 - b2.powi(cfg.adam_t);
         let lr = cfg.lr * c2.sqrt() / c1;
-        p.par_chunks_mut(OPT_CHUNK)
-            .zip(g.par_chunks(OPT_CHUNK))
-            .zip(s.m1.par_chunks_mut(OPT_CHUNK))
-            .zip(s.m2.par_chunks_mut(OPT_CHUNK))
-            .for_each(|(((p, g), m1), m2)| {
-                with_simd(|| {
-                    for n in 0..p.len() {
-                        let gr = g[n] - cfg.decay * p[n];
-                        m1[n] = b1 * m1[n] + (1.0 - b1) * gr;
-                        m2[n] = b2 * m2[n] + (1.0 - b2) * gr * gr;
-                        p[n] += lr * m1[n] / (m2[n].sqrt() + eps);
-                    }
-                })
-            });
+        let pieces = p
+            .chunks_mut(piece)
+            .zip(g.chunks(piece))
+            .zip(s.m1.chunks_mut(piece))
+            .zip(s.m2.chunks_mut(piece));
+        team.for_each(pieces, |(((p, g), m1), m2)| {
+            with_simd(|| {
+                for n in 0..p.len() {
+                    let gr = g[n] - cfg.decay * p[n];
+                    m1[n] = b1 * m1[n] + (1.0 - b1) * gr;
+                    m2[n] = b2 * m2[n] + (1.0 - b2) * gr * gr;
+                    p[n] += lr * m1[n] / (m2[n].sqrt() + eps);
+                }
+            })
+        });
     } else {
-        p.par_chunks_mut(OPT_CHUNK)
-            .zip(g.par_chunks(OPT_CHUNK))
-            .zip(s.m1.par_chunks_mut(OPT_CHUNK))
-            .for_each(|((p, g), v)| {
-                with_simd(|| {
-                    for n in 0..p.len() {
-                        v[n] = cfg.momentum * v[n] + cfg.lr * (g[n] - cfg.decay * p[n]);
-                        p[n] += v[n];
-                    }
-                })
-            });
+        let pieces = p
+            .chunks_mut(piece)
+            .zip(g.chunks(piece))
+            .zip(s.m1.chunks_mut(piece));
+        team.for_each(pieces, |((p, g), v)| {
+            with_simd(|| {
+                for n in 0..p.len() {
+                    v[n] = cfg.momentum * v[n] + cfg.lr * (g[n] - cfg.decay * p[n]);
+                    p[n] += v[n];
+                }
+            })
+        });
     }
 }
 
@@ -2264,7 +2277,7 @@ impl RatingRbm {
 
     /// The hidden-bias gradient (and the conditional D's) from the slots [`Self::batch_chains`]
     /// filled.
-    fn hidden_grads(&self, implicit: &Csr, batch: &[usize], g: &mut BatchGrad) {
+    fn hidden_grads(&self, implicit: &Csr, batch: &[usize], g: &mut BatchGrad, team: &Team<'_>) {
         let (d, m, nb) = (self.d, self.m, batch.len());
         let inv_b = 1.0 / nb as f32;
         let BatchGrad {
@@ -2278,11 +2291,13 @@ impl RatingRbm {
             ..
         } = g;
         gc.fill(0.0);
-        for n in 0..nb {
-            for j in 0..m {
-                gc[j] += (p0[n * m + j] - p1[n * m + j]) * inv_b;
+        with_simd(|| {
+            for (a, b) in p0[..nb * m].chunks(m).zip(p1.chunks(m)) {
+                for ((g, &a), &b) in gc.iter_mut().zip(a).zip(b) {
+                    *g += (a - b) * inv_b;
+                }
             }
-        }
+        });
         if self.dmat.is_some() {
             imp_ptr.fill(0);
             for &p in batch {
@@ -2303,14 +2318,21 @@ impl RatingRbm {
                 }
             }
             let (p0, p1, imp_ent, imp_ptr) = (&p0, &p1, &imp_ent, &imp_ptr);
-            gd.par_chunks_mut(m).enumerate().for_each(|(i, g)| {
-                g.fill(0.0);
-                for &n in &imp_ent[imp_ptr[i]..imp_ptr[i + 1]] {
-                    let n = n as usize;
-                    for j in 0..m {
-                        g[j] += (p0[n * m + j] - p1[n * m + j]) * inv_b;
+            // Runs of units, a few per team member.
+            let per = piece_len(d, 1, team);
+            team.for_each(gd.chunks_mut(per * m).enumerate(), |(r, gd)| {
+                with_simd(|| {
+                    for (i, g) in (r * per..).zip(gd.chunks_mut(m)) {
+                        g.fill(0.0);
+                        for &n in &imp_ent[imp_ptr[i]..imp_ptr[i + 1]] {
+                            let n = n as usize;
+                            let (a, b) = (&p0[n * m..(n + 1) * m], &p1[n * m..(n + 1) * m]);
+                            for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
+                                *g += (a - b) * inv_b;
+                            }
+                        }
                     }
-                }
+                })
             });
         }
     }
@@ -2356,7 +2378,7 @@ impl RatingRbm {
         }
         let (p0, p1, zbi, by_item, by_item_ptr) = (&p0, &p1, &zbi, &by_item, &by_item_ptr);
         // Runs of units, a few per team member so uneven runs balance out.
-        let per = self.d.div_ceil(4 * team.threads()).max(1);
+        let per = piece_len(self.d, 1, team);
         let runs = gw
             .chunks_mut(per * k * m)
             .zip(gb.chunks_mut(per * k))
@@ -2378,7 +2400,7 @@ impl RatingRbm {
                 );
             }
         });
-        self.hidden_grads(implicit, batch, g);
+        self.hidden_grads(implicit, batch, g, team);
         out
     }
 
@@ -2593,10 +2615,10 @@ impl RatingRbm {
                                 );
                             }
                         });
-                        self.hidden_grads(implicit, &batch_cases, &mut g);
-                        opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam);
+                        self.hidden_grads(implicit, &batch_cases, &mut g, team);
+                        opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
                         if let Some(dm) = &mut self.dmat {
-                            opt_step(dm, &g.gd, &mut s_d, &wcfg, adam);
+                            opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
                         }
                         // The next batch (indexed, positive phase done) becomes the current one.
                         std::mem::swap(&mut g, &mut gn);
@@ -2618,7 +2640,7 @@ impl RatingRbm {
 
                     // Optimizer steps.
                     match &mut self.factors {
-                        None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam),
+                        None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
                         Some((cf, a, bf)) => {
                             let cf = *cf;
                             // gA (C×DK, column-major) = Bᵀ gW ; gB (M×C) = gW Aᵀ.
@@ -2642,15 +2664,15 @@ impl RatingRbm {
                                 1.0,
                                 par,
                             );
-                            opt_step(a, &gfa, &mut s_fa, &wcfg, adam);
-                            opt_step(bf, &gfb, &mut s_fb, &wcfg, adam);
+                            opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
+                            opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
                             factor_product(&mut self.w, a, bf, d * k, cf, m);
                         }
                     }
-                    opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam);
-                    opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam);
+                    opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
+                    opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
                     if let Some(dm) = &mut self.dmat {
-                        opt_step(dm, gd, &mut s_d, &wcfg, adam);
+                        opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
                     }
                 }
             });
@@ -3447,10 +3469,13 @@ pub(crate) mod tests {
                     momentum,
                     adam_t: 0,
                 };
-                opt_step(&mut m.w, &g.gw, &mut s_w, &wcfg, false);
-                opt_step(&mut m.b, &g.gb, &mut s_b, &bcfg, false);
-                opt_step(&mut m.c, &g.gc, &mut s_c, &bcfg, false);
-                opt_step(m.dmat.as_mut().unwrap(), &g.gd, &mut s_d, &wcfg, false);
+                with_team(2, |team| {
+                    opt_step(&mut m.w, &g.gw, &mut s_w, &wcfg, false, team);
+                    opt_step(&mut m.b, &g.gb, &mut s_b, &bcfg, false, team);
+                    opt_step(&mut m.c, &g.gc, &mut s_c, &bcfg, false, team);
+                    let d = m.dmat.as_mut().unwrap();
+                    opt_step(d, &g.gd, &mut s_d, &wcfg, false, team);
+                });
             }
         }
         assert_ne!(fused.w, init.w, "training moved the weights");

@@ -68,14 +68,22 @@ fn binary_epochs(data: &Matrix, batch: usize, persistent: bool, adam: bool) -> V
     per_epoch(&counts)
 }
 
-fn rating_epochs(set: &rbm::synthetic::RatingSet, batch: usize) -> Vec<usize> {
-    let params = RatingRbmParams::new()
+fn rating_epochs(
+    set: &rbm::synthetic::RatingSet,
+    batch: usize,
+    conditional: bool,
+    adam: bool,
+) -> Vec<usize> {
+    let mut params = RatingRbmParams::new()
         .hidden(24)
         .epochs(7)
         .batch_size(batch)
         .cd(CdSchedule::constant(1))
-        .check()
-        .unwrap();
+        .conditional(conditional);
+    if adam {
+        params = params.optimizer(rbm::rating::Optimizer::Adam);
+    }
+    let params = params.check().unwrap();
     let data = TrainData {
         cases: &set.by_user,
         d: set.n_items,
@@ -121,14 +129,18 @@ fn training_allocates_nothing_per_batch() {
             seed: 5,
         })
         .unwrap();
-        let few = rating_epochs(&set, 100);
-        let many = rating_epochs(&set, 25);
-        // A batch with more ratings than any before grows the batch buffers (a few times, in
-        // any epoch), so compare the quietest epochs.
-        let (f, m) = (few.iter().min().unwrap(), many.iter().min().unwrap());
-        assert!(
-            m.abs_diff(*f) <= 2,
-            "rating: {few:?} allocations per epoch with 4 batches, {many:?} with 16"
-        );
+        // The default (fused momentum step), the conditional RBM and Adam (unfused steps).
+        for (conditional, adam) in [(false, false), (true, false), (false, true)] {
+            let few = rating_epochs(&set, 100, conditional, adam);
+            let many = rating_epochs(&set, 25, conditional, adam);
+            // A batch with more ratings than any before grows the batch buffers (a few times,
+            // in any epoch), so compare the quietest epochs.
+            let (f, m) = (few.iter().min().unwrap(), many.iter().min().unwrap());
+            assert!(
+                m.abs_diff(*f) <= 2,
+                "rating (conditional {conditional}, adam {adam}): {few:?} allocations per \
+                 epoch with 4 batches, {many:?} with 16"
+            );
+        }
     });
 }
