@@ -230,6 +230,18 @@ pub fn gemm_rows_then<F>(
     );
 }
 
+/// `dst = a · b` split by rows over `team`, with nothing after (see [`gemm_rows_then`]): for
+/// products inside a training epoch, where the team already holds the cores.
+pub fn gemm_team(
+    dst: MatMut<'_, f32>,
+    a: MatRef<'_, f32>,
+    b: MatRef<'_, f32>,
+    team: &crate::team::Team<'_>,
+) {
+    let none = MatMut::from_column_major_slice_mut(&mut [], a.nrows(), 0);
+    gemm_rows_then(dst, none, a, b, 1, team, &|_, _, _| {});
+}
+
 /// One part of a product split by rows: (first row, rows of dst, rows of side, rows of a).
 type RowPart<'a> = (usize, MatMut<'a, f32>, MatMut<'a, f32>, MatRef<'a, f32>);
 

@@ -26,11 +26,11 @@
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
 
 use crate::error::{RbmError, Result};
-use crate::linalg::{gemm, sigmoid};
+use crate::linalg::{gemm_team, sigmoid};
 use crate::random::{Purpose, Stream};
 use crate::ratings::Csr;
 use crate::team::{STACK_SLOTS, Team, training_threads, with_team};
-use faer::{Accum, MatMut, MatRef};
+use faer::{MatMut, MatRef};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -1655,7 +1655,9 @@ impl RatingRbm {
                 let a = normal_vec(d * k * cf, s, 1);
                 let bf = normal_vec(cf * m, s, 2);
                 let mut w = vec![0.0; d * k * m];
-                factor_product(&mut w, &a, &bf, d * k, cf, m);
+                with_team(1, |team| {
+                    factor_product(&mut w, &a, &bf, d * k, cf, m, team)
+                });
                 (w, Some((cf, a, bf)))
             }
         };
@@ -2643,30 +2645,27 @@ impl RatingRbm {
                         None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
                         Some((cf, a, bf)) => {
                             let cf = *cf;
-                            // gA (C×DK, column-major) = Bᵀ gW ; gB (M×C) = gW Aᵀ.
+                            // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
+                            // rows to split over the team); gB (M×C) = gW Aᵀ.
                             let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
                             let b_ref = MatRef::from_column_major_slice(bf, m, cf);
                             let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
-                            let par = crate::linalg::current_par();
-                            gemm(
-                                MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k),
-                                Accum::Replace,
-                                b_ref.transpose(),
-                                gw_ref,
-                                1.0,
-                                par,
+                            gemm_team(
+                                MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
+                                    .transpose_mut(),
+                                gw_ref.transpose(),
+                                b_ref,
+                                team,
                             );
-                            gemm(
+                            gemm_team(
                                 MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
-                                Accum::Replace,
                                 gw_ref,
                                 a_ref.transpose(),
-                                1.0,
-                                par,
+                                team,
                             );
                             opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
                             opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
-                            factor_product(&mut self.w, a, bf, d * k, cf, m);
+                            factor_product(&mut self.w, a, bf, d * k, cf, m, team);
                         }
                     }
                     opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
@@ -2780,17 +2779,25 @@ fn softplus32(x: f32) -> f32 {
 }
 
 /// W (rows × m, row-major) = A (rows × c, row-major) · B (c × m, row-major).
-fn factor_product(w: &mut [f32], a: &[f32], b: &[f32], rows: usize, c: usize, m: usize) {
+/// W = A·B for the factored model (`rows` = D·K rows of A, C factors, M hidden units), split
+/// over `team`.
+fn factor_product(
+    w: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    rows: usize,
+    c: usize,
+    m: usize,
+    team: &Team<'_>,
+) {
     let a_ref = MatRef::from_column_major_slice(a, c, rows);
     let b_ref = MatRef::from_column_major_slice(b, m, c);
     // Column-major: Wc (m × rows) = Bc (m × c) · Ac (c × rows).
-    gemm(
+    gemm_team(
         MatMut::from_column_major_slice_mut(w, m, rows),
-        Accum::Replace,
         b_ref,
         a_ref,
-        1.0,
-        crate::linalg::current_par(),
+        team,
     );
 }
 
@@ -3370,6 +3377,14 @@ pub(crate) mod tests {
     }
 
     fn fit_planted(threads: usize, seed: u64) -> RatingRbm {
+        fit_planted_with(threads, seed, |p| p)
+    }
+
+    fn fit_planted_with(
+        threads: usize,
+        seed: u64,
+        tweak: fn(RatingRbmParams) -> RatingRbmParams,
+    ) -> RatingRbm {
         let ratings = planted(120, 40, 3, 0.5, 1);
         let scale = RatingScale::infer(&ratings).unwrap();
         let mat = RatingMatrix::from_ratings(120, 40, &ratings, &scale).unwrap();
@@ -3378,9 +3393,8 @@ pub(crate) mod tests {
             .epochs(3)
             .batch_size(16)
             .conditional(true)
-            .seed(seed)
-            .check()
-            .unwrap();
+            .seed(seed);
+        let params = tweak(params).check().unwrap();
         let data = TrainData {
             cases: &mat.by_user,
             d: 40,
@@ -3490,6 +3504,16 @@ pub(crate) mod tests {
         assert_eq!(a, b);
         assert_eq!(b, c);
         assert_ne!(a.w, fit_planted(2, 5).w);
+        // The factored model (its products split over the team) and Adam (unfused steps).
+        for tweak in [
+            |p: RatingRbmParams| p.factors(Some(5)),
+            |p: RatingRbmParams| p.optimizer(Optimizer::Adam),
+        ] {
+            let one = fit_planted_with(1, 4, tweak);
+            assert_eq!(one, fit_planted_with(2, 4, tweak));
+            assert_eq!(one, fit_planted_with(3, 4, tweak));
+            assert_ne!(one.w, a.w);
+        }
     }
 
     #[test]
