@@ -97,12 +97,16 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
     let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
     let user = rating_epochs(&m.by_user, m.n_items, scale.values(), 100, epochs)?;
     let item = rating_epochs(&m.by_item, m.n_users, scale.values(), 100, epochs)?;
+    // The dense reference code's own mini-batch (its `fit` defaults to batch_sz=256), for a
+    // like-for-like comparison with its epoch time.
+    let user256 = rating_epochs(&m.by_user, m.n_items, scale.values(), 256, epochs)?;
     let (us, is) = (median(user.clone()), median(item.clone()));
     Ok(json!({
         "path": path.display().to_string(), "ratings": ratings.len(), "hidden": 100, "cd": 1,
         "batch": 100, "user_epoch_seconds": us, "item_epoch_seconds": is,
         "ratings_per_sec": ratings.len() as f64 / us, "item_ratings_per_sec": ratings.len() as f64 / is,
         "user_epochs": user, "item_epochs": item,
+        "batch256_user_epoch_seconds": median(user256.clone()), "batch256_user_epochs": user256,
     }))
 }
 
@@ -317,6 +321,10 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                         "ml100k_item_epoch_seconds".into(),
                         c["item_epoch_seconds"].clone(),
                     );
+                    report.insert(
+                        "ml100k_epoch_seconds_batch256".into(),
+                        c["batch256_user_epoch_seconds"].clone(),
+                    );
                     report.insert("ml100k".into(), c);
                 }
                 Err(e) => {
@@ -420,6 +428,13 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 s * 1e3,
                 report["ml100k"]["ratings_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 report["ml100k_item_epoch_seconds"].as_f64().unwrap_or(0.0) * 1e3
+            );
+            println!(
+                "  at the dense reference code's batch of 256: {:.2} ms/epoch user-based",
+                report["ml100k_epoch_seconds_batch256"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    * 1e3
             );
         }
         if let Some(s) = report["netflix_epoch_seconds"].as_f64() {

@@ -205,6 +205,19 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
     let rate = ml["ratings_per_sec"].as_f64().unwrap();
     assert!((rate * secs / ratings - 1.0).abs() < 1e-9, "{r}");
     assert_eq!(ml["user_epochs"].as_array().unwrap().len(), 3);
+    // The like-for-like run at the dense reference's batch of 256: its median of three epochs.
+    let mut b256: Vec<f64> = ml["batch256_user_epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    b256.sort_by(f64::total_cmp);
+    assert_eq!(
+        r["ml100k_epoch_seconds_batch256"].as_f64(),
+        Some(b256[1]),
+        "{r}"
+    );
     let one = r["ml100k_epoch_seconds_1thread"].as_f64().unwrap();
     let speedup = r["speedup_over_1thread"]["ml100k"].as_f64().unwrap();
     assert!((speedup - one / secs).abs() < 1e-9, "{r}");
