@@ -27,7 +27,7 @@
 
 use crate::error::{RbmError, Result};
 use crate::linalg::{gemm_team, sigmoid};
-use crate::random::{Purpose, Stream};
+use crate::random::{Purpose, Stream, StreamKey};
 use crate::ratings::Csr;
 use crate::team::{STACK_SLOTS, Team, training_threads, with_team};
 use faer::{MatMut, MatRef};
@@ -423,7 +423,7 @@ simd_fn!(
     /// [`RatingRbm::chunk_negative`] at the widest SIMD allowed.
     fn simd_chunk_negative(model: &RatingRbm, i0: usize, i1: usize, by_item: &[(u32, u8)],
         by_item_ptr: &[usize], h: &[f32], negative: NegativePhase, last: bool,
-        rngkey: (u64, u64, u64, usize), z: &mut [f32], acc: &mut [f32]) -> f64
+        rngkey: (StreamKey, usize), z: &mut [f32], acc: &mut [f32]) -> f64
         => RatingRbm::chunk_negative);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
@@ -1857,7 +1857,7 @@ impl RatingRbm {
         h: &[f32],
         negative: NegativePhase,
         last: bool,
-        rngkey: (u64, u64, u64, usize),
+        rngkey: (StreamKey, usize),
         z: &mut [f32],
         acc: &mut [f32],
     ) -> f64 {
@@ -1872,13 +1872,9 @@ impl RatingRbm {
             }
             let ents = &by_item[a..b];
             let zi = &mut z[(a - base_pos) * k..(b - base_pos) * k];
-            let mut rng = Stream::new(
-                rngkey.0,
-                Purpose::Train,
-                rngkey.1,
-                rngkey.2,
-                (1u64 << 62) | ((i as u64) << 16) | rngkey.3 as u64,
-            );
+            let mut rng = rngkey
+                .0
+                .stream((1u64 << 62) | ((i as u64) << 16) | rngkey.1 as u64);
             err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc);
         }
         err
@@ -2183,15 +2179,8 @@ impl RatingRbm {
         let nb = batch.len();
         let nr = *rec_off.last().unwrap();
         let model = &self;
-        let case_rng = |n: usize, t: usize| {
-            Stream::new(
-                key.0,
-                Purpose::Train,
-                key.1,
-                key.2,
-                ((batch[n] as u64) << 16) | t as u64,
-            )
-        };
+        let skey = StreamKey::new(key.0, Purpose::Train, key.1, key.2);
+        let case_rng = |n: usize, t: usize| skey.stream(((batch[n] as u64) << 16) | t as u64);
         {
             let accr = &acc[..];
             let runs = case_runs(team, nb, m, [&mut p0[..], &mut p1[..], &mut base[..]]);
@@ -2251,7 +2240,7 @@ impl RatingRbm {
                         h,
                         negative,
                         last,
-                        (key.0, key.1, key.2, t),
+                        (skey, t),
                         z,
                         a,
                     );

@@ -14,7 +14,7 @@
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
 use crate::linalg::{self, Matrix};
-use crate::random::{Purpose, Stream};
+use crate::random::{Purpose, Stream, StreamKey};
 use crate::team::{Team, training_threads, with_team};
 use faer::Accum;
 use std::ops::ControlFlow;
@@ -943,6 +943,7 @@ fn gibbs_pass(
         side_cols,
     );
     let x = faer::MatRef::from_column_major_slice(x, inner, cols);
+    let skey = StreamKey::new(seed, Purpose::Train, epoch, key);
     let epilogue = |r0: usize, mut p: faer::MatMut<'_, f32>, mut s: faer::MatMut<'_, f32>| {
         let n = p.nrows();
         let bias = &bias[r0..r0 + n];
@@ -954,10 +955,7 @@ fn gibbs_pass(
                 .expect("contiguous column")
                 .as_slice_mut();
             linalg::sigmoid_bias_in_place(col, bias);
-            let stream = |k: usize| {
-                let id = (c * nblocks + r0 / block + k) as u64;
-                Stream::new(seed, Purpose::Train, epoch, key, id)
-            };
+            let stream = |k: usize| skey.stream((c * nblocks + r0 / block + k) as u64);
             match then {
                 Then::Sample => {
                     let dst = s
