@@ -1626,6 +1626,44 @@ impl BatchGrad {
     }
 }
 
+/// The conditional weights' gradient: row i of `gd` (M wide) is Σ (p0 − p1)·inv_b over the
+/// cases `case(e)` of the entries `ents[ptr[i]..ptr[i + 1]]`, summed in entry order, in runs
+/// of units over the team.
+#[allow(clippy::too_many_arguments)]
+fn d_gradient<E: Sync>(
+    gd: &mut [f32],
+    p0: &[f32],
+    p1: &[f32],
+    inv_b: f32,
+    m: usize,
+    team: &Team<'_>,
+    ptr: &[usize],
+    ents: &[E],
+    case: impl Fn(&E) -> usize + Sync,
+) {
+    let d = gd.len() / m;
+    let per = piece_len(d, 1, team);
+    team.for_each(gd.chunks_mut(per * m).enumerate(), |(r, gd)| {
+        with_simd(|| {
+            for (i, g) in (r * per..).zip(gd.chunks_mut(m)) {
+                g.fill(0.0);
+                for e in &ents[ptr[i]..ptr[i + 1]] {
+                    let n = case(e);
+                    let (a, b) = (&p0[n * m..(n + 1) * m], &p1[n * m..(n + 1) * m]);
+                    for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
+                        *g += (a - b) * inv_b;
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// `implicit` when it differs from `cases` (`None`: the implicit sets are the rated units).
+fn own_sets<'a>(cases: &Csr, implicit: &'a Csr) -> Option<&'a Csr> {
+    (!std::ptr::eq(cases, implicit)).then_some(implicit)
+}
+
 impl RatingRbm {
     /// A model with W ~ N(0, init_std²) (or A, B so that W has about that spread), c = 0,
     /// conditional D = 0, and b from the log-frequencies of each visible unit's classes in
@@ -2268,7 +2306,13 @@ impl RatingRbm {
 
     /// The hidden-bias gradient (and the conditional D's) from the slots [`Self::batch_chains`]
     /// filled.
-    fn hidden_grads(&self, implicit: &Csr, batch: &[usize], g: &mut BatchGrad, team: &Team<'_>) {
+    fn hidden_grads(
+        &self,
+        implicit: Option<&Csr>,
+        batch: &[usize],
+        g: &mut BatchGrad,
+        team: &Team<'_>,
+    ) {
         let (d, m, nb) = (self.d, self.m, batch.len());
         let inv_b = 1.0 / nb as f32;
         let BatchGrad {
@@ -2277,6 +2321,8 @@ impl RatingRbm {
             imp_ptr,
             imp_ent,
             imp_fill,
+            by_item,
+            by_item_ptr,
             gc,
             gd,
             ..
@@ -2289,43 +2335,38 @@ impl RatingRbm {
                 }
             }
         });
-        if self.dmat.is_some() {
-            imp_ptr.fill(0);
-            for &p in batch {
-                for &i in implicit.row(p).0 {
-                    imp_ptr[i as usize + 1] += 1;
-                }
-            }
-            for i in 0..d {
-                imp_ptr[i + 1] += imp_ptr[i];
-            }
-            imp_ent.resize(imp_ptr[d], 0);
-            imp_fill.clone_from(imp_ptr);
-            let fill = imp_fill;
-            for (n, &p) in batch.iter().enumerate() {
-                for &i in implicit.row(p).0 {
-                    imp_ent[fill[i as usize]] = n as u32;
-                    fill[i as usize] += 1;
-                }
-            }
-            let (p0, p1, imp_ent, imp_ptr) = (&p0, &p1, &imp_ent, &imp_ptr);
-            // Runs of units, a few per team member.
-            let per = piece_len(d, 1, team);
-            team.for_each(gd.chunks_mut(per * m).enumerate(), |(r, gd)| {
-                with_simd(|| {
-                    for (i, g) in (r * per..).zip(gd.chunks_mut(m)) {
-                        g.fill(0.0);
-                        for &n in &imp_ent[imp_ptr[i]..imp_ptr[i + 1]] {
-                            let n = n as usize;
-                            let (a, b) = (&p0[n * m..(n + 1) * m], &p1[n * m..(n + 1) * m]);
-                            for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
-                                *g += (a - b) * inv_b;
-                            }
-                        }
-                    }
-                })
-            });
+        if self.dmat.is_none() {
+            return;
         }
+        let (p0, p1) = (&p0[..], &p1[..]);
+        let Some(implicit) = implicit else {
+            // The implicit sets are the rated units: the batch's index lists them per unit,
+            // in batch order, as the index below would.
+            let (ptr, ents) = (&by_item_ptr[..], &by_item[..]);
+            d_gradient(gd, p0, p1, inv_b, m, team, ptr, ents, |e| e.0 as usize);
+            return;
+        };
+        imp_ptr.fill(0);
+        for &p in batch {
+            for &i in implicit.row(p).0 {
+                imp_ptr[i as usize + 1] += 1;
+            }
+        }
+        for i in 0..d {
+            imp_ptr[i + 1] += imp_ptr[i];
+        }
+        imp_ent.resize(imp_ptr[d], 0);
+        imp_fill.clone_from(imp_ptr);
+        let fill = imp_fill;
+        for (n, &p) in batch.iter().enumerate() {
+            for &i in implicit.row(p).0 {
+                imp_ent[fill[i as usize]] = n as u32;
+                fill[i as usize] += 1;
+            }
+        }
+        d_gradient(gd, p0, p1, inv_b, m, team, imp_ptr, imp_ent, |&n| {
+            n as usize
+        });
     }
 
     /// One mini-batch's CD-T gradient (ascent direction, averaged over the batch) into `g`:
@@ -2391,7 +2432,7 @@ impl RatingRbm {
                 );
             }
         });
-        self.hidden_grads(implicit, batch, g, team);
+        self.hidden_grads(own_sets(cases, implicit), batch, g, team);
         out
     }
 
@@ -2606,7 +2647,7 @@ impl RatingRbm {
                                 );
                             }
                         });
-                        self.hidden_grads(implicit, &batch_cases, &mut g, team);
+                        self.hidden_grads(own_sets(cases, implicit), &batch_cases, &mut g, team);
                         opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
                         if let Some(dm) = &mut self.dmat {
                             opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
@@ -3022,6 +3063,14 @@ pub(crate) mod tests {
                 gw.iter().any(|v| v.abs() > 1e-3),
                 "gradient should not vanish"
             );
+            // Implicit sets given as their own matrix (indexed separately, not read off the
+            // batch's rating index): the same bits.
+            let own = cases.clone();
+            let mut g2 = BatchGrad::new(d, k, m, n, true);
+            with_team(2, |team| {
+                model.batch_gradient(&cases, &own, &batch, 1, negative, (1, 2, 3), &mut g2, team)
+            });
+            assert!(g2.gd == g.gd && g2.gw == g.gw && g2.gc == g.gc);
         }
     }
 
