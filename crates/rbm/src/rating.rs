@@ -718,6 +718,69 @@ fn step_cols_avx512<const NV: usize>(
     }
 }
 
+/// `out[j] += Σ_r term(r, j)` for r in `0..rows`, summed in row order (the same additions as
+/// a loop adding one row at a time into `out`), with up to 128 columns of `out` held in
+/// registers across all the rows instead of going through memory for each row. `term(r, j0,
+/// mask)` gives lanes `j0..j0 + 16` of row r's term (lanes outside `mask` may be anything).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sum_rows_avx512<F>(out: &mut [f32], rows: usize, term: F)
+where
+    F: Fn(usize, usize, std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512,
+{
+    let m = out.len();
+    let mut j0 = 0;
+    while j0 < m {
+        let nv = (m - j0).div_ceil(16).min(8);
+        let block = &mut out[j0..(j0 + 16 * nv).min(m)];
+        match nv {
+            1 => sum_rows_block_avx512::<1, F>(block, j0, rows, &term),
+            2 => sum_rows_block_avx512::<2, F>(block, j0, rows, &term),
+            3 => sum_rows_block_avx512::<3, F>(block, j0, rows, &term),
+            4 => sum_rows_block_avx512::<4, F>(block, j0, rows, &term),
+            5 => sum_rows_block_avx512::<5, F>(block, j0, rows, &term),
+            6 => sum_rows_block_avx512::<6, F>(block, j0, rows, &term),
+            7 => sum_rows_block_avx512::<7, F>(block, j0, rows, &term),
+            _ => sum_rows_block_avx512::<8, F>(block, j0, rows, &term),
+        }
+        j0 += 16 * nv;
+    }
+}
+
+/// One block of [`sum_rows_avx512`]: `block` is `out[j0..]`, NV vectors wide (the last one
+/// possibly partial).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sum_rows_block_avx512<const NV: usize, F>(block: &mut [f32], j0: usize, rows: usize, term: &F)
+where
+    F: Fn(usize, usize, std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512,
+{
+    use std::arch::x86_64::*;
+    let tail = block.len() - 16 * (NV - 1);
+    let mask = |v: usize| -> __mmask16 {
+        if v + 1 < NV || tail == 16 {
+            0xffff
+        } else {
+            ((1u32 << tail) - 1) as u16
+        }
+    };
+    let p = block.as_mut_ptr();
+    // SAFETY: the masked lanes of vector v lie within `block` (16·(NV−1) + tail long).
+    let mut acc: [__m512; NV] =
+        std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(mask(v), p.add(16 * v)) });
+    for r in 0..rows {
+        for (v, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_add_ps(*a, term(r, j0 + 16 * v, mask(v)));
+        }
+    }
+    for (v, a) in acc.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { _mm512_mask_storeu_ps(p.add(16 * v), mask(v), *a) };
+    }
+}
+
 /// `y += x` over one row (x at least as long), 16 lanes at a time, the tail under a mask.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -1644,19 +1707,60 @@ fn d_gradient<E: Sync>(
     let d = gd.len() / m;
     let per = piece_len(d, 1, team);
     team.for_each(gd.chunks_mut(per * m).enumerate(), |(r, gd)| {
-        with_simd(|| {
-            for (i, g) in (r * per..).zip(gd.chunks_mut(m)) {
-                g.fill(0.0);
-                for e in &ents[ptr[i]..ptr[i + 1]] {
+        for (i, g) in (r * per..).zip(gd.chunks_mut(m)) {
+            g.fill(0.0);
+            let ents = &ents[ptr[i]..ptr[i + 1]];
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                use std::arch::x86_64::*;
+                let s = inv_b;
+                let term = |e: usize, j: usize, mk: __mmask16| {
+                    let n = case(&ents[e]);
+                    let (a, b) = (&p0[n * m..(n + 1) * m], &p1[n * m..(n + 1) * m]);
+                    // SAFETY: the masked lanes lie within the rows (j < m), and this runs
+                    // only inside `sum_rows_avx512`, so AVX-512F is present.
+                    unsafe {
+                        let a = _mm512_maskz_loadu_ps(mk, a.as_ptr().add(j));
+                        let b = _mm512_maskz_loadu_ps(mk, b.as_ptr().add(j));
+                        _mm512_mul_ps(_mm512_sub_ps(a, b), _mm512_set1_ps(s))
+                    }
+                };
+                // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                unsafe { sum_rows_avx512(g, ents.len(), term) };
+                continue;
+            }
+            with_simd(|| {
+                for e in ents {
                     let n = case(e);
                     let (a, b) = (&p0[n * m..(n + 1) * m], &p1[n * m..(n + 1) * m]);
                     for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
                         *g += (a - b) * inv_b;
                     }
                 }
-            }
-        })
+            })
+        }
     });
+}
+
+/// `base += Σ dm[i]` over the rows `items` of `dm` (M wide), in order.
+#[inline(always)]
+fn add_rows(base: &mut [f32], dm: &[f32], items: &[u32]) {
+    let m = base.len();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        use std::arch::x86_64::*;
+        let term = |r: usize, j: usize, mk: __mmask16| {
+            let row = &dm[items[r] as usize * m..(items[r] as usize + 1) * m];
+            // SAFETY: the masked lanes lie within the row (j < m).
+            unsafe { _mm512_maskz_loadu_ps(mk, row.as_ptr().add(j)) }
+        };
+        // SAFETY: AVX-512F is present (checked by `has_avx512`).
+        unsafe { sum_rows_avx512(base, items.len(), term) };
+        return;
+    }
+    for &i in items {
+        add(base, &dm[i as usize * m..(i as usize + 1) * m]);
+    }
 }
 
 /// `implicit` when it differs from `cases` (`None`: the implicit sets are the rated units).
@@ -2231,9 +2335,7 @@ impl RatingRbm {
                     with_simd(|| {
                         base.copy_from_slice(&model.c);
                         if let Some(dm) = &model.dmat {
-                            for &i in implicit.row(batch[n]).0 {
-                                add(base, &dm[i as usize * m..(i as usize + 1) * m]);
-                            }
+                            add_rows(base, dm, implicit.row(batch[n]).0);
                         }
                         hidden_probs_from_chunks(p0, base, accr, n, nb);
                         h.copy_from_slice(p0);
@@ -3071,6 +3173,50 @@ pub(crate) mod tests {
                 model.batch_gradient(&cases, &own, &batch, 1, negative, (1, 2, 3), &mut g2, team)
             });
             assert!(g2.gd == g.gd && g2.gw == g.gw && g2.gc == g.gc);
+        }
+    }
+
+    #[test]
+    fn row_sums_match_adding_one_row_at_a_time() {
+        // `add_rows` (the conditional input, Σ D rows) and `d_gradient` (Σ (p0 − p1)/B per
+        // unit) keep up to 128 columns in registers across rows (where the CPU has AVX-512):
+        // the same additions in the same order as adding one row at a time, so the same bits;
+        // widths with and without a tail and over one column block.
+        for m in [1usize, 15, 16, 17, 100, 130, 300] {
+            let mut s = Stream::new(21, Purpose::Data, m as u64, 0, 0);
+            let rows = 9;
+            let dm: Vec<f32> = (0..rows * m).map(|_| s.uniform() - 0.5).collect();
+            let items: Vec<u32> = vec![4, 0, 8, 8, 2, 7];
+            let base0: Vec<f32> = (0..m).map(|_| s.uniform()).collect();
+            let mut got = base0.clone();
+            add_rows(&mut got, &dm, &items);
+            let mut want = base0.clone();
+            for &i in &items {
+                for j in 0..m {
+                    want[j] += dm[i as usize * m + j];
+                }
+            }
+            assert!(got == want, "add_rows M={m}");
+
+            let (p0, p1) = (&dm[..], &dm.iter().map(|v| v * 0.7).collect::<Vec<f32>>());
+            let ptr = [0usize, 3, 3, 6];
+            let ents: Vec<u32> = vec![1, 5, 2, 8, 0, 1];
+            let inv_b = 1.0 / 7.0;
+            let mut gd = vec![f32::NAN; 3 * m];
+            with_team(2, |team| {
+                d_gradient(&mut gd, p0, p1, inv_b, m, team, &ptr, &ents, |&n| {
+                    n as usize
+                })
+            });
+            for i in 0..3 {
+                let mut g = vec![0.0f32; m];
+                for &n in &ents[ptr[i]..ptr[i + 1]] {
+                    for j in 0..m {
+                        g[j] += (p0[n as usize * m + j] - p1[n as usize * m + j]) * inv_b;
+                    }
+                }
+                assert!(g[..] == gd[i * m..(i + 1) * m], "d_gradient M={m} unit {i}");
+            }
         }
     }
 
