@@ -654,18 +654,7 @@ fn step_cols_avx512<const NV: usize>(
 ) {
     use std::arch::x86_64::*;
     let width = (m - j0).min(16 * NV);
-    let tail = width - 16 * (NV - 1);
-    let mask = |v: usize| -> __mmask16 {
-        if v + 1 < NV {
-            0xffff
-        } else {
-            if tail == 16 {
-                0xffff
-            } else {
-                ((1u32 << tail) - 1) as u16
-            }
-        }
-    };
+    let mask = |v: usize| block_lane_mask(v, NV, width);
     let k = start.len() - 1;
     for c in 0..k {
         let mut acc = [_mm512_setzero_ps(); NV];
@@ -718,6 +707,18 @@ fn step_cols_avx512<const NV: usize>(
     }
 }
 
+/// The lanes of vector `v` of a block of `nv` vectors covering `width` columns: all 16 but in
+/// the last vector, which covers what is left.
+#[inline(always)]
+fn block_lane_mask(v: usize, nv: usize, width: usize) -> u16 {
+    let tail = width - 16 * (nv - 1);
+    if v + 1 < nv || tail == 16 {
+        0xffff
+    } else {
+        ((1u32 << tail) - 1) as u16
+    }
+}
+
 /// `out[j] += Σ_r term(r, j)` for r in `0..rows`, summed in row order (the same additions as
 /// a loop adding one row at a time into `out`), with up to 128 columns of `out` held in
 /// registers across all the rows instead of going through memory for each row. `term(r, j0,
@@ -758,14 +759,8 @@ where
     F: Fn(usize, usize, std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512,
 {
     use std::arch::x86_64::*;
-    let tail = block.len() - 16 * (NV - 1);
-    let mask = |v: usize| -> __mmask16 {
-        if v + 1 < NV || tail == 16 {
-            0xffff
-        } else {
-            ((1u32 << tail) - 1) as u16
-        }
-    };
+    let width = block.len();
+    let mask = |v: usize| block_lane_mask(v, NV, width);
     let p = block.as_mut_ptr();
     // SAFETY: the masked lanes of vector v lie within `block` (16·(NV−1) + tail long).
     let mut acc: [__m512; NV] =
