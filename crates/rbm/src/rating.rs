@@ -1588,18 +1588,24 @@ struct SyncPtr<T>(*mut T);
 // SAFETY: only used for writes to disjoint elements (see the use sites).
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
-/// Runs `f` on every item, on the team when `par`, else in order here.
+/// Runs `f` on every item, on the team if there is one, else in order here.
 fn for_each_maybe_par<T: Send>(
-    team: &Team<'_>,
-    par: bool,
+    team: Option<&Team<'_>>,
     items: impl IntoIterator<Item = T>,
     f: impl Fn(T) + Sync,
 ) {
-    if par {
-        team.for_each(items, f);
-    } else {
-        items.into_iter().for_each(f);
+    match team {
+        Some(team) => team.for_each(items, f),
+        None => items.into_iter().for_each(f),
     }
+}
+
+/// Ratings in a batch of cases.
+fn batch_ratings(cases: &Csr, batch: &[usize]) -> usize {
+    batch
+        .iter()
+        .map(|&r| cases.offsets[r + 1] - cases.offsets[r])
+        .sum()
 }
 
 /// The per-case rows `0..nb` (M floats each) of `bufs` cut into one run of cases per team
@@ -2118,7 +2124,13 @@ impl RatingRbm {
 
     /// The per-visible-unit index of a batch's ratings, its fixed chunks of units, and buffers
     /// sized for it (everything the positive phase and [`Self::batch_chains`] need).
-    fn batch_index(&self, cases: &Csr, batch: &[usize], g: &mut BatchGrad, team: &Team<'_>) {
+    fn batch_index(
+        &self,
+        cases: &Csr,
+        batch: &[usize],
+        g: &mut BatchGrad,
+        team: Option<&Team<'_>>,
+    ) {
         let (d, k, m) = (self.d, self.k, self.m);
         let BatchGrad {
             p0,
@@ -2157,13 +2169,13 @@ impl RatingRbm {
         // so they are indexed in parallel with the same result as in one part.
         by_item.resize(nr, (0, 0));
         pos_of.resize(nr, 0);
-        let big = nr >= PAR_INDEX_MIN;
+        let team = team.filter(|_| nr >= PAR_INDEX_MIN);
         // One part per team member (the index comes out the same for any number of parts).
-        let parts = if big { team.threads() } else { 1 };
+        let parts = team.map_or(1, |t| t.threads());
         part_cnt.resize(parts * d, 0);
         let part = |c: usize| (nb * c / parts, nb * (c + 1) / parts);
         let counts = part_cnt[..parts * d].chunks_mut(d).enumerate();
-        for_each_maybe_par(team, big, counts, |(c, cnt)| {
+        for_each_maybe_par(team, counts, |(c, cnt)| {
             cnt.fill(0);
             let (n0, n1) = part(c);
             for &p in &batch[n0..n1] {
@@ -2198,7 +2210,7 @@ impl RatingRbm {
                     rest_pos = r;
                     (n0, n1, cnt, pos)
                 });
-            for_each_maybe_par(team, big, jobs, |(n0, n1, cnt, pos)| {
+            for_each_maybe_par(team, jobs, |(n0, n1, cnt, pos)| {
                 let slots = &slots;
                 let mut q = 0;
                 for n in n0..n1 {
@@ -2281,9 +2293,10 @@ impl RatingRbm {
     ///
     /// With `prepared`, the batch was already indexed and its positive phase already summed
     /// into the chunk accumulators (by [`Self::batch_index`] and the previous batch's fused
-    /// momentum step).
+    /// momentum step). `extra` (a serial job that needs nothing from this batch: indexing the
+    /// next one) runs during the first negative pass, on the last team member after its chunks.
     #[allow(clippy::too_many_arguments)]
-    fn batch_chains(
+    fn batch_chains<E: FnOnce() + Send>(
         &self,
         cases: &Csr,
         implicit: &Csr,
@@ -2293,10 +2306,11 @@ impl RatingRbm {
         key: (u64, u64, u64),
         g: &mut BatchGrad,
         prepared: bool,
+        extra: Option<E>,
         team: &Team<'_>,
     ) -> (f64, usize) {
         if !prepared {
-            self.batch_index(cases, batch, g, team);
+            self.batch_index(cases, batch, g, Some(team));
             self.batch_positive(batch.len(), g, team);
         }
         let (k, m) = (self.k, self.m);
@@ -2340,6 +2354,7 @@ impl RatingRbm {
             });
         }
         let mut err = 0.0f64;
+        let mut extra = extra;
         for t in 0..t_steps {
             let last = t + 1 == t_steps;
             {
@@ -2365,7 +2380,8 @@ impl RatingRbm {
                 // part of W, its accumulator and its reconstructions stay in that core's
                 // caches: with members taking chunks as they came free, the step ran at half
                 // speed on two threads.
-                team.for_each_static(jobs, |(c, z, a, e)| {
+                let extra = extra.take();
+                let chunk_job = |(c, z, a, e): (usize, &mut [f32], &mut [f32], &mut f64)| {
                     *e = simd_chunk_negative(
                         model,
                         chunk_bounds[c],
@@ -2379,6 +2395,11 @@ impl RatingRbm {
                         z,
                         a,
                     );
+                };
+                team.for_each_static_and(jobs, chunk_job, || {
+                    if let Some(extra) = extra {
+                        extra();
+                    }
                 });
             }
             if last {
@@ -2483,7 +2504,16 @@ impl RatingRbm {
         team: &Team<'_>,
     ) -> (f64, usize) {
         let out = self.batch_chains(
-            cases, implicit, batch, t_steps, negative, key, g, false, team,
+            cases,
+            implicit,
+            batch,
+            t_steps,
+            negative,
+            key,
+            g,
+            false,
+            None::<fn()>,
+            team,
         );
         let (k, m) = (self.k, self.m);
         let inv_b = 1.0 / batch.len() as f32;
@@ -2604,42 +2634,191 @@ impl RatingRbm {
         let mut secs_total = 0.0;
         let mut epochs_run = 0;
         let mut adam_t = 0i32;
-        for epoch in 0..params.epochs {
-            let t0 = Instant::now();
-            let t_steps = params.cd.t_at(epoch);
-            let momentum = if epoch < params.momentum_warmup {
-                params.initial_momentum
-            } else {
-                params.momentum
+        // One team for the whole run, sized by the caller's pool (at most one member per core):
+        // starting its helper threads cost ~0.1 ms per epoch. Between epochs they wait
+        // (spinning briefly, then parked) while validation and `progress` run here.
+        with_team(training_threads(), |team| -> Result<()> {
+            let order = |epoch: usize| {
+                Stream::new(params.seed, Purpose::Shuffle, epoch as u64, 0, 0)
+                    .permutation(active.len())
             };
-            let perm = Stream::new(params.seed, Purpose::Shuffle, epoch as u64, 0, 0)
-                .permutation(active.len());
-            let mut err_sum = 0.0f64;
-            let mut n_rated = 0usize;
-            // One team per epoch, sized by the caller's pool (at most one member per core).
-            with_team(training_threads(), |team| {
-                for (bi, chunk) in perm.chunks(bs).enumerate() {
-                    batch_cases.clear();
-                    batch_cases.extend(chunk.iter().map(|&p| active[p]));
-                    adam_t += 1;
-                    let wcfg = StepCfg {
-                        lr: params.learning_rate,
-                        decay: params.weight_decay,
-                        momentum,
-                        adam_t,
-                    };
-                    let bcfg = StepCfg {
-                        lr: params.bias_learning_rate,
-                        decay: 0.0,
-                        momentum,
-                        adam_t,
-                    };
-                    let key = (params.seed, epoch as u64, bi as u64);
-                    if fused {
-                        // Fused: each visible unit's gradient goes straight into its momentum
-                        // step while its K×M block is in cache (no D×K×M gradient pass), and the
-                        // next batch's positive phase reads the updated block there too.
-                        let (err, nr) = self.batch_chains(
+            let mut perm = order(0);
+            // The fused path's last step of an epoch also prepares (indexes, and sums the
+            // positive phase of) the first batch of the next one: its order is known already.
+            let mut first_prepared = false;
+            for epoch in 0..params.epochs {
+                let t0 = Instant::now();
+                let t_steps = params.cd.t_at(epoch);
+                let momentum = if epoch < params.momentum_warmup {
+                    params.initial_momentum
+                } else {
+                    params.momentum
+                };
+                let next_perm = (epoch + 1 < params.epochs).then(|| order(epoch + 1));
+                let mut err_sum = 0.0f64;
+                let mut n_rated = 0usize;
+                team.forget_contention();
+                {
+                    for (bi, chunk) in perm.chunks(bs).enumerate() {
+                        batch_cases.clear();
+                        batch_cases.extend(chunk.iter().map(|&p| active[p]));
+                        adam_t += 1;
+                        let wcfg = StepCfg {
+                            lr: params.learning_rate,
+                            decay: params.weight_decay,
+                            momentum,
+                            adam_t,
+                        };
+                        let bcfg = StepCfg {
+                            lr: params.bias_learning_rate,
+                            decay: 0.0,
+                            momentum,
+                            adam_t,
+                        };
+                        let key = (params.seed, epoch as u64, bi as u64);
+                        if fused {
+                            // Fused: each visible unit's gradient goes straight into its momentum
+                            // step while its K×M block is in cache (no D×K×M gradient pass), and the
+                            // next batch's positive phase reads the updated block there too.
+                            let next = perm
+                                .chunks(bs)
+                                .nth(bi + 1)
+                                .or_else(|| next_perm.as_ref().and_then(|p| p.chunks(bs).next()));
+                            next_cases.clear();
+                            if let Some(next) = next {
+                                next_cases.extend(next.iter().map(|&p| active[p]));
+                            }
+                            // The next batch's index needs nothing from this one: a small one is
+                            // built serially during the negative pass by the member that has less
+                            // to do there (the team would otherwise wait for it after); a big one
+                            // is built in parallel afterwards.
+                            let serial_index = next.is_some()
+                                && (team.threads() == 1
+                                    || batch_ratings(cases, &next_cases) < PAR_INDEX_MIN);
+                            let (err, nr) = {
+                                let (gn, next_cases) = (&mut gn, &next_cases);
+                                let model = &self;
+                                self.batch_chains(
+                                    cases,
+                                    implicit,
+                                    &batch_cases,
+                                    t_steps,
+                                    params.negative,
+                                    key,
+                                    &mut g,
+                                    bi > 0 || first_prepared,
+                                    serial_index.then_some(move || {
+                                        model.batch_index(cases, next_cases, gn, None)
+                                    }),
+                                    team,
+                                )
+                            };
+                            if next.is_some() && !serial_index {
+                                self.batch_index(cases, &next_cases, &mut gn, Some(team));
+                            }
+                            err_sum += err;
+                            n_rated += nr;
+                            let inv_b = 1.0 / batch_cases.len() as f32;
+                            let (wc, bc) = (&wcfg, &bcfg);
+                            let sampled = params.negative == NegativePhase::Sample;
+                            let (p0, p1, zbi, by_item, by_item_ptr) =
+                                (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
+                            // One job per chunk of units: their steps, then (when there is a next batch)
+                            // their rows into that chunk's accumulator for the next positive phase, in
+                            // unit order. The chunks are the next batch's, or this batch's at the end of
+                            // an epoch.
+                            let nbn = if next.is_some() { next_cases.len() } else { 0 };
+                            let BatchGrad {
+                                acc: nacc,
+                                by_item: nents,
+                                by_item_ptr: nptr,
+                                chunk_bounds: nbounds,
+                                step_scratch,
+                                ..
+                            } = &mut gn;
+                            let bounds = if next.is_some() {
+                                &nbounds[..]
+                            } else {
+                                &g.chunk_bounds[..]
+                            };
+                            let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
+                                (&mut self.w[..], &mut s_w.m1[..]);
+                            let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
+                                (&mut self.b[..], &mut s_b.m1[..]);
+                            let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                            let mut scratch = step_scratch.chunks_mut(k * m + k);
+                            let jobs = (0..N_CHUNKS).map(|c| {
+                                let (i0, i1) = (bounds[c], bounds[c + 1]);
+                                let units = i1 - i0;
+                                let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
+                                rw = r;
+                                let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
+                                rv = r;
+                                let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
+                                rb = r;
+                                let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
+                                rvb = r;
+                                let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
+                                racc = r;
+                                let (gwi, gbi) = scratch
+                                    .next()
+                                    .expect("a block per chunk")
+                                    .split_at_mut(k * m);
+                                (i0, i1, w, v, b, vb, a, gwi, gbi)
+                            });
+                            let (nents, nptr) = (&nents[..], &nptr[..]);
+                            let has_next = next.is_some();
+                            team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
+                                a.fill(0.0);
+                                let blocks = w
+                                    .chunks_mut(k * m)
+                                    .zip(v.chunks_mut(k * m))
+                                    .zip(b.chunks_mut(k))
+                                    .zip(vb.chunks_mut(k));
+                                for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
+                                    let step = ItemMomentum {
+                                        w,
+                                        vw,
+                                        b,
+                                        vb,
+                                        wcfg: wc,
+                                        bcfg: bc,
+                                    };
+                                    let nx = has_next.then(|| NextPositive {
+                                        ents: &nents[nptr[i]..nptr[i + 1]],
+                                        acc: &mut *a,
+                                    });
+                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                    item_step(
+                                        ents,
+                                        p0,
+                                        p1,
+                                        zi,
+                                        inv_b,
+                                        sampled,
+                                        gwi,
+                                        gbi,
+                                        Some(step),
+                                        nx,
+                                    );
+                                }
+                            });
+                            self.hidden_grads(
+                                own_sets(cases, implicit),
+                                &batch_cases,
+                                &mut g,
+                                team,
+                            );
+                            opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
+                            if let Some(dm) = &mut self.dmat {
+                                opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
+                            }
+                            // The next batch (indexed, positive phase done) becomes the current one.
+                            std::mem::swap(&mut g, &mut gn);
+                            continue;
+                        }
+                        let (err, nr) = self.batch_gradient(
                             cases,
                             implicit,
                             &batch_cases,
@@ -2647,204 +2826,96 @@ impl RatingRbm {
                             params.negative,
                             key,
                             &mut g,
-                            bi > 0,
                             team,
                         );
                         err_sum += err;
                         n_rated += nr;
-                        let inv_b = 1.0 / batch_cases.len() as f32;
-                        let (wc, bc) = (&wcfg, &bcfg);
-                        let sampled = params.negative == NegativePhase::Sample;
-                        let next = perm.chunks(bs).nth(bi + 1);
-                        if let Some(next) = next {
-                            next_cases.clear();
-                            next_cases.extend(next.iter().map(|&p| active[p]));
-                            self.batch_index(cases, &next_cases, &mut gn, team);
-                        }
-                        let (p0, p1, zbi, by_item, by_item_ptr) =
-                            (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
-                        // One job per chunk of units: their steps, then (when there is a next batch)
-                        // their rows into that chunk's accumulator for the next positive phase, in
-                        // unit order. The chunks are the next batch's, or this batch's at the end of
-                        // an epoch.
-                        let nbn = if next.is_some() { next_cases.len() } else { 0 };
-                        let BatchGrad {
-                            acc: nacc,
-                            by_item: nents,
-                            by_item_ptr: nptr,
-                            chunk_bounds: nbounds,
-                            step_scratch,
-                            ..
-                        } = &mut gn;
-                        let bounds = if next.is_some() {
-                            &nbounds[..]
-                        } else {
-                            &g.chunk_bounds[..]
-                        };
-                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
-                            (&mut self.w[..], &mut s_w.m1[..]);
-                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
-                            (&mut self.b[..], &mut s_b.m1[..]);
-                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
-                        let mut scratch = step_scratch.chunks_mut(k * m + k);
-                        let jobs = (0..N_CHUNKS).map(|c| {
-                            let (i0, i1) = (bounds[c], bounds[c + 1]);
-                            let units = i1 - i0;
-                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
-                            rw = r;
-                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
-                            rv = r;
-                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
-                            rb = r;
-                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
-                            rvb = r;
-                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
-                            racc = r;
-                            let (gwi, gbi) = scratch
-                                .next()
-                                .expect("a block per chunk")
-                                .split_at_mut(k * m);
-                            (i0, i1, w, v, b, vb, a, gwi, gbi)
-                        });
-                        let (nents, nptr) = (&nents[..], &nptr[..]);
-                        let has_next = next.is_some();
-                        team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
-                            a.fill(0.0);
-                            let blocks = w
-                                .chunks_mut(k * m)
-                                .zip(v.chunks_mut(k * m))
-                                .zip(b.chunks_mut(k))
-                                .zip(vb.chunks_mut(k));
-                            for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
-                                let step = ItemMomentum {
-                                    w,
-                                    vw,
-                                    b,
-                                    vb,
-                                    wcfg: wc,
-                                    bcfg: bc,
-                                };
-                                let nx = has_next.then(|| NextPositive {
-                                    ents: &nents[nptr[i]..nptr[i + 1]],
-                                    acc: &mut *a,
-                                });
-                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                item_step(
-                                    ents,
-                                    p0,
-                                    p1,
-                                    zi,
-                                    inv_b,
-                                    sampled,
-                                    gwi,
-                                    gbi,
-                                    Some(step),
-                                    nx,
-                                );
-                            }
-                        });
-                        self.hidden_grads(own_sets(cases, implicit), &batch_cases, &mut g, team);
-                        opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
-                        if let Some(dm) = &mut self.dmat {
-                            opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
-                        }
-                        // The next batch (indexed, positive phase done) becomes the current one.
-                        std::mem::swap(&mut g, &mut gn);
-                        continue;
-                    }
-                    let (err, nr) = self.batch_gradient(
-                        cases,
-                        implicit,
-                        &batch_cases,
-                        t_steps,
-                        params.negative,
-                        key,
-                        &mut g,
-                        team,
-                    );
-                    err_sum += err;
-                    n_rated += nr;
-                    let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
+                        let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
 
-                    // Optimizer steps.
-                    match &mut self.factors {
-                        None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
-                        Some((cf, a, bf)) => {
-                            let cf = *cf;
-                            // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
-                            // rows to split over the team); gB (M×C) = gW Aᵀ.
-                            let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
-                            let b_ref = MatRef::from_column_major_slice(bf, m, cf);
-                            let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
-                            gemm_team(
-                                MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
-                                    .transpose_mut(),
-                                gw_ref.transpose(),
-                                b_ref,
-                                team,
-                            );
-                            gemm_team(
-                                MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
-                                gw_ref,
-                                a_ref.transpose(),
-                                team,
-                            );
-                            opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
-                            opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
-                            factor_product(&mut self.w, a, bf, d * k, cf, m, team);
+                        // Optimizer steps.
+                        match &mut self.factors {
+                            None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
+                            Some((cf, a, bf)) => {
+                                let cf = *cf;
+                                // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
+                                // rows to split over the team); gB (M×C) = gW Aᵀ.
+                                let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
+                                let b_ref = MatRef::from_column_major_slice(bf, m, cf);
+                                let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
+                                gemm_team(
+                                    MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
+                                        .transpose_mut(),
+                                    gw_ref.transpose(),
+                                    b_ref,
+                                    team,
+                                );
+                                gemm_team(
+                                    MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
+                                    gw_ref,
+                                    a_ref.transpose(),
+                                    team,
+                                );
+                                opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
+                                opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
+                                factor_product(&mut self.w, a, bf, d * k, cf, m, team);
+                            }
                         }
-                    }
-                    opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
-                    opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
-                    if let Some(dm) = &mut self.dmat {
-                        opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
+                        opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
+                        opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
+                        if let Some(dm) = &mut self.dmat {
+                            opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
+                        }
                     }
                 }
-            });
-            let secs = t0.elapsed().as_secs_f64();
-            secs_total += secs;
-            if !(self.w.iter().all(|x| x.is_finite())
-                && self.b.iter().all(|x| x.is_finite())
-                && self.c.iter().all(|x| x.is_finite()))
-            {
-                return Err(RbmError::param(
-                    "learning-rate",
-                    format!(
-                        "training diverged (non-finite weights) in epoch {}; lower the learning rate",
-                        epoch + 1
-                    ),
-                ));
+                first_prepared = fused && next_perm.is_some();
+                if let Some(p) = next_perm {
+                    perm = p;
+                }
+                let secs = t0.elapsed().as_secs_f64();
+                secs_total += secs;
+                if !(self.w.iter().all(|x| x.is_finite())
+                    && self.b.iter().all(|x| x.is_finite())
+                    && self.c.iter().all(|x| x.is_finite()))
+                {
+                    return Err(RbmError::param(
+                        "learning-rate",
+                        format!(
+                            "training diverged (non-finite weights) in epoch {}; lower the learning rate",
+                            epoch + 1
+                        ),
+                    ));
+                }
+                epochs_run = epoch + 1;
+                let valid_rmse = (!data.validation.is_empty()).then(|| {
+                    self.validation_rmse(
+                        cases,
+                        data.implicit,
+                        data.validation,
+                        data.values,
+                        params.predict,
+                    )
+                });
+                progress(&EpochReport {
+                    epoch: epoch + 1,
+                    t: t_steps,
+                    seconds: secs,
+                    recon_error: err_sum / n_rated.max(1) as f64,
+                    valid_rmse,
+                });
+                if let Some(v) = valid_rmse
+                    && best.as_ref().is_none_or(|b| v < b.0)
+                {
+                    let snapshot = params.patience.map(|_| self.clone());
+                    best = Some((v, epoch + 1, snapshot));
+                }
+                if let (Some(pat), Some(b)) = (params.patience, &best)
+                    && epoch + 1 - b.1 >= pat
+                {
+                    break;
+                }
             }
-            epochs_run = epoch + 1;
-            let valid_rmse = (!data.validation.is_empty()).then(|| {
-                self.validation_rmse(
-                    cases,
-                    data.implicit,
-                    data.validation,
-                    data.values,
-                    params.predict,
-                )
-            });
-            progress(&EpochReport {
-                epoch: epoch + 1,
-                t: t_steps,
-                seconds: secs,
-                recon_error: err_sum / n_rated.max(1) as f64,
-                valid_rmse,
-            });
-            if let Some(v) = valid_rmse
-                && best.as_ref().is_none_or(|b| v < b.0)
-            {
-                let snapshot = params.patience.map(|_| self.clone());
-                best = Some((v, epoch + 1, snapshot));
-            }
-            if let (Some(pat), Some(b)) = (params.patience, &best)
-                && epoch + 1 - b.1 >= pat
-            {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         let best_valid_rmse = best.as_ref().map(|b| b.0);
         let (model, best_epoch) = match best {
             Some((_, e, Some(snap))) => (snap, e),
@@ -3471,6 +3542,7 @@ pub(crate) mod tests {
                     (1, 2, 3),
                     &mut g,
                     false,
+                    None::<fn()>,
                     team,
                 )
             });
@@ -3487,6 +3559,13 @@ pub(crate) mod tests {
             for (slot, &(_, _, r, _)) in want.iter().enumerate() {
                 assert_eq!(g.pos_of[r as usize] as usize, slot);
             }
+            // Built serially (as during a negative pass), the index is the same.
+            let mut serial = BatchGrad::new(d, k, 8, n, false);
+            model.batch_index(&cases, &batch, &mut serial, None);
+            assert_eq!(serial.by_item[..want.len()], g.by_item[..want.len()]);
+            assert_eq!(serial.by_item_ptr, g.by_item_ptr);
+            assert_eq!(serial.pos_of[..want.len()], g.pos_of[..want.len()]);
+            assert_eq!(serial.chunk_bounds, g.chunk_bounds);
         }
     }
 

@@ -258,6 +258,13 @@ impl Team<'_> {
         self.threads
     }
 
+    /// Forgets any contention seen so far (see the module doc): for a team that lives across
+    /// several epochs, so a busy moment between them (validation on rayon's threads, say)
+    /// does not leave the rest of the run in the slower parking mode.
+    pub fn forget_contention(&self) {
+        self.shared.contended.store(false, Ordering::Relaxed);
+    }
+
     /// Runs `f(member)` once on every member (0 on the caller) and returns when all are done.
     pub fn run<'f>(&self, f: &'f (dyn Fn(usize) + Sync + 'f)) {
         if self.threads == 1 {
@@ -342,21 +349,43 @@ impl Team<'_> {
         items: impl IntoIterator<Item = T>,
         f: impl Fn(T) + Sync,
     ) {
+        self.for_each_static_and(items, f, || {});
+    }
+
+    /// [`Self::for_each_static`], and `extra` once, on the last member after its own items
+    /// (here, after the items, with one thread or at most one item): a serial job that needs
+    /// none of the items' results rides on a member instead of holding up the whole team
+    /// afterwards. Allocates nothing for up to [`STACK_SLOTS`] items.
+    pub fn for_each_static_and<T: Send>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        f: impl Fn(T) + Sync,
+        extra: impl FnOnce() + Send,
+    ) {
         if self.threads == 1 {
             items.into_iter().for_each(f);
+            extra();
             return;
         }
         let slots = Slots::new(items);
         let n = slots.len;
         if n <= 1 {
             slots.take(0).into_iter().for_each(f);
+            extra();
             return;
         }
+        let extra = Mutex::new(Some(extra));
+        let last = self.threads - 1;
         self.run(&|member| {
             for i in (0..n).filter(|&i| i * self.threads / n == member) {
                 if let Some(item) = slots.take(i) {
                     f(item);
                 }
+            }
+            if member == last
+                && let Some(extra) = extra.lock().unwrap_or_else(|e| e.into_inner()).take()
+            {
+                extra();
             }
         });
     }
@@ -450,6 +479,32 @@ mod tests {
                     let same = i * threads / n == (i - 1) * threads / n;
                     assert_eq!(same, owners[i] == owners[i - 1], "threads {threads} n {n}");
                 }
+                // The extra job runs once, on the member that has the last items, after them.
+                let done = AtomicUsize::new(0);
+                let extra_on = Mutex::new(None);
+                team.for_each_static_and(
+                    0..n,
+                    |i| {
+                        if i * threads / n == threads - 1 {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                    || {
+                        let last_items = (0..n).filter(|&i| i * threads / n == threads - 1).count();
+                        assert_eq!(done.load(Ordering::Relaxed), last_items);
+                        *extra_on.lock().unwrap() = Some(std::thread::current().id());
+                    },
+                );
+                let ids = ids.lock().unwrap();
+                let last_owner = ids
+                    .iter()
+                    .find(|&(_, &v)| v == owners[n - 1])
+                    .map(|(&id, _)| id);
+                assert_eq!(
+                    *extra_on.lock().unwrap(),
+                    last_owner,
+                    "threads {threads} n {n}"
+                );
             });
         }
     }
