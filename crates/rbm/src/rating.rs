@@ -1600,6 +1600,11 @@ fn for_each_maybe_par<T: Send>(
     }
 }
 
+/// Whether a batch with `ratings` ratings is indexed in parallel (see [`PAR_INDEX_MIN`]).
+fn parallel_index(ratings: usize) -> bool {
+    ratings >= PAR_INDEX_MIN
+}
+
 /// Ratings in a batch of cases.
 fn batch_ratings(cases: &Csr, batch: &[usize]) -> usize {
     batch
@@ -2169,7 +2174,7 @@ impl RatingRbm {
         // so they are indexed in parallel with the same result as in one part.
         by_item.resize(nr, (0, 0));
         pos_of.resize(nr, 0);
-        let team = team.filter(|_| nr >= PAR_INDEX_MIN);
+        let team = team.filter(|_| parallel_index(nr));
         // One part per team member (the index comes out the same for any number of parts).
         let parts = team.map_or(1, |t| t.threads());
         part_cnt.resize(parts * d, 0);
@@ -2658,213 +2663,205 @@ impl RatingRbm {
                 let mut err_sum = 0.0f64;
                 let mut n_rated = 0usize;
                 team.forget_contention();
-                {
-                    for (bi, chunk) in perm.chunks(bs).enumerate() {
-                        batch_cases.clear();
-                        batch_cases.extend(chunk.iter().map(|&p| active[p]));
-                        adam_t += 1;
-                        let wcfg = StepCfg {
-                            lr: params.learning_rate,
-                            decay: params.weight_decay,
-                            momentum,
-                            adam_t,
-                        };
-                        let bcfg = StepCfg {
-                            lr: params.bias_learning_rate,
-                            decay: 0.0,
-                            momentum,
-                            adam_t,
-                        };
-                        let key = (params.seed, epoch as u64, bi as u64);
-                        if fused {
-                            // Fused: each visible unit's gradient goes straight into its momentum
-                            // step while its K×M block is in cache (no D×K×M gradient pass), and the
-                            // next batch's positive phase reads the updated block there too.
-                            let next = perm
-                                .chunks(bs)
-                                .nth(bi + 1)
-                                .or_else(|| next_perm.as_ref().and_then(|p| p.chunks(bs).next()));
-                            next_cases.clear();
-                            if let Some(next) = next {
-                                next_cases.extend(next.iter().map(|&p| active[p]));
-                            }
-                            // The next batch's index needs nothing from this one: a small one is
-                            // built serially during the negative pass by the member that has less
-                            // to do there (the team would otherwise wait for it after); a big one
-                            // is built in parallel afterwards.
-                            let serial_index = next.is_some()
-                                && (team.threads() == 1
-                                    || batch_ratings(cases, &next_cases) < PAR_INDEX_MIN);
-                            let (err, nr) = {
-                                let (gn, next_cases) = (&mut gn, &next_cases);
-                                let model = &self;
-                                self.batch_chains(
-                                    cases,
-                                    implicit,
-                                    &batch_cases,
-                                    t_steps,
-                                    params.negative,
-                                    key,
-                                    &mut g,
-                                    bi > 0 || first_prepared,
-                                    serial_index.then_some(move || {
-                                        model.batch_index(cases, next_cases, gn, None)
-                                    }),
-                                    team,
-                                )
-                            };
-                            if next.is_some() && !serial_index {
-                                self.batch_index(cases, &next_cases, &mut gn, Some(team));
-                            }
-                            err_sum += err;
-                            n_rated += nr;
-                            let inv_b = 1.0 / batch_cases.len() as f32;
-                            let (wc, bc) = (&wcfg, &bcfg);
-                            let sampled = params.negative == NegativePhase::Sample;
-                            let (p0, p1, zbi, by_item, by_item_ptr) =
-                                (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
-                            // One job per chunk of units: their steps, then (when there is a next batch)
-                            // their rows into that chunk's accumulator for the next positive phase, in
-                            // unit order. The chunks are the next batch's, or this batch's at the end of
-                            // an epoch.
-                            let nbn = if next.is_some() { next_cases.len() } else { 0 };
-                            let BatchGrad {
-                                acc: nacc,
-                                by_item: nents,
-                                by_item_ptr: nptr,
-                                chunk_bounds: nbounds,
-                                step_scratch,
-                                ..
-                            } = &mut gn;
-                            let bounds = if next.is_some() {
-                                &nbounds[..]
-                            } else {
-                                &g.chunk_bounds[..]
-                            };
-                            let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
-                                (&mut self.w[..], &mut s_w.m1[..]);
-                            let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
-                                (&mut self.b[..], &mut s_b.m1[..]);
-                            let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
-                            let mut scratch = step_scratch.chunks_mut(k * m + k);
-                            let jobs = (0..N_CHUNKS).map(|c| {
-                                let (i0, i1) = (bounds[c], bounds[c + 1]);
-                                let units = i1 - i0;
-                                let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
-                                rw = r;
-                                let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
-                                rv = r;
-                                let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
-                                rb = r;
-                                let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
-                                rvb = r;
-                                let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
-                                racc = r;
-                                let (gwi, gbi) = scratch
-                                    .next()
-                                    .expect("a block per chunk")
-                                    .split_at_mut(k * m);
-                                (i0, i1, w, v, b, vb, a, gwi, gbi)
-                            });
-                            let (nents, nptr) = (&nents[..], &nptr[..]);
-                            let has_next = next.is_some();
-                            team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
-                                a.fill(0.0);
-                                let blocks = w
-                                    .chunks_mut(k * m)
-                                    .zip(v.chunks_mut(k * m))
-                                    .zip(b.chunks_mut(k))
-                                    .zip(vb.chunks_mut(k));
-                                for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
-                                    let step = ItemMomentum {
-                                        w,
-                                        vw,
-                                        b,
-                                        vb,
-                                        wcfg: wc,
-                                        bcfg: bc,
-                                    };
-                                    let nx = has_next.then(|| NextPositive {
-                                        ents: &nents[nptr[i]..nptr[i + 1]],
-                                        acc: &mut *a,
-                                    });
-                                    let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                    let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                    item_step(
-                                        ents,
-                                        p0,
-                                        p1,
-                                        zi,
-                                        inv_b,
-                                        sampled,
-                                        gwi,
-                                        gbi,
-                                        Some(step),
-                                        nx,
-                                    );
-                                }
-                            });
-                            self.hidden_grads(
-                                own_sets(cases, implicit),
-                                &batch_cases,
-                                &mut g,
-                                team,
-                            );
-                            opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
-                            if let Some(dm) = &mut self.dmat {
-                                opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
-                            }
-                            // The next batch (indexed, positive phase done) becomes the current one.
-                            std::mem::swap(&mut g, &mut gn);
-                            continue;
+                for (bi, chunk) in perm.chunks(bs).enumerate() {
+                    batch_cases.clear();
+                    batch_cases.extend(chunk.iter().map(|&p| active[p]));
+                    adam_t += 1;
+                    let wcfg = StepCfg {
+                        lr: params.learning_rate,
+                        decay: params.weight_decay,
+                        momentum,
+                        adam_t,
+                    };
+                    let bcfg = StepCfg {
+                        lr: params.bias_learning_rate,
+                        decay: 0.0,
+                        momentum,
+                        adam_t,
+                    };
+                    let key = (params.seed, epoch as u64, bi as u64);
+                    if fused {
+                        // Fused: each visible unit's gradient goes straight into its momentum
+                        // step while its K×M block is in cache (no D×K×M gradient pass), and the
+                        // next batch's positive phase reads the updated block there too.
+                        let next = perm
+                            .chunks(bs)
+                            .nth(bi + 1)
+                            .or_else(|| next_perm.as_ref().and_then(|p| p.chunks(bs).next()));
+                        next_cases.clear();
+                        if let Some(next) = next {
+                            next_cases.extend(next.iter().map(|&p| active[p]));
                         }
-                        let (err, nr) = self.batch_gradient(
-                            cases,
-                            implicit,
-                            &batch_cases,
-                            t_steps,
-                            params.negative,
-                            key,
-                            &mut g,
-                            team,
-                        );
+                        // The next batch's index needs nothing from this one: a small one is
+                        // built serially during the negative pass by the member that has less
+                        // to do there (the team would otherwise wait for it after); a big one
+                        // is built in parallel afterwards.
+                        let serial_index =
+                            next.is_some() && !parallel_index(batch_ratings(cases, &next_cases));
+                        let (err, nr) = {
+                            let (gn, next_cases) = (&mut gn, &next_cases);
+                            let model = &self;
+                            self.batch_chains(
+                                cases,
+                                implicit,
+                                &batch_cases,
+                                t_steps,
+                                params.negative,
+                                key,
+                                &mut g,
+                                bi > 0 || first_prepared,
+                                serial_index.then_some(move || {
+                                    model.batch_index(cases, next_cases, gn, None)
+                                }),
+                                team,
+                            )
+                        };
+                        if next.is_some() && !serial_index {
+                            self.batch_index(cases, &next_cases, &mut gn, Some(team));
+                        }
                         err_sum += err;
                         n_rated += nr;
-                        let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
-
-                        // Optimizer steps.
-                        match &mut self.factors {
-                            None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
-                            Some((cf, a, bf)) => {
-                                let cf = *cf;
-                                // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
-                                // rows to split over the team); gB (M×C) = gW Aᵀ.
-                                let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
-                                let b_ref = MatRef::from_column_major_slice(bf, m, cf);
-                                let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
-                                gemm_team(
-                                    MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
-                                        .transpose_mut(),
-                                    gw_ref.transpose(),
-                                    b_ref,
-                                    team,
+                        let inv_b = 1.0 / batch_cases.len() as f32;
+                        let (wc, bc) = (&wcfg, &bcfg);
+                        let sampled = params.negative == NegativePhase::Sample;
+                        let (p0, p1, zbi, by_item, by_item_ptr) =
+                            (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
+                        // One job per chunk of units: their steps, then (when there is a next batch)
+                        // their rows into that chunk's accumulator for the next positive phase, in
+                        // unit order. The chunks are the next batch's, or this batch's at the end of
+                        // an epoch.
+                        let nbn = if next.is_some() { next_cases.len() } else { 0 };
+                        let BatchGrad {
+                            acc: nacc,
+                            by_item: nents,
+                            by_item_ptr: nptr,
+                            chunk_bounds: nbounds,
+                            step_scratch,
+                            ..
+                        } = &mut gn;
+                        let bounds = if next.is_some() {
+                            &nbounds[..]
+                        } else {
+                            &g.chunk_bounds[..]
+                        };
+                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
+                            (&mut self.w[..], &mut s_w.m1[..]);
+                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
+                            (&mut self.b[..], &mut s_b.m1[..]);
+                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                        let mut scratch = step_scratch.chunks_mut(k * m + k);
+                        let jobs = (0..N_CHUNKS).map(|c| {
+                            let (i0, i1) = (bounds[c], bounds[c + 1]);
+                            let units = i1 - i0;
+                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
+                            rw = r;
+                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
+                            rv = r;
+                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
+                            rb = r;
+                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
+                            rvb = r;
+                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
+                            racc = r;
+                            let (gwi, gbi) = scratch
+                                .next()
+                                .expect("a block per chunk")
+                                .split_at_mut(k * m);
+                            (i0, i1, w, v, b, vb, a, gwi, gbi)
+                        });
+                        let (nents, nptr) = (&nents[..], &nptr[..]);
+                        let has_next = next.is_some();
+                        team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
+                            a.fill(0.0);
+                            let blocks = w
+                                .chunks_mut(k * m)
+                                .zip(v.chunks_mut(k * m))
+                                .zip(b.chunks_mut(k))
+                                .zip(vb.chunks_mut(k));
+                            for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
+                                let step = ItemMomentum {
+                                    w,
+                                    vw,
+                                    b,
+                                    vb,
+                                    wcfg: wc,
+                                    bcfg: bc,
+                                };
+                                let nx = has_next.then(|| NextPositive {
+                                    ents: &nents[nptr[i]..nptr[i + 1]],
+                                    acc: &mut *a,
+                                });
+                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                item_step(
+                                    ents,
+                                    p0,
+                                    p1,
+                                    zi,
+                                    inv_b,
+                                    sampled,
+                                    gwi,
+                                    gbi,
+                                    Some(step),
+                                    nx,
                                 );
-                                gemm_team(
-                                    MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
-                                    gw_ref,
-                                    a_ref.transpose(),
-                                    team,
-                                );
-                                opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
-                                opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
-                                factor_product(&mut self.w, a, bf, d * k, cf, m, team);
                             }
-                        }
-                        opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
-                        opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
+                        });
+                        self.hidden_grads(own_sets(cases, implicit), &batch_cases, &mut g, team);
+                        opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
                         if let Some(dm) = &mut self.dmat {
-                            opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
+                            opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
                         }
+                        // The next batch (indexed, positive phase done) becomes the current one.
+                        std::mem::swap(&mut g, &mut gn);
+                        continue;
+                    }
+                    let (err, nr) = self.batch_gradient(
+                        cases,
+                        implicit,
+                        &batch_cases,
+                        t_steps,
+                        params.negative,
+                        key,
+                        &mut g,
+                        team,
+                    );
+                    err_sum += err;
+                    n_rated += nr;
+                    let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
+
+                    // Optimizer steps.
+                    match &mut self.factors {
+                        None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
+                        Some((cf, a, bf)) => {
+                            let cf = *cf;
+                            // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
+                            // rows to split over the team); gB (M×C) = gW Aᵀ.
+                            let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
+                            let b_ref = MatRef::from_column_major_slice(bf, m, cf);
+                            let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
+                            gemm_team(
+                                MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
+                                    .transpose_mut(),
+                                gw_ref.transpose(),
+                                b_ref,
+                                team,
+                            );
+                            gemm_team(
+                                MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
+                                gw_ref,
+                                a_ref.transpose(),
+                                team,
+                            );
+                            opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
+                            opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
+                            factor_product(&mut self.w, a, bf, d * k, cf, m, team);
+                        }
+                    }
+                    opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
+                    opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
+                    if let Some(dm) = &mut self.dmat {
+                        opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
                     }
                 }
                 first_prepared = fused && next_perm.is_some();
