@@ -423,7 +423,8 @@ simd_fn!(
     /// [`RatingRbm::chunk_negative`] at the widest SIMD allowed.
     fn simd_chunk_negative(model: &RatingRbm, i0: usize, i1: usize, by_item: &[(u32, u8)],
         by_item_ptr: &[usize], h: &[f32], negative: NegativePhase, last: bool,
-        rngkey: (StreamKey, usize), z: &mut [f32], acc: &mut [f32]) -> f64
+        rngkey: (StreamKey, usize), z: &mut [f32], acc: &mut [f32],
+        bits: Option<(&[u32], usize)>) -> f64
         => RatingRbm::chunk_negative);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
@@ -565,37 +566,40 @@ fn item_step_avx512(
     let n = ents.len();
     assert!(k <= 16 && n <= STEP_MAX_ENTS && zi.len() >= n * k);
     // Events per class: rating e adds its p0 row to its class (2e) and subtracts its p1 row
-    // from its sampled class (2e + 1).
-    let mut pick = [0u8; STEP_MAX_ENTS];
-    let mut start = [0u16; 17];
+    // from its sampled class (2e + 1). Appending in rating order gives each class's events in
+    // the order of `item_step_body`; class c's list starts at c·2n (no class gets more than
+    // 2n events), and only the slots written are read, so the buffer is not zeroed first.
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+    let stride = 2 * n;
+    let mut buf = [MaybeUninit::<u16>::uninit(); 16 * 2 * STEP_MAX_ENTS];
+    let mut cnt = [0usize; 16];
+    let kmask = ((1u32 << k) - 1) as u16;
     for (e, &(_, cl)) in ents.iter().enumerate() {
-        let ze = &zi[e * k..(e + 1) * k];
-        // One-hot: the sampled class's index, without a data-dependent branch.
-        let pk = ze
-            .iter()
-            .enumerate()
-            .map(|(kk, &v)| kk * usize::from(v != 0.0))
-            .sum::<usize>();
-        pick[e] = pk as u8;
-        start[cl as usize + 1] += 1;
-        start[pk + 1] += 1;
-    }
-    for c in 0..k {
-        start[c + 1] += start[c];
-    }
-    let mut events = [0u16; 2 * STEP_MAX_ENTS];
-    let mut fill = start;
-    for (e, &(_, cl)) in ents.iter().enumerate() {
-        for (c, ev) in [(cl as usize, 2 * e), (pick[e] as usize, 2 * e + 1)] {
-            events[fill[c] as usize] = ev as u16;
-            fill[c] += 1;
+        // One-hot: the sampled class is the one lane that is not zero (lane 0 if none,
+        // like the portable body's Σ k·[z_k ≠ 0]).
+        // SAFETY: lanes 0..k of rating e's K values, within `zi` (asserted above).
+        let z = unsafe { _mm512_maskz_loadu_ps(kmask, zi.as_ptr().add(e * k)) };
+        let nz = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(kmask, z, _mm512_setzero_ps());
+        let pk = (u32::from(nz).trailing_zeros() & 15) as usize;
+        for (c, ev) in [(usize::from(cl), 2 * e), (pk, 2 * e + 1)] {
+            buf[c * stride + cnt[c]] = MaybeUninit::new(ev as u16);
+            cnt[c] += 1;
         }
     }
-    let (events, start) = (&events[..2 * n], &start[..=k]);
+    let class_events: [&[u16]; 16] = std::array::from_fn(|c| {
+        if c < k {
+            // SAFETY: slots c·2n .. c·2n + cnt[c] were written above (cnt[c] ≤ 2n).
+            unsafe { std::slice::from_raw_parts(buf.as_ptr().add(c * stride).cast(), cnt[c]) }
+        } else {
+            &[]
+        }
+    });
+    let class_events = &class_events[..k];
     let mut j0 = 0;
     while j0 < m {
         let nv = (m - j0).div_ceil(16).min(8);
-        let args = (j0, m, ents, events, start, p0, p1, inv_b);
+        let args = (j0, m, ents, class_events, p0, p1, inv_b);
         let (gw, st) = (&mut *gwi, step.as_mut());
         match nv {
             1 => step_cols_avx512::<1>(args, gw, st),
@@ -609,9 +613,9 @@ fn item_step_avx512(
         }
         j0 += 16 * nv;
     }
-    for c in 0..k {
+    for (c, events) in class_events.iter().enumerate() {
         let mut gb = 0.0f32;
-        for &ev in &events[start[c] as usize..start[c + 1] as usize] {
+        for &ev in *events {
             gb += if ev & 1 == 0 { inv_b } else { -inv_b };
         }
         gbi[c] = gb;
@@ -639,12 +643,11 @@ fn item_step_avx512(
 #[inline]
 #[allow(clippy::type_complexity)]
 fn step_cols_avx512<const NV: usize>(
-    (j0, m, ents, events, start, p0, p1, inv_b): (
+    (j0, m, ents, class_events, p0, p1, inv_b): (
         usize,
         usize,
         &[(u32, u8)],
-        &[u16],
-        &[u16],
+        &[&[u16]],
         &[f32],
         &[f32],
         f32,
@@ -655,15 +658,17 @@ fn step_cols_avx512<const NV: usize>(
     use std::arch::x86_64::*;
     let width = (m - j0).min(16 * NV);
     let mask = |v: usize| block_lane_mask(v, NV, width);
-    let k = start.len() - 1;
-    for c in 0..k {
+    // Positive and negative events alternate unpredictably within a class: the source row
+    // and the sign are picked by indexing, not by a branch (a mispredicted branch per event
+    // also stopped the next rows' loads from starting early).
+    let (srcs, signs) = ([p0, p1], [inv_b, -inv_b]);
+    for (c, events) in class_events.iter().enumerate() {
         let mut acc = [_mm512_setzero_ps(); NV];
-        for &ev in &events[start[c] as usize..start[c + 1] as usize] {
-            let (e, neg) = (usize::from(ev >> 1), ev & 1 == 1);
+        for &ev in *events {
+            let (e, neg) = (usize::from(ev >> 1), usize::from(ev & 1));
             let n = ents[e].0 as usize;
-            let src = if neg { p1 } else { p0 };
-            let row = &src[n * m + j0..n * m + j0 + width];
-            let s = _mm512_set1_ps(if neg { -inv_b } else { inv_b });
+            let row = &srcs[neg][n * m + j0..n * m + j0 + width];
+            let s = _mm512_set1_ps(signs[neg]);
             for (v, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the masked lanes lie within `row` (width = 16·(NV−1) + tail).
                 let x = unsafe { _mm512_maskz_loadu_ps(mask(v), row.as_ptr().add(16 * v)) };
@@ -1347,6 +1352,7 @@ fn item_negative_avx512<const K: usize>(
     rng: &mut Stream,
     z: &mut [f32],
     acc: &mut [f32],
+    bits: Option<(&[u32], usize)>,
 ) -> f64 {
     let m = wi.len() / K;
     let mut err = 0.0f64;
@@ -1372,9 +1378,30 @@ fn item_negative_avx512<const K: usize>(
         let n = ents[e].0 as usize;
         &h[n * m..(n + 1) * m]
     };
+    let mut e = 0;
+    // Sixteen ratings at a time across SIMD lanes while the item has enough of them left (see
+    // `block_negative`); its random draws come first, in rating order, like the others'.
+    if let (true, Some((hbits, hb))) = (sample, bits) {
+        while ents.len() - e >= BLOCK_MIN {
+            let blk = &ents[e..ents.len().min(e + 16)];
+            let mut u = [0.0f32; 16];
+            for x in &mut u[..blk.len()] {
+                *x = rng.uniform();
+            }
+            let (picks, blk_err) = block_negative::<K>(wi, bi, blk, hbits, hb, &u, last);
+            for (l, &(n, _)) in blk.iter().enumerate() {
+                let (n, p) = (n as usize, picks[l] as usize);
+                let zz = &mut z[(e + l) * K..(e + l + 1) * K];
+                zz.fill(0.0);
+                zz[p] = 1.0;
+                add_row_avx512(&mut acc[n * m..(n + 1) * m], &wi[p * m..(p + 1) * m]);
+            }
+            err += blk_err;
+            e += blk.len();
+        }
+    }
     // Four ratings at a time (two independent softmax pairs in flight), then pairs, then one;
     // the random draws are taken in rating order either way.
-    let mut e = 0;
     while e + 4 <= ents.len() {
         let [t0, t1, t2, t3] =
             logits_rows_avx512::<K, 4>([row(e), row(e + 1), row(e + 2), row(e + 3)], wi, bi);
@@ -1419,6 +1446,142 @@ fn item_negative_avx512<const K: usize>(
         rest!(e, zz, sm);
     }
     err
+}
+
+/// Fewest ratings of one item left for [`block_negative`] to take them (fewer go the
+/// per-rating way: a block costs about the same whatever its number of ratings).
+const BLOCK_MIN: usize = 8;
+
+/// The sampled negative visible step of up to 16 ratings of one item, one rating per SIMD
+/// lane, for a sampled (binary) h given as bit masks (`hbits`, `hb` 16-bit words per case,
+/// one per u32): each logit b_k + Σ_j h_j W_kj is a sum of the W_kj whose h_j is 1, so it is
+/// built by masked adds of broadcast weights (no multiplications, no horizontal sums), and the
+/// softmax, the squared error and the cumulative-sum draw (the number of the first K−1
+/// cumulative probabilities ≤ u, as in [`softmax_sample`]) run lane-wise. Returns the
+/// sampled class of each rating and, with `last`, the block's summed squared reconstruction
+/// error.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn block_negative<const K: usize>(
+    wi: &[f32],
+    bi: &[f32],
+    blk: &[(u32, u8)],
+    hbits: &[u32],
+    hb: usize,
+    u: &[f32; 16],
+    last: bool,
+) -> ([u32; 16], f64) {
+    use std::arch::x86_64::*;
+    let (cnt, m) = (blk.len(), wi.len() / K);
+    assert!((1..=16).contains(&cnt) && K <= 16 && bi.len() >= K && m <= 16 * hb);
+    let lanes = ((1u32 << cnt) - 1) as u16;
+    let mut idx = [0i32; 16];
+    let mut cls = [0i32; 16];
+    for (l, &(n, c)) in blk.iter().enumerate() {
+        assert!((n as usize + 1) * hb <= hbits.len());
+        idx[l] = (n as usize * hb) as i32;
+        cls[l] = i32::from(c);
+    }
+    // SAFETY: reads of the two 16-element arrays above.
+    let (idx, cls) = unsafe {
+        (
+            _mm512_loadu_si512(idx.as_ptr().cast()),
+            _mm512_loadu_si512(cls.as_ptr().cast()),
+        )
+    };
+    // Two sets of K sums (even and odd hidden units) so the chains are half as long. Each
+    // h_j is 0 or 1 per lane, so h_j·W_kj adds W_kj exactly or nothing: the same sum as masked
+    // adds, written as multiply-adds of a 0/1 vector, which compile to one instruction each
+    // with the weight broadcast from memory.
+    let mut acc = [[_mm512_setzero_ps(); K]; 2];
+    let wp = wi.as_ptr();
+    let one = _mm512_set1_ps(1.0);
+    for w in 0..hb {
+        // SAFETY: every active lane's index n·hb + w < (n + 1)·hb ≤ hbits.len() (asserted).
+        let g = unsafe {
+            _mm512_mask_i32gather_epi32::<4>(
+                _mm512_setzero_si512(),
+                lanes,
+                idx,
+                hbits.as_ptr().add(w).cast(),
+            )
+        };
+        let j0 = 16 * w;
+        let nbits = (m - j0).min(16);
+        macro_rules! bit {
+            ($b:expr, $s:expr) => {{
+                let hv =
+                    _mm512_maskz_mov_ps(_mm512_test_epi32_mask(g, _mm512_set1_epi32(1 << $b)), one);
+                for (q, a) in acc[$s].iter_mut().enumerate() {
+                    // SAFETY: q < K and j0 + b < m: within the K×M block `wi`.
+                    let x = unsafe { _mm512_set1_ps(*wp.add(q * m + j0 + $b)) };
+                    *a = _mm512_fmadd_ps(hv, x, *a);
+                }
+            }};
+        }
+        if nbits == 16 {
+            bit!(0, 0);
+            bit!(1, 1);
+            bit!(2, 0);
+            bit!(3, 1);
+            bit!(4, 0);
+            bit!(5, 1);
+            bit!(6, 0);
+            bit!(7, 1);
+            bit!(8, 0);
+            bit!(9, 1);
+            bit!(10, 0);
+            bit!(11, 1);
+            bit!(12, 0);
+            bit!(13, 1);
+            bit!(14, 0);
+            bit!(15, 1);
+        } else {
+            for b in 0..nbits {
+                bit!(b, b & 1);
+            }
+        }
+    }
+    let t: [__m512; K] = std::array::from_fn(|q| {
+        _mm512_add_ps(_mm512_add_ps(acc[0][q], acc[1][q]), _mm512_set1_ps(bi[q]))
+    });
+    let mut mx = t[0];
+    for &x in &t[1..] {
+        mx = _mm512_max_ps(mx, x);
+    }
+    let e: [__m512; K] =
+        std::array::from_fn(|q| exp_masked_avx512(_mm512_sub_ps(t[q], mx), 0xFFFF));
+    let mut sum = e[0];
+    for &x in &e[1..] {
+        sum = _mm512_add_ps(sum, x);
+    }
+    let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
+    let p: [__m512; K] = std::array::from_fn(|q| _mm512_mul_ps(e[q], inv));
+    let mut err = 0.0f64;
+    if last {
+        let one = _mm512_set1_ps(1.0);
+        let mut sq = _mm512_setzero_ps();
+        for (q, &pq) in p.iter().enumerate() {
+            let hot = _mm512_cmpeq_epi32_mask(cls, _mm512_set1_epi32(q as i32));
+            let d = _mm512_sub_ps(_mm512_maskz_mov_ps(hot, one), pq);
+            sq = _mm512_add_ps(sq, _mm512_mul_ps(d, d));
+        }
+        err = f64::from(_mm512_mask_reduce_add_ps(lanes, sq));
+    }
+    // SAFETY: an unaligned read of the 16 draws.
+    let uv = unsafe { _mm512_loadu_ps(u.as_ptr()) };
+    let mut pick = _mm512_setzero_si512();
+    let mut cum = _mm512_setzero_ps();
+    for &pq in &p[..K - 1] {
+        cum = _mm512_add_ps(cum, pq);
+        let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(cum, uv);
+        pick = _mm512_mask_add_epi32(pick, le, pick, _mm512_set1_epi32(1));
+    }
+    let mut out = [0u32; 16];
+    // SAFETY: an unaligned write of 16 lanes into `out`.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), pick) };
+    (out, err)
 }
 
 /// [`softmax_reg`] for two ratings at once, K ≤ 8: rating a in lanes 0..K, rating b in lanes
@@ -1615,12 +1778,12 @@ fn batch_ratings(cases: &Csr, batch: &[usize]) -> usize {
 
 /// The per-case rows `0..nb` (M floats each) of `bufs` cut into one run of cases per team
 /// member: (first case, its rows of each buffer).
-fn case_runs<'a, const B: usize>(
+fn case_runs<'a, T, const B: usize>(
     team: &Team<'_>,
     nb: usize,
     m: usize,
-    bufs: [&'a mut [f32]; B],
-) -> impl Iterator<Item = (usize, [&'a mut [f32]; B])> + 'a {
+    bufs: [&'a mut [T]; B],
+) -> impl Iterator<Item = (usize, [&'a mut [T]; B])> + 'a {
     let per = nb.div_ceil(team.threads()).max(1);
     let mut rows = bufs.map(|b| b[..nb * m].chunks_mut(per * m));
     (0..nb.div_ceil(per)).map(move |r| {
@@ -1661,6 +1824,25 @@ pub(crate) struct BatchGrad {
     pub(crate) gd: Vec<f32>,
     /// One K×M + K gradient block per chunk for the fused momentum step.
     step_scratch: Vec<f32>,
+    /// The sampled h of each case as bit masks, [`hidden_words`] u32 per case (16 bits each),
+    /// for the negative pass's lane-parallel blocks.
+    hbits: Vec<u32>,
+}
+
+/// u32 words per case in [`BatchGrad::hbits`]: one per 16 hidden units.
+fn hidden_words(m: usize) -> usize {
+    m.div_ceil(16)
+}
+
+/// `out[w]` bit b = (h[16·w + b] ≠ 0), for a sampled (0/1) h.
+#[inline(always)]
+fn hidden_bits(h: &[f32], out: &mut [u32]) {
+    for (w, part) in out.iter_mut().zip(h.chunks(16)) {
+        *w = part
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (b, &x)| acc | (u32::from(x != 0.0) << b));
+    }
 }
 
 impl BatchGrad {
@@ -1691,6 +1873,7 @@ impl BatchGrad {
                 Vec::new()
             },
             step_scratch: vec![0.0; N_CHUNKS * (k * m + k)],
+            hbits: vec![0; bs * hidden_words(m)],
         }
     }
 }
@@ -2008,6 +2191,7 @@ impl RatingRbm {
         rngkey: (StreamKey, usize),
         z: &mut [f32],
         acc: &mut [f32],
+        bits: Option<(&[u32], usize)>,
     ) -> f64 {
         let k = self.k;
         acc.fill(0.0);
@@ -2023,7 +2207,7 @@ impl RatingRbm {
             let mut rng = rngkey
                 .0
                 .stream((1u64 << 62) | ((i as u64) << 16) | rngkey.1 as u64);
-            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc);
+            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc, bits);
         }
         err
     }
@@ -2044,6 +2228,7 @@ impl RatingRbm {
         rng: &mut Stream,
         z: &mut [f32],
         acc: &mut [f32],
+        bits: Option<(&[u32], usize)>,
     ) -> f64 {
         let (k, m) = (self.k, self.m);
         let wi = &self.w[i * k * m..(i + 1) * k * m];
@@ -2059,7 +2244,9 @@ impl RatingRbm {
                 ($kk:literal) => {
                     // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
                     unsafe {
-                        item_negative_avx512::<$kk>(wi, bi, ents, h, sample, last, rng, z, acc)
+                        item_negative_avx512::<$kk>(
+                            wi, bi, ents, h, sample, last, rng, z, acc, bits,
+                        )
                     }
                 };
             }
@@ -2330,22 +2517,29 @@ impl RatingRbm {
             by_item_ptr,
             by_item,
             rec_off,
+            hbits,
             ..
         } = g;
         let nb = batch.len();
         let nr = *rec_off.last().unwrap();
+        let hb = hidden_words(m);
+        if hbits.len() < nb * hb {
+            hbits.resize(nb * hb, 0);
+        }
         let model = &self;
         let skey = StreamKey::new(key.0, Purpose::Train, key.1, key.2);
         let case_rng = |n: usize, t: usize| skey.stream(((batch[n] as u64) << 16) | t as u64);
         {
             let accr = &acc[..];
-            let runs = case_runs(team, nb, m, [&mut p0[..], &mut p1[..], &mut base[..]]);
-            team.for_each(runs, |(n0, [p0, h, base])| {
+            let runs = case_runs(team, nb, m, [&mut p0[..], &mut p1[..], &mut base[..]])
+                .zip(case_runs(team, nb, hb, [&mut hbits[..]]));
+            team.for_each(runs, |((n0, [p0, h, base]), (_, [bits]))| {
                 let rows = p0
                     .chunks_mut(m)
                     .zip(h.chunks_mut(m))
-                    .zip(base.chunks_mut(m));
-                for (n, ((p0, h), base)) in (n0..).zip(rows) {
+                    .zip(base.chunks_mut(m))
+                    .zip(bits.chunks_mut(hb));
+                for (n, (((p0, h), base), bits)) in (n0..).zip(rows) {
                     with_simd(|| {
                         base.copy_from_slice(&model.c);
                         if let Some(dm) = &model.dmat {
@@ -2354,6 +2548,7 @@ impl RatingRbm {
                         hidden_probs_from_chunks(p0, base, accr, n, nb);
                         h.copy_from_slice(p0);
                         case_rng(n, 0).bernoulli_in_place(h);
+                        hidden_bits(h, bits);
                     })
                 }
             });
@@ -2381,6 +2576,8 @@ impl RatingRbm {
                     &by_item_ptr[..],
                     &chunk_bounds[..],
                 );
+                // h was just sampled (0/1), and its bit masks written beside it.
+                let bits = Some((&hbits[..nb * hb], hb));
                 // Chunk c always on the same member (here and in the momentum step), so its
                 // part of W, its accumulator and its reconstructions stay in that core's
                 // caches: with members taking chunks as they came free, the step ran at half
@@ -2399,6 +2596,7 @@ impl RatingRbm {
                         (skey, t),
                         z,
                         a,
+                        bits,
                     );
                 };
                 team.for_each_static_and(jobs, chunk_job, || {
@@ -2411,13 +2609,23 @@ impl RatingRbm {
                 err = err_item[..N_CHUNKS].iter().sum::<f64>();
             }
             let accr = &acc[..];
-            let runs = case_runs(team, nb, m, [&mut p1[..], &mut base[..]]);
-            team.for_each(runs, |(n0, [p1, base])| {
-                for (n, (p1, base)) in (n0..).zip(p1.chunks_mut(m).zip(base.chunks(m))) {
+            let runs = case_runs(team, nb, m, [&mut p1[..], &mut base[..]]).zip(case_runs(
+                team,
+                nb,
+                hb,
+                [&mut hbits[..]],
+            ));
+            team.for_each(runs, |((n0, [p1, base]), (_, [bits]))| {
+                let rows = p1
+                    .chunks_mut(m)
+                    .zip(base.chunks(m))
+                    .zip(bits.chunks_mut(hb));
+                for (n, ((p1, base), bits)) in (n0..).zip(rows) {
                     with_simd(|| {
                         hidden_probs_from_chunks(p1, base, accr, n, nb);
                         if !last {
                             case_rng(n, t + 1).bernoulli_in_place(p1);
+                            hidden_bits(p1, bits);
                         }
                     })
                 }
@@ -3377,13 +3585,42 @@ pub(crate) mod tests {
     fn negative_kernels_match_f64_softmax_and_cumulative_sampling() {
         // The per-rating kernels (AVX-512 fused logits + softmax + sampling where the CPU has
         // it, the portable loops otherwise) against an f64 softmax of b + W·h, for K with and
-        // without the fused path and M with and without a SIMD tail.
-        for (k, m) in [(2, 7), (5, 100), (5, 16), (8, 33), (10, 100), (3, 1)] {
+        // without the fused path and M with and without a SIMD tail. With a sampled (0/1) h
+        // and its bit masks, items with ≥ BLOCK_MIN ratings go 16 at a time across lanes.
+        // 11 ratings: two groups of four, a pair and a single one in the AVX-512 kernel; 28: a
+        // full and a part block; 37: two full blocks and five the per-rating way.
+        let shapes = [
+            (2, 7),
+            (5, 100),
+            (5, 16),
+            (8, 33),
+            (10, 100),
+            (3, 1),
+            (5, 17),
+            (4, 64),
+        ];
+        for ((k, m), (nb, binary)) in shapes
+            .into_iter()
+            .flat_map(|km| [(11, false), (11, true), (28, true), (37, true)].map(|c| (km, c)))
+        {
             let model = random_model(3, k, m, false, 40 + k as u64);
-            // 11 ratings: two groups of four, a pair and a single one in the AVX-512 kernel.
-            let nb = 11;
             let mut s = Stream::new(7, Purpose::Data, k as u64, m as u64, 0);
-            let h: Vec<f32> = (0..nb * m).map(|_| s.uniform() * 6.0 - 3.0).collect();
+            let h: Vec<f32> = (0..nb * m)
+                .map(|_| {
+                    let x = s.uniform();
+                    if binary {
+                        f32::from(u8::from(x < 0.5))
+                    } else {
+                        x * 6.0 - 3.0
+                    }
+                })
+                .collect();
+            let hb = hidden_words(m);
+            let mut hbits = vec![0u32; nb * hb];
+            for (row, out) in h.chunks(m).zip(hbits.chunks_mut(hb)) {
+                hidden_bits(row, out);
+            }
+            let bits = binary.then_some((&hbits[..], hb));
             let ents: Vec<(u32, u8)> = (0..nb).map(|n| (n as u32, (n % k) as u8)).collect();
             let item = 1;
             let reference = |n: usize| -> Vec<f64> {
@@ -3408,8 +3645,9 @@ pub(crate) mod tests {
                 let mut acc = vec![0.0f32; nb * m];
                 let rng0 = Stream::new(3, Purpose::Train, 1, 2, 3);
                 let mut rng = rng0.clone();
-                let err = model
-                    .item_negative(item, &ents, &h, negative, true, &mut rng, &mut z, &mut acc);
+                let err = model.item_negative(
+                    item, &ents, &h, negative, true, &mut rng, &mut z, &mut acc, bits,
+                );
                 let mut draws = rng0.clone();
                 let mut want_err = 0.0;
                 for n in 0..nb {
@@ -3425,7 +3663,7 @@ pub(crate) mod tests {
                             let got = f64::from(z[n * k + kk]);
                             assert!(
                                 (got - p[kk]).abs() < 2e-6,
-                                "K={k} M={m}: {got} vs {}",
+                                "K={k} M={m} nb={nb}: {got} vs {}",
                                 p[kk]
                             );
                         }
@@ -3450,12 +3688,15 @@ pub(crate) mod tests {
                         assert_eq!(zn.iter().sum::<f32>(), 1.0);
                         assert!(zn.iter().all(|&v| v == 0.0 || v == 1.0));
                         if !near {
-                            assert_eq!(zn[pick], 1.0, "K={k} M={m} u={u} p={p:?}");
+                            assert_eq!(zn[pick], 1.0, "K={k} M={m} nb={nb} u={u} p={p:?}");
                             assert_eq!(an, wrow(pick));
                         }
                     }
                 }
-                assert!((err - want_err).abs() < 1e-5, "{err} vs {want_err}");
+                assert!(
+                    (err - want_err).abs() < 1e-5,
+                    "K={k} M={m} nb={nb}: {err} vs {want_err}"
+                );
             }
         }
     }
