@@ -482,15 +482,11 @@ fn item_step_body(
         }
     }
     if let Some(st) = step {
-        let c = st.wcfg;
         for n in 0..gwi.len() {
-            st.vw[n] = c.momentum * st.vw[n] + c.lr * (gwi[n] - c.decay * st.w[n]);
-            st.w[n] += st.vw[n];
+            momentum_update(&mut st.w[n], &mut st.vw[n], gwi[n], st.wcfg);
         }
-        let c = st.bcfg;
         for n in 0..gbi.len() {
-            st.vb[n] = c.momentum * st.vb[n] + c.lr * (gbi[n] - c.decay * st.b[n]);
-            st.b[n] += st.vb[n];
+            momentum_update(&mut st.b[n], &mut st.vb[n], gbi[n], st.bcfg);
         }
         if let Some(nx) = next {
             // The same additions, in the same order, as `chunk_positive` on the updated W.
@@ -621,10 +617,8 @@ fn item_step_avx512(
         gbi[c] = gb;
     }
     let Some(st) = step else { return };
-    let c = st.bcfg;
     for n in 0..k {
-        st.vb[n] = c.momentum * st.vb[n] + c.lr * (gbi[n] - c.decay * st.b[n]);
-        st.b[n] += st.vb[n];
+        momentum_update(&mut st.b[n], &mut st.vb[n], gbi[n], st.bcfg);
     }
     if let Some(nx) = next {
         // The same additions as `chunk_positive` on the updated W.
@@ -672,7 +666,7 @@ fn step_cols_avx512<const NV: usize>(
             for (v, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the masked lanes lie within `row` (width = 16·(NV−1) + tail).
                 let x = unsafe { _mm512_maskz_loadu_ps(mask(v), row.as_ptr().add(16 * v)) };
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(s, x));
+                *a = _mm512_fmadd_ps(s, x, *a);
             }
         }
         let o = c * m + j0;
@@ -691,11 +685,9 @@ fn step_cols_avx512<const NV: usize>(
                     unsafe {
                         let (wp, vp) = (w.as_mut_ptr().add(16 * v), vw.as_mut_ptr().add(16 * v));
                         let (x, u) = (_mm512_maskz_loadu_ps(mk, wp), _mm512_maskz_loadu_ps(mk, vp));
-                        // The same operations as `item_step_body`: μ·v + lr·(g − λ·w), no FMA.
-                        let u = _mm512_add_ps(
-                            _mm512_mul_ps(mu, u),
-                            _mm512_mul_ps(lr, _mm512_sub_ps(g, _mm512_mul_ps(dec, x))),
-                        );
+                        // The same operations as `momentum_update`: μ·v + lr·(g − λ·w).
+                        let t = _mm512_fnmadd_ps(dec, x, g);
+                        let u = _mm512_fmadd_ps(mu, u, _mm512_mul_ps(lr, t));
                         _mm512_mask_storeu_ps(vp, mk, u);
                         _mm512_mask_storeu_ps(wp, mk, _mm512_add_ps(x, u));
                     }
@@ -879,8 +871,7 @@ fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool, t
         team.for_each(pieces, |((p, g), v)| {
             with_simd(|| {
                 for n in 0..p.len() {
-                    v[n] = cfg.momentum * v[n] + cfg.lr * (g[n] - cfg.decay * p[n]);
-                    p[n] += v[n];
+                    momentum_update(&mut p[n], &mut v[n], g[n], cfg);
                 }
             })
         });
@@ -910,8 +901,19 @@ simd_fn!(
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+        *y = a.mul_add(x, *y);
     }
+}
+
+/// One momentum step of one parameter: v ← μ·v + lr·(g − λ·p), then p ← p + v. The
+/// multiply-adds are fused (one rounding each), as in the AVX-512 step kernel, so every path
+/// (vector kernels, portable loops, fused with the gradient or not) gives the same bits; on
+/// CPUs with FMA each is one instruction.
+#[inline(always)]
+fn momentum_update(p: &mut f32, v: &mut f32, g: f32, c: &StepCfg) {
+    let t = (-c.decay).mul_add(*p, g);
+    *v = c.momentum.mul_add(*v, c.lr * t);
+    *p += *v;
 }
 
 #[inline(always)]
