@@ -437,6 +437,22 @@ pub(crate) struct ItemMomentum<'a> {
     bcfg: &'a StepCfg,
 }
 
+/// The per-case hidden rows a unit step reads (M floats per case of the batch): p(h|v⁰),
+/// p(h|vᵀ) and their difference, so that a rating whose sampled class is its own adds one row
+/// to that class's gradient instead of two.
+#[derive(Clone, Copy)]
+pub(crate) struct CaseRows<'a> {
+    p0: &'a [f32],
+    p1: &'a [f32],
+    pd: &'a [f32],
+}
+
+/// Case `n`'s row of a per-case buffer of M-float rows.
+#[inline(always)]
+fn case_row(p: &[f32], n: usize, m: usize) -> &[f32] {
+    &p[n * m..(n + 1) * m]
+}
+
 /// Phase 2 for one visible unit: its W and b gradient (ascent direction, averaged over the
 /// batch) from its ratings `ents` and their negative visible units `zi` (K each) into `gwi`/`gbi`, summed in a fixed order; with `step`, the
 /// momentum update of that unit follows at once while the block is in cache (the same
@@ -445,8 +461,7 @@ pub(crate) struct ItemMomentum<'a> {
 #[inline(always)]
 fn item_step_body(
     ents: &[(u32, u8)],
-    p0: &[f32],
-    p1: &[f32],
+    rows: CaseRows<'_>,
     zi: &[f32],
     inv_b: f32,
     sampled: bool,
@@ -460,10 +475,8 @@ fn item_step_body(
     gbi.fill(0.0);
     for (e, &(n, cl)) in ents.iter().enumerate() {
         let (n, cl) = (n as usize, cl as usize);
-        let a = &p0[n * m..(n + 1) * m];
-        let bneg = &p1[n * m..(n + 1) * m];
-        axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
-        gbi[cl] += inv_b;
+        let row = |p| case_row(p, n, m);
+        let (a, bneg) = (row(rows.p0), row(rows.p1));
         let ze = &zi[e * k..(e + 1) * k];
         if sampled {
             // One-hot: the sampled class's index, without a data-dependent branch.
@@ -472,9 +485,18 @@ fn item_step_body(
                 .enumerate()
                 .map(|(kk, &v)| kk * usize::from(v != 0.0))
                 .sum::<usize>();
-            axpy(&mut gwi[pick * m..(pick + 1) * m], -inv_b, bneg);
-            gbi[pick] -= inv_b;
+            if pick == cl {
+                // +p⁰ and −p¹ on the same class: one row, p⁰ − p¹; the bias terms cancel.
+                axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, row(rows.pd));
+            } else {
+                axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
+                gbi[cl] += inv_b;
+                axpy(&mut gwi[pick * m..(pick + 1) * m], -inv_b, bneg);
+                gbi[pick] -= inv_b;
+            }
         } else {
+            axpy(&mut gwi[cl * m..(cl + 1) * m], inv_b, a);
+            gbi[cl] += inv_b;
             for (kk, &v) in ze.iter().enumerate() {
                 axpy(&mut gwi[kk * m..(kk + 1) * m], -v * inv_b, bneg);
                 gbi[kk] -= v * inv_b;
@@ -508,7 +530,7 @@ pub(crate) struct NextPositive<'a> {
 
 simd_fn!(
     /// [`item_step_body`] at the widest SIMD allowed.
-    fn item_step_simd(ents: &[(u32, u8)], p0: &[f32], p1: &[f32], zi: &[f32], inv_b: f32,
+    fn item_step_simd(ents: &[(u32, u8)], rows: CaseRows<'_>, zi: &[f32], inv_b: f32,
         sampled: bool, gwi: &mut [f32], gbi: &mut [f32], step: Option<ItemMomentum<'_>>,
         next: Option<NextPositive<'_>>) -> () => item_step_body);
 
@@ -521,8 +543,7 @@ const STEP_MAX_ENTS: usize = 256;
 #[inline]
 fn item_step(
     ents: &[(u32, u8)],
-    p0: &[f32],
-    p1: &[f32],
+    rows: CaseRows<'_>,
     zi: &[f32],
     inv_b: f32,
     sampled: bool,
@@ -534,9 +555,9 @@ fn item_step(
     #[cfg(target_arch = "x86_64")]
     if sampled && has_avx512() && gbi.len() <= 16 && ents.len() <= STEP_MAX_ENTS {
         // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
-        return unsafe { item_step_avx512(ents, p0, p1, zi, inv_b, gwi, gbi, step, next) };
+        return unsafe { item_step_avx512(ents, rows, zi, inv_b, gwi, gbi, step, next) };
     }
-    item_step_simd(ents, p0, p1, zi, inv_b, sampled, gwi, gbi, step, next)
+    item_step_simd(ents, rows, zi, inv_b, sampled, gwi, gbi, step, next)
 }
 
 /// [`item_step_body`] for a sampled negative phase, with each class's gradient row summed in
@@ -549,8 +570,7 @@ fn item_step(
 #[allow(clippy::too_many_arguments)]
 fn item_step_avx512(
     ents: &[(u32, u8)],
-    p0: &[f32],
-    p1: &[f32],
+    rows: CaseRows<'_>,
     zi: &[f32],
     inv_b: f32,
     gwi: &mut [f32],
@@ -561,10 +581,11 @@ fn item_step_avx512(
     let (k, m) = (gbi.len(), gwi.len() / gbi.len());
     let n = ents.len();
     assert!(k <= 16 && n <= STEP_MAX_ENTS && zi.len() >= n * k);
-    // Events per class: rating e adds its p0 row to its class (2e) and subtracts its p1 row
-    // from its sampled class (2e + 1). Appending in rating order gives each class's events in
-    // the order of `item_step_body`; class c's list starts at c·2n (no class gets more than
-    // 2n events), and only the slots written are read, so the buffer is not zeroed first.
+    // Events per class, 4e + type: rating e adds its p0 row to its class (type 0) and
+    // subtracts its p1 row from its sampled class (type 1), or, when the two are the same
+    // class, adds its p0 − p1 row there (type 2). Appending in rating order gives each class's
+    // events in the order of `item_step_body`; class c's list starts at c·2n (no class gets
+    // more than n events), and only the slots counted are read, so the buffer is not zeroed.
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
     let stride = 2 * n;
@@ -578,10 +599,13 @@ fn item_step_avx512(
         let z = unsafe { _mm512_maskz_loadu_ps(kmask, zi.as_ptr().add(e * k)) };
         let nz = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(kmask, z, _mm512_setzero_ps());
         let pk = (u32::from(nz).trailing_zeros() & 15) as usize;
-        for (c, ev) in [(usize::from(cl), 2 * e), (pk, 2 * e + 1)] {
-            buf[c * stride + cnt[c]] = MaybeUninit::new(ev as u16);
-            cnt[c] += 1;
-        }
+        let (cl, same) = (usize::from(cl), usize::from(pk == usize::from(cl)));
+        // Without a branch: the second event is always written but only counted when the
+        // classes differ (else it lands past the end of class cl's list, and is not read).
+        buf[cl * stride + cnt[cl]] = MaybeUninit::new((4 * e + 2 * same) as u16);
+        cnt[cl] += 1;
+        buf[pk * stride + cnt[pk]] = MaybeUninit::new((4 * e + 1) as u16);
+        cnt[pk] += 1 - same;
     }
     let class_events: [&[u16]; 16] = std::array::from_fn(|c| {
         if c < k {
@@ -595,7 +619,7 @@ fn item_step_avx512(
     let mut j0 = 0;
     while j0 < m {
         let nv = (m - j0).div_ceil(16).min(8);
-        let args = (j0, m, ents, class_events, p0, p1, inv_b);
+        let args = (j0, m, ents, class_events, rows, inv_b);
         let (gw, st) = (&mut *gwi, step.as_mut());
         match nv {
             1 => step_cols_avx512::<1>(args, gw, st),
@@ -610,9 +634,11 @@ fn item_step_avx512(
         j0 += 16 * nv;
     }
     for (c, events) in class_events.iter().enumerate() {
+        // A p0 − p1 event leaves the bias alone (adding 0 changes no bit of the sum).
+        let signs = [inv_b, -inv_b, 0.0, 0.0];
         let mut gb = 0.0f32;
         for &ev in *events {
-            gb += if ev & 1 == 0 { inv_b } else { -inv_b };
+            gb += signs[usize::from(ev & 3)];
         }
         gbi[c] = gb;
     }
@@ -637,13 +663,12 @@ fn item_step_avx512(
 #[inline]
 #[allow(clippy::type_complexity)]
 fn step_cols_avx512<const NV: usize>(
-    (j0, m, ents, class_events, p0, p1, inv_b): (
+    (j0, m, ents, class_events, rows, inv_b): (
         usize,
         usize,
         &[(u32, u8)],
         &[&[u16]],
-        &[f32],
-        &[f32],
+        CaseRows<'_>,
         f32,
     ),
     gwi: &mut [f32],
@@ -652,17 +677,18 @@ fn step_cols_avx512<const NV: usize>(
     use std::arch::x86_64::*;
     let width = (m - j0).min(16 * NV);
     let mask = |v: usize| block_lane_mask(v, NV, width);
-    // Positive and negative events alternate unpredictably within a class: the source row
-    // and the sign are picked by indexing, not by a branch (a mispredicted branch per event
-    // also stopped the next rows' loads from starting early).
-    let (srcs, signs) = ([p0, p1], [inv_b, -inv_b]);
+    // Event types alternate unpredictably within a class: the source row and the sign are
+    // picked by indexing, not by a branch (a mispredicted branch per event also stopped the
+    // next rows' loads from starting early).
+    let srcs = [rows.p0, rows.p1, rows.pd, rows.pd];
+    let signs = [inv_b, -inv_b, inv_b, inv_b];
     for (c, events) in class_events.iter().enumerate() {
         let mut acc = [_mm512_setzero_ps(); NV];
         for &ev in *events {
-            let (e, neg) = (usize::from(ev >> 1), usize::from(ev & 1));
+            let (e, t) = (usize::from(ev >> 2), usize::from(ev & 3));
             let n = ents[e].0 as usize;
-            let row = &srcs[neg][n * m + j0..n * m + j0 + width];
-            let s = _mm512_set1_ps(signs[neg]);
+            let row = &srcs[t][n * m + j0..n * m + j0 + width];
+            let s = _mm512_set1_ps(signs[t]);
             for (v, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the masked lanes lie within `row` (width = 16·(NV−1) + tail).
                 let x = unsafe { _mm512_maskz_loadu_ps(mask(v), row.as_ptr().add(16 * v)) };
@@ -1800,6 +1826,8 @@ fn case_runs<'a, T, const B: usize>(
 pub(crate) struct BatchGrad {
     p0: Vec<f32>,
     p1: Vec<f32>,
+    /// p0 − p1 per case (see [`CaseRows`]).
+    pd: Vec<f32>,
     base: Vec<f32>,
     /// Negative-phase visible units, K per rating of the batch.
     pub(crate) vneg: Vec<f32>,
@@ -1852,6 +1880,7 @@ impl BatchGrad {
         BatchGrad {
             p0: vec![0.0; bs * m],
             p1: vec![0.0; bs * m],
+            pd: vec![0.0; bs * m],
             base: vec![0.0; bs * m],
             vneg: Vec::new(),
             rec_off: Vec::with_capacity(bs + 1),
@@ -2329,6 +2358,7 @@ impl RatingRbm {
         let BatchGrad {
             p0,
             p1,
+            pd,
             base,
             vneg,
             rec_off,
@@ -2345,6 +2375,7 @@ impl RatingRbm {
         if p0.len() < batch.len() * m {
             p0.resize(batch.len() * m, 0.0);
             p1.resize(batch.len() * m, 0.0);
+            pd.resize(batch.len() * m, 0.0);
             base.resize(batch.len() * m, 0.0);
         }
         let nb = batch.len();
@@ -2511,6 +2542,7 @@ impl RatingRbm {
         let BatchGrad {
             p0,
             p1,
+            pd,
             base,
             zbi,
             err_item,
@@ -2611,21 +2643,24 @@ impl RatingRbm {
                 err = err_item[..N_CHUNKS].iter().sum::<f64>();
             }
             let accr = &acc[..];
-            let runs = case_runs(team, nb, m, [&mut p1[..], &mut base[..]]).zip(case_runs(
-                team,
-                nb,
-                hb,
-                [&mut hbits[..]],
-            ));
-            team.for_each(runs, |((n0, [p1, base]), (_, [bits]))| {
+            let runs = case_runs(team, nb, m, [&mut p1[..], &mut base[..], &mut pd[..]])
+                .zip(case_runs(team, nb, hb, [&mut hbits[..]]));
+            let p0 = &p0[..];
+            team.for_each(runs, |((n0, [p1, base, pd]), (_, [bits]))| {
                 let rows = p1
                     .chunks_mut(m)
                     .zip(base.chunks(m))
+                    .zip(pd.chunks_mut(m))
                     .zip(bits.chunks_mut(hb));
-                for (n, ((p1, base), bits)) in (n0..).zip(rows) {
+                for (n, (((p1, base), pd), bits)) in (n0..).zip(rows) {
                     with_simd(|| {
                         hidden_probs_from_chunks(p1, base, accr, n, nb);
-                        if !last {
+                        if last {
+                            let p0 = case_row(p0, n, m);
+                            for ((d, &a), &b) in pd.iter_mut().zip(p0).zip(&*p1) {
+                                *d = a - b;
+                            }
+                        } else {
                             case_rng(n, t + 1).bernoulli_in_place(p1);
                             hidden_bits(p1, bits);
                         }
@@ -2735,6 +2770,7 @@ impl RatingRbm {
         let BatchGrad {
             p0,
             p1,
+            pd,
             vneg,
             zbi,
             pos_of,
@@ -2750,7 +2786,8 @@ impl RatingRbm {
             let p = p as usize;
             vneg[r * k..(r + 1) * k].copy_from_slice(&zbi[p * k..(p + 1) * k]);
         }
-        let (p0, p1, zbi, by_item, by_item_ptr) = (&p0, &p1, &zbi, &by_item, &by_item_ptr);
+        let rows = CaseRows { p0, p1, pd };
+        let (zbi, by_item, by_item_ptr) = (&zbi, &by_item, &by_item_ptr);
         // Runs of units, a few per team member so uneven runs balance out.
         let per = piece_len(self.d, 1, team);
         let runs = gw
@@ -2762,8 +2799,7 @@ impl RatingRbm {
                 let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
                 item_step(
                     &by_item[a..b],
-                    p0,
-                    p1,
+                    rows,
                     &zbi[a * k..b * k],
                     inv_b,
                     negative == NegativePhase::Sample,
@@ -2934,8 +2970,12 @@ impl RatingRbm {
                         let inv_b = 1.0 / batch_cases.len() as f32;
                         let (wc, bc) = (&wcfg, &bcfg);
                         let sampled = params.negative == NegativePhase::Sample;
-                        let (p0, p1, zbi, by_item, by_item_ptr) =
-                            (&g.p0, &g.p1, &g.zbi, &g.by_item, &g.by_item_ptr);
+                        let rows = CaseRows {
+                            p0: &g.p0,
+                            p1: &g.p1,
+                            pd: &g.pd,
+                        };
+                        let (zbi, by_item, by_item_ptr) = (&g.zbi, &g.by_item, &g.by_item_ptr);
                         // One job per chunk of units: their steps, then (when there is a next batch)
                         // their rows into that chunk's accumulator for the next positive phase, in
                         // unit order. The chunks are the next batch's, or this batch's at the end of
@@ -3003,18 +3043,7 @@ impl RatingRbm {
                                 });
                                 let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
                                 let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                item_step(
-                                    ents,
-                                    p0,
-                                    p1,
-                                    zi,
-                                    inv_b,
-                                    sampled,
-                                    gwi,
-                                    gbi,
-                                    Some(step),
-                                    nx,
-                                );
+                                item_step(ents, rows, zi, inv_b, sampled, gwi, gbi, Some(step), nx);
                             }
                         });
                         self.hidden_grads(own_sets(cases, implicit), &batch_cases, &mut g, team);
@@ -3513,6 +3542,12 @@ pub(crate) mod tests {
             let mut vals =
                 |len: usize| -> Vec<f32> { (0..len).map(|_| s.uniform() - 0.3).collect() };
             let (p0, p1) = (vals(nb * m), vals(nb * m));
+            let pd: Vec<f32> = p0.iter().zip(&p1).map(|(a, b)| a - b).collect();
+            let rows = CaseRows {
+                p0: &p0,
+                p1: &p1,
+                pd: &pd,
+            };
             let (w0, vw0, b0, vb0) = (vals(k * m), vals(k * m), vals(k), vals(k));
             let acc0 = vals(nb * m);
             let mut s = Stream::new(12, Purpose::Data, k as u64, m as u64, n as u64);
@@ -3559,13 +3594,9 @@ pub(crate) mod tests {
                     });
                     let inv_b = 1.0 / 37.0;
                     if reference {
-                        item_step_body(
-                            &ents, &p0, &p1, &zi, inv_b, true, &mut gwi, &mut gbi, step, nx,
-                        );
+                        item_step_body(&ents, rows, &zi, inv_b, true, &mut gwi, &mut gbi, step, nx);
                     } else {
-                        item_step(
-                            &ents, &p0, &p1, &zi, inv_b, true, &mut gwi, &mut gbi, step, nx,
-                        );
+                        item_step(&ents, rows, &zi, inv_b, true, &mut gwi, &mut gbi, step, nx);
                     }
                     let grad = if stepped {
                         Vec::new()
