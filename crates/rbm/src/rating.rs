@@ -17,9 +17,11 @@
 //! plus a per-unit weight), each chunk with its own per-case accumulator. With momentum SGD,
 //! each unit's gradient, momentum step and the *next* batch's positive-phase rows are done
 //! while its K×M block is in cache. On CPUs with AVX-512 the negative phase keeps a rating's K
-//! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8); the
-//! elementwise loops are compiled for the widest SIMD available at run time. The dot
-//! products' summation order depends on the SIMD level (never on the thread count).
+//! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8), and a unit
+//! with many ratings in the batch has them done 16 at a time, one per lane, from the sampled h
+//! kept as bit masks (`block_negative`); the unit step sums each class's gradient row in
+//! registers. The elementwise loops are compiled for the widest SIMD available at run time. The
+//! dot products' summation order depends on the SIMD level (never on the thread count).
 
 #![allow(clippy::needless_range_loop)]
 // index loops over K and M read clearer here
