@@ -1485,7 +1485,7 @@ const BLOCK_MIN: usize = 8;
 /// The sampled negative visible step of up to 16 ratings of one item, one rating per SIMD
 /// lane, for a sampled (binary) h given as bit masks (`hbits`, `hb` 16-bit words per case,
 /// one per u32): each logit b_k + Σ_j h_j W_kj is a sum of the W_kj whose h_j is 1, so it is
-/// built by masked adds of broadcast weights (no multiplications, no horizontal sums), and the
+/// built lane-wise from the mask bits and broadcast weights (no horizontal sums), and the
 /// softmax, the squared error and the cumulative-sum draw (the number of the first K−1
 /// cumulative probabilities ≤ u, as in [`softmax_sample`]) run lane-wise. Returns the
 /// sampled class of each rating and, with `last`, the block's summed squared reconstruction
@@ -1590,7 +1590,6 @@ fn block_negative<const K: usize>(
     let p: [__m512; K] = std::array::from_fn(|q| _mm512_mul_ps(e[q], inv));
     let mut err = 0.0f64;
     if last {
-        let one = _mm512_set1_ps(1.0);
         let mut sq = _mm512_setzero_ps();
         for (q, &pq) in p.iter().enumerate() {
             let hot = _mm512_cmpeq_epi32_mask(cls, _mm512_set1_epi32(q as i32));
