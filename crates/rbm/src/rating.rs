@@ -1823,6 +1823,29 @@ fn case_runs<'a, T, const B: usize>(
     })
 }
 
+/// [`case_runs`] case by case, with each case's bit-mask words of the sampled h
+/// ([`BatchGrad::hbits`], `hb` per case) beside its rows: one run per team member, each
+/// yielding (case, its row of each buffer, its words).
+fn case_runs_with_bits<'a, const B: usize>(
+    team: &Team<'_>,
+    nb: usize,
+    m: usize,
+    bufs: [&'a mut [f32]; B],
+    hbits: &'a mut [u32],
+    hb: usize,
+) -> impl Iterator<Item = impl Iterator<Item = (usize, [&'a mut [f32]; B], &'a mut [u32])> + Send> + 'a
+{
+    case_runs(team, nb, m, bufs)
+        .zip(case_runs(team, nb, hb, [hbits]))
+        .map(move |((n0, run), (_, [bits]))| {
+            let mut rows = run.map(|b| b.chunks_mut(m));
+            (n0..).zip(bits.chunks_mut(hb)).map(move |(n, bits)| {
+                let rows = rows.each_mut().map(|it| it.next().expect("a row per case"));
+                (n, rows, bits)
+            })
+        })
+}
+
 /// Buffers and gradients of one mini-batch, allocated once per training run.
 pub(crate) struct BatchGrad {
     p0: Vec<f32>,
@@ -2566,15 +2589,10 @@ impl RatingRbm {
         let case_rng = |n: usize, t: usize| skey.stream(((batch[n] as u64) << 16) | t as u64);
         {
             let accr = &acc[..];
-            let runs = case_runs(team, nb, m, [&mut p0[..], &mut p1[..], &mut base[..]])
-                .zip(case_runs(team, nb, hb, [&mut hbits[..]]));
-            team.for_each(runs, |((n0, [p0, h, base]), (_, [bits]))| {
-                let rows = p0
-                    .chunks_mut(m)
-                    .zip(h.chunks_mut(m))
-                    .zip(base.chunks_mut(m))
-                    .zip(bits.chunks_mut(hb));
-                for (n, (((p0, h), base), bits)) in (n0..).zip(rows) {
+            let bufs = [&mut p0[..], &mut p1[..], &mut base[..]];
+            let runs = case_runs_with_bits(team, nb, m, bufs, &mut hbits[..], hb);
+            team.for_each(runs, |run| {
+                for (n, [p0, h, base], bits) in run {
                     with_simd(|| {
                         base.copy_from_slice(&model.c);
                         if let Some(dm) = &model.dmat {
@@ -2644,16 +2662,11 @@ impl RatingRbm {
                 err = err_item[..N_CHUNKS].iter().sum::<f64>();
             }
             let accr = &acc[..];
-            let runs = case_runs(team, nb, m, [&mut p1[..], &mut base[..], &mut pd[..]])
-                .zip(case_runs(team, nb, hb, [&mut hbits[..]]));
+            let bufs = [&mut p1[..], &mut base[..], &mut pd[..]];
+            let runs = case_runs_with_bits(team, nb, m, bufs, &mut hbits[..], hb);
             let p0 = &p0[..];
-            team.for_each(runs, |((n0, [p1, base, pd]), (_, [bits]))| {
-                let rows = p1
-                    .chunks_mut(m)
-                    .zip(base.chunks(m))
-                    .zip(pd.chunks_mut(m))
-                    .zip(bits.chunks_mut(hb));
-                for (n, (((p1, base), pd), bits)) in (n0..).zip(rows) {
+            team.for_each(runs, |run| {
+                for (n, [p1, base, pd], bits) in run {
                     with_simd(|| {
                         hidden_probs_from_chunks(p1, base, accr, n, nb);
                         if last {
