@@ -4,7 +4,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use rbm::linalg::{self, Matrix};
-use rbm::random::{Purpose, Stream};
+use rbm::random::{Purpose, Stream, StreamKey};
 use rbm::train::{Momentum, TrainParams, Trainer};
 use std::hint::black_box;
 use std::ops::ControlFlow;
@@ -32,6 +32,18 @@ fn kernels(c: &mut Criterion) {
         bench.iter(|| {
             p.fill(0.3);
             s.bernoulli_in_place(black_box(&mut p));
+        })
+    });
+    // As the Gibbs passes draw: one set of lanes per block of 63 rows, column after column.
+    let mut lanes = StreamKey::new(0, Purpose::Sample, 0, 0).lanes(0);
+    g.bench_function("bernoulli 500x100, lanes, 63-row blocks", |bench| {
+        bench.iter(|| {
+            p.fill(0.3);
+            for col in p.chunks_mut(m) {
+                for part in col.chunks_mut(m.div_ceil(8)) {
+                    lanes.bernoulli_in_place(black_box(part));
+                }
+            }
         })
     });
     g.finish();

@@ -14,7 +14,7 @@
 use crate::binary::BinaryRbm;
 use crate::error::{RbmError, Result};
 use crate::linalg::{self, Matrix};
-use crate::random::{Purpose, Stream, StreamKey};
+use crate::random::{Lanes, Purpose, Stream, StreamKey};
 use crate::team::{Team, training_threads, with_team};
 use faer::Accum;
 use std::ops::ControlFlow;
@@ -914,12 +914,13 @@ enum Then {
 }
 
 /// Each column's units are cut into this many blocks of consecutive rows, each sampled from its
-/// own stream, so the row split across threads (on block boundaries) never changes the draws.
+/// own lanes, so the row split across threads (on block boundaries) never changes the draws.
 const SAMPLE_BLOCKS: usize = 8;
 
 /// One Gibbs half-step for a mini-batch: `out = σ(bias + a · x)` (one example per column), with
 /// the sampling (or negation) done by each thread on its own rows right after its share of the
-/// product. Draws come from the streams `(seed, Train, epoch, key, column · blocks + block)`.
+/// product. Each block of rows draws from its own [`Lanes`], keyed `(seed, Train, epoch, key,
+/// block)`, column after column.
 #[allow(clippy::too_many_arguments)]
 fn gibbs_pass(
     out: &mut [f32],
@@ -934,7 +935,6 @@ fn gibbs_pass(
     let (rows, inner) = (a.nrows(), a.ncols());
     let cols = x.len() / inner;
     let block = rows.div_ceil(SAMPLE_BLOCKS).max(1);
-    let nblocks = rows.div_ceil(block);
     let out = faer::MatMut::from_column_major_slice_mut(&mut out[..rows * cols], rows, cols);
     let side_cols = if then == Then::Sample { cols } else { 0 };
     let side = faer::MatMut::from_column_major_slice_mut(
@@ -947,6 +947,12 @@ fn gibbs_pass(
     let epilogue = |r0: usize, mut p: faer::MatMut<'_, f32>, mut s: faer::MatMut<'_, f32>| {
         let n = p.nrows();
         let bias = &bias[r0..r0 + n];
+        // One set of lanes per block of rows, drawn from column after column: the block's
+        // owner (the split falls on block boundaries) is the only member that draws from it.
+        let sampling = matches!(then, Then::Sample | Then::SampleInPlace);
+        let mut lanes: [Option<Lanes>; SAMPLE_BLOCKS] = std::array::from_fn(|k| {
+            (sampling && k * block < n).then(|| skey.lanes((r0 / block + k) as u64))
+        });
         for c in 0..p.ncols() {
             let col = p
                 .as_mut()
@@ -955,7 +961,6 @@ fn gibbs_pass(
                 .expect("contiguous column")
                 .as_slice_mut();
             linalg::sigmoid_bias_in_place(col, bias);
-            let stream = |k: usize| skey.stream((c * nblocks + r0 / block + k) as u64);
             match then {
                 Then::Sample => {
                     let dst = s
@@ -964,13 +969,19 @@ fn gibbs_pass(
                         .try_as_col_major_mut()
                         .expect("contiguous column")
                         .as_slice_mut();
-                    for (k, (p, out)) in col.chunks(block).zip(dst.chunks_mut(block)).enumerate() {
-                        stream(k).bernoulli_into(p, out);
+                    for ((p, out), l) in
+                        col.chunks(block).zip(dst.chunks_mut(block)).zip(&mut lanes)
+                    {
+                        l.as_mut()
+                            .expect("lanes for every block")
+                            .bernoulli_into(p, out);
                     }
                 }
                 Then::SampleInPlace => {
-                    for (k, part) in col.chunks_mut(block).enumerate() {
-                        stream(k).bernoulli_in_place(part);
+                    for (part, l) in col.chunks_mut(block).zip(&mut lanes) {
+                        l.as_mut()
+                            .expect("lanes for every block")
+                            .bernoulli_in_place(part);
                     }
                 }
                 Then::Keep => {}
@@ -1314,16 +1325,27 @@ mod tests {
                 TrainParams::new().sparsity(Some((0.1, 0.01))).epochs(30),
             ),
         ] {
-            let cfg = params.hidden(8).batch_size(20).check().unwrap();
-            let init = BinaryRbm::init(10, 8, cfg.init_std, Some(&data), cfg.seed);
-            let before = exact_ll(&init, &data);
-            let (model, _) = run(cfg, &data);
-            let after = exact_ll(&model, &data);
+            // The gain of one run varies with its draws (PCD-1's by ±0.5 nats over seeds), so
+            // the mean over 8 seeds is tested: its spread is a third of one run's.
+            let (mut before, mut after) = (0.0, 0.0);
+            for seed in 0..8 {
+                let cfg = params
+                    .clone()
+                    .seed(seed)
+                    .hidden(8)
+                    .batch_size(20)
+                    .check()
+                    .unwrap();
+                let init = BinaryRbm::init(10, 8, cfg.init_std, Some(&data), cfg.seed);
+                before += exact_ll(&init, &data) / 8.0;
+                let (model, _) = run(cfg, &data);
+                after += exact_ll(&model, &data) / 8.0;
+            }
             // The planted distribution has entropy ≈ 10·H(0.05) + ln 3 ≈ 3.0 nats; the bias-only
-            // start is far worse (≈ 6.5). Demand a clear gain.
+            // start is far worse (≈ 5.6). Demand a clear gain.
             assert!(
                 after > before + 1.5,
-                "{name}: log-likelihood {before:.3} → {after:.3}"
+                "{name}: mean log-likelihood {before:.3} → {after:.3}"
             );
         }
     }
