@@ -337,14 +337,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn bernoulli_frequencies_match_probabilities() {
-        // 200k draws per probability: binomial sd <= 0.0011, so 0.006 is > 5 sd.
-        let mut s = Stream::new(1, Purpose::Sample, 0, 0, 0);
+    /// Bernoulli frequencies of `draw` (in place) against their probabilities: 200k draws per
+    /// probability, binomial sd <= 0.0011, so 0.006 is > 5 sd; 0 and 1 exactly.
+    fn check_frequencies(mut draw: impl FnMut(&mut [f32])) {
         for &p in &[0.0f32, 0.03, 0.5, 0.9, 1.0] {
             let n = 200_000;
             let mut v = vec![p; n];
-            s.bernoulli_in_place(&mut v);
+            draw(&mut v);
             let freq = v.iter().sum::<f32>() as f64 / n as f64;
             assert!(
                 (freq - f64::from(p)).abs() < 0.006,
@@ -354,6 +353,12 @@ mod tests {
                 assert_eq!(freq, f64::from(p));
             }
         }
+    }
+
+    #[test]
+    fn bernoulli_frequencies_match_probabilities() {
+        let mut s = Stream::new(1, Purpose::Sample, 0, 0, 0);
+        check_frequencies(|v| s.bernoulli_in_place(v));
     }
 
     #[test]
@@ -426,21 +431,8 @@ mod tests {
 
     #[test]
     fn lanes_bernoulli_frequencies_match_probabilities() {
-        // 200k draws per probability: binomial sd <= 0.0011, so 0.006 is > 5 sd.
         let mut lanes = StreamKey::new(1, Purpose::Sample, 0, 0).lanes(0);
-        for &p in &[0.0f32, 0.03, 0.5, 0.9, 1.0] {
-            let n = 200_000;
-            let mut v = vec![p; n];
-            lanes.bernoulli_in_place(&mut v);
-            let freq = v.iter().sum::<f32>() as f64 / n as f64;
-            assert!(
-                (freq - f64::from(p)).abs() < 0.006,
-                "p = {p}, freq = {freq}"
-            );
-            if p == 0.0 || p == 1.0 {
-                assert_eq!(freq, f64::from(p));
-            }
-        }
+        check_frequencies(|v| lanes.bernoulli_in_place(v));
         // Neighbouring elements come from different lanes or halves: no correlation.
         let mut v = vec![0.5f32; 200_000];
         lanes.bernoulli_in_place(&mut v);
