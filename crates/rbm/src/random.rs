@@ -171,7 +171,9 @@ pub const LANES: usize = 8;
 /// [`Stream`] needs a dependent chain per pair (the Gibbs passes' sampling was ~10 % of a
 /// CD-k epoch). Draws are handed out 16 at a time: element `2l + h` of each group of 16 takes
 /// half `h` of lane `l`'s 64-bit output, as [`Stream::bernoulli_in_place`] takes a pair from
-/// one output, and a call always starts a fresh group (a tail uses part of one).
+/// one output, and a call always starts a fresh group (a tail uses part of one). The AVX-512,
+/// AVX2 and portable paths draw the same samples (measured on 63-element calls: 2.9×, 1.6×
+/// and 0.8× the speed of [`Stream`]).
 #[derive(Clone, Debug)]
 pub struct Lanes {
     s: [[u64; LANES]; 4],
@@ -214,18 +216,6 @@ impl Lanes {
         out
     }
 
-    /// The next group's samples of `p` (up to 16 probabilities) into `out`: 1.0 where the
-    /// 24-bit uniform is below the probability, so `p = 0` never fires and `p = 1` always does.
-    #[inline(always)]
-    fn group(s: &mut [[u64; LANES]; 4], p: &[f32], out: &mut [f32]) {
-        let r = Self::next(s);
-        for (e, (o, &q)) in out.iter_mut().zip(p).enumerate() {
-            // The top 24 bits of each 32-bit half: (r >> 8) & 0xFFFFFF and r >> 40.
-            let u = ((r[e / 2] >> (32 * (e % 2))) as u32 >> 8) as f32 * INV_2_24;
-            *o = f32::from(u8::from(u < q));
-        }
-    }
-
     /// Replaces each probability in `p` by a Bernoulli sample (1.0 or 0.0).
     pub fn bernoulli_in_place(&mut self, p: &mut [f32]) {
         let n = p.len();
@@ -248,22 +238,115 @@ impl Lanes {
     /// `p` and `out` must be valid for `n` reads and writes.
     unsafe fn draw(&mut self, p: *const f32, out: *mut f32, n: usize) {
         #[cfg(target_arch = "x86_64")]
-        if crate::linalg::simd() == crate::linalg::Simd::Avx512 {
+        match crate::linalg::simd() {
             // SAFETY: AVX-512F is present; the pointers are valid for n elements (caller).
-            return unsafe { self.draw_avx512(p, out, n) };
+            crate::linalg::Simd::Avx512 => return unsafe { self.draw_avx512(p, out, n) },
+            // SAFETY: AVX2 is present; as above.
+            crate::linalg::Simd::Avx2 => return unsafe { self.draw_avx2(p, out, n) },
+            crate::linalg::Simd::Scalar => {}
         }
+        let mut st = self.s;
         let mut g = 0;
         while g < n {
             let len = (n - g).min(2 * LANES);
-            let mut q = [0f32; 2 * LANES];
-            let mut o = [0f32; 2 * LANES];
-            // SAFETY: g + len <= n elements of `p` and `out` (caller).
-            unsafe {
-                std::ptr::copy_nonoverlapping(p.add(g), q.as_mut_ptr(), len);
-                Self::group(&mut self.s, &q[..len], &mut o[..len]);
-                std::ptr::copy_nonoverlapping(o.as_ptr(), out.add(g), len);
+            let r = Self::next(&mut st);
+            // The top 24 bits of each 32-bit half: (r >> 8) & 0xFFFFFF and r >> 40.
+            let u: [f32; 2 * LANES] = std::array::from_fn(|e| {
+                ((r[e / 2] >> (32 * (e % 2))) as u32 >> 8) as f32 * INV_2_24
+            });
+            // A full group through fixed-size copies (vector moves; `out` may be `p`), a tail
+            // element by element.
+            if len == 2 * LANES {
+                // SAFETY: g + 16 <= n elements of `p` and `out` (caller).
+                let q: [f32; 2 * LANES] =
+                    unsafe { p.add(g).cast::<[f32; 2 * LANES]>().read_unaligned() };
+                let o: [f32; 2 * LANES] = std::array::from_fn(|e| f32::from(u8::from(u[e] < q[e])));
+                // SAFETY: as above.
+                unsafe { out.add(g).cast::<[f32; 2 * LANES]>().write_unaligned(o) };
+            } else {
+                for (e, &v) in u[..len].iter().enumerate() {
+                    // SAFETY: g + e < n elements of `p` and `out` (caller).
+                    unsafe { *out.add(g + e) = f32::from(u8::from(v < *p.add(g + e))) };
+                }
             }
             g += len;
+        }
+        self.s = st;
+    }
+
+    /// [`Lanes::draw`] with the lanes in eight 256-bit registers (lanes 0–3 and 4–7 of each
+    /// state word; AVX2 has no 64-bit rotation, so each is two shifts and an or).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn draw_avx2(&mut self, p: *const f32, out: *mut f32, n: usize) {
+        use std::arch::x86_64::*;
+        macro_rules! rol {
+            ($x:expr, $r:literal) => {
+                _mm256_or_si256(
+                    _mm256_slli_epi64::<$r>($x),
+                    _mm256_srli_epi64::<{ 64 - $r }>($x),
+                )
+            };
+        }
+        // SAFETY: unaligned loads of the 4 × 8 state words, four at a time.
+        let mut st: [[__m256i; 2]; 4] = self.s.map(|w| unsafe {
+            [
+                _mm256_loadu_si256(w.as_ptr().cast()),
+                _mm256_loadu_si256(w.as_ptr().add(4).cast()),
+            ]
+        });
+        let (scale, one) = (_mm256_set1_ps(INV_2_24), _mm256_set1_ps(1.0));
+        let mut g = 0;
+        while g < n {
+            let mut hits = [_mm256_setzero_ps(); 2];
+            for (h, hit) in hits.iter_mut().enumerate() {
+                let [s0, s1, s2, s3] = [st[0][h], st[1][h], st[2][h], st[3][h]];
+                let r = _mm256_add_epi64(rol!(_mm256_add_epi64(s0, s3), 23), s0);
+                let t = _mm256_slli_epi64::<17>(s1);
+                let s2 = _mm256_xor_si256(s2, s0);
+                let s3 = _mm256_xor_si256(s3, s1);
+                let s1 = _mm256_xor_si256(s1, s2);
+                let s0 = _mm256_xor_si256(s0, s3);
+                let s2 = _mm256_xor_si256(s2, t);
+                let s3 = rol!(s3, 45);
+                [st[0][h], st[1][h], st[2][h], st[3][h]] = [s0, s1, s2, s3];
+                // 32-bit lane 2l holds the low half of stream l's output, 2l + 1 the high half.
+                *hit = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32::<8>(r)), scale);
+            }
+            let len = (n - g).min(2 * LANES);
+            // A full group straight from and to memory, a tail through small buffers.
+            let (mut q, mut o) = ([0f32; 2 * LANES], [0f32; 2 * LANES]);
+            let (src, dst) = if len == 2 * LANES {
+                // SAFETY: g + 16 <= n elements of `p` and `out` (caller).
+                unsafe { (p.add(g), out.add(g)) }
+            } else {
+                for (e, x) in q[..len].iter_mut().enumerate() {
+                    // SAFETY: g + e < n elements of `p` (caller).
+                    *x = unsafe { *p.add(g + e) };
+                }
+                (q.as_ptr(), o.as_mut_ptr())
+            };
+            for (h, &u) in hits.iter().enumerate() {
+                // SAFETY: 8 floats at offset 8h of 16 valid ones at `src` and `dst`.
+                unsafe {
+                    let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(u, _mm256_loadu_ps(src.add(8 * h)));
+                    _mm256_storeu_ps(dst.add(8 * h), _mm256_and_ps(lt, one));
+                }
+            }
+            if len < 2 * LANES {
+                for (e, &x) in o[..len].iter().enumerate() {
+                    // SAFETY: g + e < n elements of `out` (caller).
+                    unsafe { *out.add(g + e) = x };
+                }
+            }
+            g += len;
+        }
+        for (w, v) in self.s.iter_mut().zip(st) {
+            // SAFETY: unaligned stores of 8 state words, four at a time.
+            unsafe {
+                _mm256_storeu_si256(w.as_mut_ptr().cast(), v[0]);
+                _mm256_storeu_si256(w.as_mut_ptr().add(4).cast(), v[1]);
+            }
         }
     }
 
