@@ -61,10 +61,15 @@ impl StreamKey {
 
     /// The stream of one row.
     pub fn stream(self, row: u64) -> Stream {
-        let k = mix(self.0 ^ row.wrapping_mul(0xA076_1D64_78BD_642F));
         Stream {
-            rng: Xoshiro256PlusPlus::seed_from_u64(k),
+            rng: Xoshiro256PlusPlus::seed_from_u64(self.row_seed(row)),
         }
+    }
+
+    /// The 64-bit seed of row `row`'s stream.
+    #[inline]
+    fn row_seed(self, row: u64) -> u64 {
+        mix(self.0 ^ row.wrapping_mul(0xA076_1D64_78BD_642F))
     }
 }
 
@@ -185,8 +190,7 @@ impl StreamKey {
         let mut s = [[0u64; LANES]; 4];
         for l in 0..LANES {
             // Xoshiro256PlusPlus::seed_from_u64: four SplitMix64 outputs of the stream's seed.
-            let k =
-                mix(self.0 ^ (LANES as u64 * row + l as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+            let k = self.row_seed(LANES as u64 * row + l as u64);
             for (i, w) in s.iter_mut().enumerate() {
                 w[l] = mix(k.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             }
