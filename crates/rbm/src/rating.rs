@@ -399,7 +399,7 @@ macro_rules! simd_fn {
                 fn avx512($($arg: $t),*) -> $ret {
                     $body($($arg),*)
                 }
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $t),*) -> $ret {
                     $body($($arg),*)
@@ -843,7 +843,7 @@ fn with_simd<R>(f: impl FnOnce() -> R) -> R {
         fn avx512<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
