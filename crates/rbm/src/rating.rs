@@ -951,6 +951,20 @@ fn add(y: &mut [f32], x: &[f32]) {
     }
 }
 
+/// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, four rows per pass over `h`.
+#[inline(always)]
+fn dot_rows_portable(h: &[f32], w: &[f32], out: &mut [f32]) {
+    let (k, m) = (out.len(), h.len());
+    let mut kk = 0;
+    while kk + 4 <= k {
+        dot4(h, &w[kk * m..(kk + 4) * m], &mut out[kk..kk + 4]);
+        kk += 4;
+    }
+    for kk in kk..k {
+        out[kk] = dot(h, &w[kk * m..(kk + 1) * m]);
+    }
+}
+
 /// Dot product with 16 independent accumulators so it vectorizes and hides add latency.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -1092,91 +1106,73 @@ fn avx2_fma() -> bool {
     crate::linalg::simd() >= crate::linalg::Simd::Avx2
 }
 
-/// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, four rows per pass over `h` with
-/// fused multiply-adds (AVX2 + FMA; the caller checks [`avx2_fma`]).
+/// `out[q] = h · w[q*m..(q+1)*m]` for each row q of `w`, up to six rows per pass over `h`
+/// with fused multiply-adds (AVX2 + FMA; the caller checks [`avx2_fma`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dot_rows_avx2(h: &[f32], w: &[f32], out: &mut [f32]) {
+    let (m, rows) = (h.len(), out.len());
+    assert!(w.len() >= rows * m);
+    let mut r = 0;
+    while r < rows {
+        let n = (rows - r).min(6);
+        let (wr, o) = (&w[r * m..(r + n) * m], &mut out[r..r + n]);
+        match n {
+            1 => dot_rows_block_avx2::<1>(h, wr, o),
+            2 => dot_rows_block_avx2::<2>(h, wr, o),
+            3 => dot_rows_block_avx2::<3>(h, wr, o),
+            4 => dot_rows_block_avx2::<4>(h, wr, o),
+            5 => dot_rows_block_avx2::<5>(h, wr, o),
+            _ => dot_rows_block_avx2::<6>(h, wr, o),
+        }
+        r += n;
+    }
+}
+
+/// R rows of [`dot_rows_avx2`] in one pass over `h`, each with two sums (even and odd blocks
+/// of eight columns) so that 2R multiply-add chains run side by side: with one chain per row,
+/// an item's K = 5 logits waited on the FMA latency.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn dot_rows_block_avx2<const R: usize>(h: &[f32], w: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let m = h.len();
-    let rows = out.len();
-    assert!(w.len() >= rows * m);
+    assert!(w.len() >= R * m && out.len() >= R);
     let n8 = m / 8 * 8;
-    let hsum = |v: __m256| -> f32 {
-        let mut a = [0.0f32; 8];
-        // SAFETY: `a` holds 8 floats.
-        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
-        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
-    };
-    let hp = h.as_ptr();
-    let wp = w.as_ptr();
-    let mut r = 0;
-    while r + 4 <= rows {
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let mut j = 0;
-        while j < n8 {
-            // SAFETY: j + 8 <= m and rows r..r+4 lie within w (asserted above).
-            unsafe {
-                let x = _mm256_loadu_ps(hp.add(j));
-                a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add(r * m + j)), a0);
-                a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((r + 1) * m + j)), a1);
-                a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((r + 2) * m + j)), a2);
-                a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp.add((r + 3) * m + j)), a3);
+    let (hp, wp) = (h.as_ptr(), w.as_ptr());
+    let mut a = [[_mm256_setzero_ps(); R]; 2];
+    let mut j = 0;
+    while j + 16 <= n8 {
+        // SAFETY: j + 16 <= m, and rows 0..R of length m lie within w (asserted above).
+        unsafe {
+            let (x0, x1) = (_mm256_loadu_ps(hp.add(j)), _mm256_loadu_ps(hp.add(j + 8)));
+            for q in 0..R {
+                a[0][q] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(wp.add(q * m + j)), a[0][q]);
+                a[1][q] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(wp.add(q * m + j + 8)), a[1][q]);
             }
-            j += 8;
         }
-        for (q, a) in [a0, a1, a2, a3].into_iter().enumerate() {
-            let row = &w[(r + q) * m..(r + q + 1) * m];
-            let mut s = hsum(a);
-            for jj in n8..m {
-                s += h[jj] * row[jj];
-            }
-            out[r + q] = s;
-        }
-        r += 4;
+        j += 16;
     }
-    while r < rows {
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut j = 0;
-        while j + 16 <= n8 {
-            // SAFETY: j + 16 <= m and row r lies within w.
-            unsafe {
-                a0 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(hp.add(j)),
-                    _mm256_loadu_ps(wp.add(r * m + j)),
-                    a0,
-                );
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(hp.add(j + 8)),
-                    _mm256_loadu_ps(wp.add(r * m + j + 8)),
-                    a1,
-                );
+    if j < n8 {
+        // SAFETY: j + 8 <= m, as above.
+        unsafe {
+            let x0 = _mm256_loadu_ps(hp.add(j));
+            for q in 0..R {
+                a[0][q] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(wp.add(q * m + j)), a[0][q]);
             }
-            j += 16;
         }
-        while j < n8 {
-            // SAFETY: j + 8 <= m.
-            unsafe {
-                a0 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(hp.add(j)),
-                    _mm256_loadu_ps(wp.add(r * m + j)),
-                    a0,
-                );
-            }
-            j += 8;
-        }
-        let row = &w[r * m..(r + 1) * m];
-        let mut s = hsum(_mm256_add_ps(a0, a1));
+    }
+    for q in 0..R {
+        let mut v = [0.0f32; 8];
+        // SAFETY: `v` holds 8 floats.
+        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(a[0][q], a[1][q])) };
+        let mut s = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+        let row = &w[q * m..(q + 1) * m];
         for jj in n8..m {
             s += h[jj] * row[jj];
         }
-        out[r] = s;
-        r += 1;
+        out[q] = s;
     }
 }
 
@@ -1742,6 +1738,71 @@ fn softmax_sample(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f3
     }
     z.fill(0.0);
     z[pick] = 1.0;
+    (err, pick)
+}
+
+/// Ratings whose softmax and draw [`softmax_sample_lanes`] does at once (eight f32 lanes of a
+/// 256-bit register).
+const SOFTMAX_LANES: usize = 8;
+
+/// [`softmax_sample`] for up to [`SOFTMAX_LANES`] ratings at once (`z`: K logits per rating,
+/// K ≤ 8; `cls`: their rated classes; `u`: their draws), written over the ratings so that it
+/// vectorizes: every rating sees the same operations in the same order as in
+/// [`softmax_sample`], so the probabilities, errors and picks are bit-identical. `z` becomes
+/// the one-hot vectors; returns each rating's squared error and sampled class.
+#[inline(always)]
+fn softmax_sample_lanes(
+    z: &mut [f32],
+    bias: &[f32],
+    cls: &[usize; SOFTMAX_LANES],
+    u: &[f32; SOFTMAX_LANES],
+) -> ([f32; SOFTMAX_LANES], [usize; SOFTMAX_LANES]) {
+    const L: usize = SOFTMAX_LANES;
+    let k = bias.len();
+    let g = z.len() / k;
+    assert!(k <= 8 && g <= L && z.len() == g * k);
+    // Class-major copies: t[c][l] = z_c + b_c of rating l (unused lanes stay 0).
+    let mut t = [[0.0f32; L]; 8];
+    for l in 0..g {
+        for c in 0..k {
+            t[c][l] = z[l * k + c] + bias[c];
+        }
+    }
+    let mut mx = [f32::NEG_INFINITY; L];
+    for row in &t[..k] {
+        for (m, &v) in mx.iter_mut().zip(row) {
+            if v > *m {
+                *m = v;
+            }
+        }
+    }
+    let mut s = [0.0f32; L];
+    for row in &mut t[..k] {
+        for l in 0..L {
+            row[l] = crate::linalg::exp_f32(row[l] - mx[l]);
+            s[l] += row[l];
+        }
+    }
+    let mut inv = [0.0f32; L];
+    for l in 0..L {
+        inv[l] = 1.0 / s[l];
+    }
+    let (mut err, mut cum, mut pick) = ([0.0f32; L], [0.0f32; L], [0usize; L]);
+    for (c, row) in t[..k].iter_mut().enumerate() {
+        for l in 0..L {
+            let p = row[l] * inv[l];
+            let target = if cls[l] == c { 1.0 } else { 0.0 };
+            err[l] += (target - p) * (target - p);
+            if c + 1 < k {
+                cum[l] += p;
+                pick[l] += usize::from(cum[l] <= u[l]);
+            }
+        }
+    }
+    z.fill(0.0);
+    for l in 0..g {
+        z[l * k + pick[l]] = 1.0;
+    }
     (err, pick)
 }
 
@@ -2316,6 +2377,40 @@ impl RatingRbm {
             };
         }
         let mut err = 0.0f64;
+        if negative == NegativePhase::Sample && !wide && k <= SOFTMAX_LANES {
+            // Without AVX-512: each rating's logits as below, then the softmax and the draw of
+            // up to eight ratings at once, one per lane (the same arithmetic per rating as
+            // `softmax_sample`, whose scalar exp was the largest cost here).
+            for (g, group) in ents.chunks(SOFTMAX_LANES).enumerate() {
+                let e0 = g * SOFTMAX_LANES;
+                let zg = &mut z[e0 * k..(e0 + group.len()) * k];
+                let mut u = [0.0f32; SOFTMAX_LANES];
+                let mut cls = [0usize; SOFTMAX_LANES];
+                for (l, &(n, cl)) in group.iter().enumerate() {
+                    let hn = &h[n as usize * m..(n as usize + 1) * m];
+                    let zl = &mut zg[l * k..(l + 1) * k];
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
+                        unsafe { dot_rows_avx2(hn, wi, zl) };
+                    }
+                    if !fast {
+                        dot_rows_portable(hn, wi, zl);
+                    }
+                    u[l] = rng.uniform();
+                    cls[l] = usize::from(cl);
+                }
+                let (errs, picks) = softmax_sample_lanes(zg, bi, &cls, &u);
+                for (l, &(n, _)) in group.iter().enumerate() {
+                    if last {
+                        err += f64::from(errs[l]);
+                    }
+                    let an = &mut acc[n as usize * m..(n as usize + 1) * m];
+                    add(an, &wi[picks[l] * m..(picks[l] + 1) * m]);
+                }
+            }
+            return err;
+        }
         for (e, &(n, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
@@ -2328,14 +2423,7 @@ impl RatingRbm {
                 unsafe { dot_rows_avx2(hn, wi, z) };
             }
             if !fast {
-                let mut kk = 0;
-                while kk + 4 <= k {
-                    dot4(hn, &wi[kk * m..(kk + 4) * m], &mut z[kk..kk + 4]);
-                    kk += 4;
-                }
-                for kk in kk..k {
-                    z[kk] = dot(hn, &wi[kk * m..(kk + 1) * m]);
-                }
+                dot_rows_portable(hn, wi, z);
             }
             let sample = negative == NegativePhase::Sample;
             let u = if sample { rng.uniform() } else { 0.0 };
@@ -3782,6 +3870,84 @@ pub(crate) mod tests {
                 assert!(pick == k - 1 || f64::from(u) < cum + p[pick] + 1e-5);
                 assert_eq!(z.iter().sum::<f32>(), 1.0);
                 assert_eq!(z[pick], 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_lanes_match_softmax_sample_bit_for_bit() {
+        // The lane-wise softmax and draw (the negative pass without AVX-512) against
+        // `softmax_sample` (itself tested against f64 above), rating by rating: probabilities
+        // written back, squared errors and picks must agree to the bit. Full and part groups,
+        // K from 2 to 8, logits from ordinary to extreme (exp's clamp, ties for the maximum),
+        // and draws that land exactly on a cumulative probability.
+        let mut s = Stream::new(9, Purpose::Data, 0, 0, 0);
+        for k in 2..=8usize {
+            for g in [1usize, 3, 7, 8] {
+                for round in 0..40 {
+                    let scale = [0.5, 8.0, 200.0][round % 3];
+                    let mut z0: Vec<f32> =
+                        (0..g * k).map(|_| (s.uniform() - 0.5) * scale).collect();
+                    if round % 5 == 4 {
+                        z0[0] = z0[k - 1]; // a tie for the maximum in rating 0
+                    }
+                    let bias: Vec<f32> = (0..k).map(|_| s.uniform() - 0.5).collect();
+                    let mut cls = [0usize; SOFTMAX_LANES];
+                    let mut u = [0.0f32; SOFTMAX_LANES];
+                    for l in 0..g {
+                        cls[l] = (s.uniform() * k as f32) as usize % k;
+                        u[l] = s.uniform();
+                    }
+                    let mut want = z0.clone();
+                    let mut want_out = Vec::new();
+                    for l in 0..g {
+                        let zl = &mut want[l * k..(l + 1) * k];
+                        if round % 7 == 6 {
+                            // u exactly on the first cumulative probability.
+                            let mut p = zl.to_vec();
+                            softmax_sample(&mut p, &bias, cls[l], None);
+                            u[l] = p[0];
+                        }
+                        want_out.push(softmax_sample(zl, &bias, cls[l], Some(u[l])));
+                    }
+                    let mut got = z0.clone();
+                    let (errs, picks) = softmax_sample_lanes(&mut got, &bias, &cls, &u);
+                    for l in 0..g {
+                        assert_eq!(errs[l].to_bits(), want_out[l].0.to_bits(), "K={k} g={g}");
+                        assert_eq!(picks[l], want_out[l].1, "K={k} g={g} lane {l}");
+                    }
+                    assert_eq!(got, want, "K={k} g={g}: one-hot rows");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_dot_rows_match_f64() {
+        // Every block size of `dot_rows_avx2` (1..=6 rows, and 7..13 rows as blocks of six
+        // and a rest) with M below, at and across the 8- and 16-column steps.
+        if !avx2_fma() {
+            return;
+        }
+        let mut s = Stream::new(10, Purpose::Data, 0, 0, 0);
+        for rows in 1..=13usize {
+            for m in [1usize, 7, 8, 9, 16, 17, 24, 33, 100] {
+                let h: Vec<f32> = (0..m).map(|_| s.uniform() - 0.5).collect();
+                let w: Vec<f32> = (0..rows * m).map(|_| s.uniform() * 2.0 - 1.0).collect();
+                let mut out = vec![f32::NAN; rows];
+                // SAFETY: AVX2 and FMA are present (checked above).
+                unsafe { dot_rows_avx2(&h, &w, &mut out) };
+                for q in 0..rows {
+                    let want: f64 = (0..m)
+                        .map(|j| f64::from(h[j]) * f64::from(w[q * m + j]))
+                        .sum();
+                    assert!(
+                        (f64::from(out[q]) - want).abs() < 1e-5,
+                        "rows {rows} M {m} row {q}: {} vs {want}",
+                        out[q]
+                    );
+                }
             }
         }
     }
