@@ -259,6 +259,8 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
     let report = common.in_pool(|| -> Result<Value> {
         let mut report = serde_json::Map::new();
         report.insert("threads".into(), json!(rayon::current_num_threads()));
+        // The vector kernels this run used (`RBM_SIMD` caps them), since figures depend on it.
+        report.insert("simd".into(), json!(rbm::linalg::simd().name()));
         let mut cases = Vec::new();
         if !args.skip_binary {
             let digits = rbm::data::digits()?;
@@ -398,7 +400,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
     if common.json {
         print_json(&report);
     } else {
-        println!("threads {}", report["threads"]);
+        println!("threads {}, SIMD {}", report["threads"], rbm::linalg::simd().name());
         if let Some(peak) = report.get("gemm_peak_gflops").and_then(Value::as_f64) {
             println!(
                 "f32 GEMM peak (2048³, faer, the better of its own parallel product and a row split): {peak:.1} GFLOP/s"

@@ -222,5 +222,11 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
     let speedup = r["speedup_over_1thread"]["ml100k"].as_f64().unwrap();
     assert!((speedup - one / secs).abs() < 1e-9, "{r}");
     assert!(r["netflix_epoch_seconds"].is_null());
+    // The SIMD level the figures were taken at, as `RBM_SIMD` caps it.
+    let simd = r["simd"].as_str().unwrap();
+    assert!(["avx512", "avx2", "scalar"].contains(&simd), "{r}");
+    if let Ok(cap @ ("avx2" | "scalar")) = std::env::var("RBM_SIMD").as_deref() {
+        assert!(simd == cap || simd == "scalar", "{r}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -316,6 +316,17 @@ pub enum Simd {
     Avx512,
 }
 
+impl Simd {
+    /// The level's name as `RBM_SIMD` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Scalar => "scalar",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+}
+
 /// The widest [`Simd`] level the kernels may use: what the CPU has, capped by the environment
 /// variable `RBM_SIMD` (`avx512`, `avx2` or `scalar`), so the narrower code paths can be run and
 /// compared on any machine. Read once per process.
