@@ -20,7 +20,9 @@
 //! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8), and a unit
 //! with many ratings in the batch has them done 16 at a time, one per lane, from the sampled h
 //! kept as bit masks (`block_negative`); the unit step sums each class's gradient row in
-//! registers. The elementwise loops are compiled for the widest SIMD available at run time. The
+//! registers. Without AVX-512, the softmax and draw go eight ratings at a time, one per lane
+//! (`softmax_sample_lanes`). The elementwise loops are compiled for the widest SIMD available
+//! at run time (the AVX2 variants with FMA, so `mul_add` is one instruction). The
 //! dot products' summation order depends on the SIMD level (never on the thread count).
 
 #![allow(clippy::needless_range_loop)]
