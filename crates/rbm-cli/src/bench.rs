@@ -77,13 +77,7 @@ fn rating_epochs(
         .batch_size(batch)
         .cd(CdSchedule::constant(1))
         .check()?;
-    let data = TrainData {
-        cases,
-        d,
-        values,
-        implicit: None,
-        validation: &[],
-    };
+    let data = TrainData::new(cases, d, values);
     let mut secs = Vec::new();
     RatingRbm::fit(&params, &data, &mut |r: &EpochReport| secs.push(r.seconds))?;
     Ok(secs)

@@ -117,13 +117,7 @@ fn rating(c: &mut Criterion) {
         .cd(CdSchedule::constant(1))
         .check()
         .unwrap();
-    let data = TrainData {
-        cases: &set.by_user,
-        d: set.n_items,
-        values: &set.values,
-        implicit: None,
-        validation: &[],
-    };
+    let data = TrainData::new(&set.by_user, set.n_items, &set.values);
     let model = RatingRbm::init(&params, &set.by_user, set.n_items, set.values.len());
     let mut g = c.benchmark_group("rating");
     g.sample_size(20);

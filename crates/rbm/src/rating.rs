@@ -344,6 +344,20 @@ pub struct TrainData<'a> {
     pub validation: &'a [(u32, u32, f32)],
 }
 
+impl<'a> TrainData<'a> {
+    /// The plain case: `cases` over `d` visible units with rating `values`, no implicit sets
+    /// (the conditional variant then uses `cases`), no validation.
+    pub fn new(cases: &'a Csr, d: usize, values: &'a [f32]) -> Self {
+        TrainData {
+            cases,
+            d,
+            values,
+            implicit: None,
+            validation: &[],
+        }
+    }
+}
+
 /// Summary of a training run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitSummary {
@@ -4106,13 +4120,7 @@ pub(crate) mod tests {
             .conditional(true)
             .seed(seed);
         let params = tweak(params).check().unwrap();
-        let data = TrainData {
-            cases: &mat.by_user,
-            d: 40,
-            values: scale.values(),
-            implicit: None,
-            validation: &[],
-        };
+        let data = TrainData::new(&mat.by_user, 40, scale.values());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -4137,13 +4145,7 @@ pub(crate) mod tests {
             .seed(9)
             .check()
             .unwrap();
-        let data = TrainData {
-            cases: &mat.by_user,
-            d: 30,
-            values: scale.values(),
-            implicit: None,
-            validation: &[],
-        };
+        let data = TrainData::new(&mat.by_user, 30, scale.values());
         let init = RatingRbm::init(&params, &mat.by_user, 30, 5);
         let fused = init.clone().train(&params, &data, &mut |_| {}).unwrap().0;
 
@@ -4240,13 +4242,7 @@ pub(crate) mod tests {
             .bias_learning_rate(0.1)
             .check()
             .unwrap();
-        let data = TrainData {
-            cases: &mat.by_user,
-            d: 60,
-            values: scale.values(),
-            implicit: None,
-            validation: &[],
-        };
+        let data = TrainData::new(&mat.by_user, 60, scale.values());
         let (model, _) = RatingRbm::fit(&params, &data, &mut |_| {}).unwrap();
         let pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
         let dist = model.predict_pairs(&mat.by_user, None, &pairs, PredictMethod::MeanField);
@@ -4277,13 +4273,7 @@ pub(crate) mod tests {
             .batch_size(10)
             .check()
             .unwrap();
-        let data = TrainData {
-            cases: &mat.by_user,
-            d: 20,
-            values: scale.values(),
-            implicit: None,
-            validation: &[],
-        };
+        let data = TrainData::new(&mat.by_user, 20, scale.values());
         let (model, _) = RatingRbm::fit(&params, &data, &mut |_| {}).unwrap();
         let (cf, a, b) = model.factors.as_ref().unwrap();
         let init = RatingRbm::init(&params, &mat.by_user, 20, scale.k());

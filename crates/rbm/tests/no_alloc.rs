@@ -84,13 +84,7 @@ fn rating_epochs(
         params = params.optimizer(rbm::rating::Optimizer::Adam);
     }
     let params = params.check().unwrap();
-    let data = TrainData {
-        cases: &set.by_user,
-        d: set.n_items,
-        values: &set.values,
-        implicit: None,
-        validation: &[],
-    };
+    let data = TrainData::new(&set.by_user, set.n_items, &set.values);
     let mut counts = vec![ALLOCATIONS.load(Ordering::Relaxed)];
     RatingRbm::fit(&params, &data, &mut |_: &EpochReport| {
         counts.push(ALLOCATIONS.load(Ordering::Relaxed));
