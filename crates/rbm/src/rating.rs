@@ -1761,8 +1761,11 @@ fn softmax_sample(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f3
 /// 256-bit register).
 const SOFTMAX_LANES: usize = 8;
 
+/// Most rating classes [`softmax_sample_lanes`] takes (half stars need 10).
+const SOFTMAX_MAX_K: usize = 16;
+
 /// [`softmax_sample`] for up to [`SOFTMAX_LANES`] ratings at once (`z`: K logits per rating,
-/// K ≤ 8; `cls`: their rated classes; `u`: their draws), written over the ratings so that it
+/// K ≤ [`SOFTMAX_MAX_K`]; `cls`: their rated classes; `u`: their draws), written over the ratings so that it
 /// vectorizes: every rating sees the same operations in the same order as in
 /// [`softmax_sample`], so the probabilities, errors and picks are bit-identical. `z` becomes
 /// the one-hot vectors; returns each rating's squared error and sampled class.
@@ -1776,9 +1779,9 @@ fn softmax_sample_lanes(
     const L: usize = SOFTMAX_LANES;
     let k = bias.len();
     let g = z.len() / k;
-    assert!(k <= 8 && g <= L && z.len() == g * k);
+    assert!(k <= SOFTMAX_MAX_K && g <= L && z.len() == g * k);
     // Class-major copies: t[c][l] = z_c + b_c of rating l (unused lanes stay 0).
-    let mut t = [[0.0f32; L]; 8];
+    let mut t = [[0.0f32; L]; SOFTMAX_MAX_K];
     for l in 0..g {
         for c in 0..k {
             t[c][l] = z[l * k + c] + bias[c];
@@ -2393,7 +2396,7 @@ impl RatingRbm {
             };
         }
         let mut err = 0.0f64;
-        if negative == NegativePhase::Sample && !wide && k <= SOFTMAX_LANES {
+        if negative == NegativePhase::Sample && !wide && k <= SOFTMAX_MAX_K {
             // Without AVX-512: each rating's logits as below, then the softmax and the draw of
             // up to eight ratings at once, one per lane (the same arithmetic per rating as
             // `softmax_sample`, whose scalar exp was the largest cost here).
@@ -3895,10 +3898,10 @@ pub(crate) mod tests {
         // The lane-wise softmax and draw (the negative pass without AVX-512) against
         // `softmax_sample` (itself tested against f64 above), rating by rating: probabilities
         // written back, squared errors and picks must agree to the bit. Full and part groups,
-        // K from 2 to 8, logits from ordinary to extreme (exp's clamp, ties for the maximum),
+        // K from 2 to 16, logits from ordinary to extreme (exp's clamp, ties for the maximum),
         // and draws that land exactly on a cumulative probability.
         let mut s = Stream::new(9, Purpose::Data, 0, 0, 0);
-        for k in 2..=8usize {
+        for k in (2..=8usize).chain([10, 16]) {
             for g in [1usize, 3, 7, 8] {
                 for round in 0..40 {
                     let scale = [0.5, 8.0, 200.0][round % 3];
