@@ -394,11 +394,8 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
     if common.json {
         print_json(&report);
     } else {
-        println!(
-            "threads {}, SIMD {}",
-            report["threads"],
-            rbm::linalg::simd().name()
-        );
+        let simd = report["simd"].as_str().unwrap_or_default();
+        println!("threads {}, SIMD {simd}", report["threads"]);
         if let Some(peak) = report.get("gemm_peak_gflops").and_then(Value::as_f64) {
             println!(
                 "f32 GEMM peak (2048³, faer, the better of its own parallel product and a row split): {peak:.1} GFLOP/s"

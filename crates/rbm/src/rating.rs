@@ -2371,7 +2371,7 @@ impl RatingRbm {
         let fast = avx2_fma();
         let wide = has_avx512();
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = wide;
+        let _ = fast;
         #[cfg(target_arch = "x86_64")]
         if wide && (2..=8).contains(&k) {
             let sample = negative == NegativePhase::Sample;
@@ -2395,6 +2395,18 @@ impl RatingRbm {
                 _ => go!(8),
             };
         }
+        // A rating's K logits without the bias, the widest way the CPU allows.
+        let logits = |hn: &[f32], z: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                return unsafe { dot_rows_avx512(hn, wi, z) };
+            } else if fast {
+                // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
+                return unsafe { dot_rows_avx2(hn, wi, z) };
+            }
+            dot_rows_portable(hn, wi, z);
+        };
         let mut err = 0.0f64;
         if negative == NegativePhase::Sample && !wide && k <= SOFTMAX_MAX_K {
             // Without AVX-512: each rating's logits as below, then the softmax and the draw of
@@ -2407,15 +2419,7 @@ impl RatingRbm {
                 let mut cls = [0usize; SOFTMAX_LANES];
                 for (l, &(n, cl)) in group.iter().enumerate() {
                     let hn = &h[n as usize * m..(n as usize + 1) * m];
-                    let zl = &mut zg[l * k..(l + 1) * k];
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
-                        unsafe { dot_rows_avx2(hn, wi, zl) };
-                    }
-                    if !fast {
-                        dot_rows_portable(hn, wi, zl);
-                    }
+                    logits(hn, &mut zg[l * k..(l + 1) * k]);
                     u[l] = rng.uniform();
                     cls[l] = usize::from(cl);
                 }
@@ -2433,17 +2437,7 @@ impl RatingRbm {
         for (e, &(n, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
-            #[cfg(target_arch = "x86_64")]
-            if wide {
-                // SAFETY: AVX-512F is present (checked by `has_avx512`).
-                unsafe { dot_rows_avx512(hn, wi, z) };
-            } else if fast {
-                // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
-                unsafe { dot_rows_avx2(hn, wi, z) };
-            }
-            if !fast {
-                dot_rows_portable(hn, wi, z);
-            }
+            logits(hn, z);
             let sample = negative == NegativePhase::Sample;
             let u = if sample { rng.uniform() } else { 0.0 };
             #[cfg(target_arch = "x86_64")]
