@@ -270,6 +270,14 @@ fn split_rows<'a>(
     })
 }
 
+/// Whether every element is finite (no NaN, no ±∞). Checked a block at a time without an
+/// early exit inside the block, so it vectorizes: the element-by-element `all` it replaces
+/// was a few per cent of a MovieLens-100K training run.
+pub fn all_finite(x: &[f32]) -> bool {
+    x.chunks(1024)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+}
+
 /// The logistic function, written so neither branch overflows: the input is clamped to ±80,
 /// where σ is within f32 rounding of 0 or 1 and `e^80` is still a normal float.
 #[inline(always)]
@@ -452,6 +460,20 @@ mod tests {
             x += 0.0137;
         }
         assert!(exp_f32(-1000.0) > 0.0 && exp_f32(1000.0).is_finite());
+    }
+
+    #[test]
+    fn all_finite_finds_one_bad_element_anywhere() {
+        let mut x = vec![1.0f32; 3000];
+        assert!(all_finite(&x) && all_finite(&[]));
+        for at in [0, 1023, 1024, 2999] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                x[at] = bad;
+                assert!(!all_finite(&x), "{bad} at {at}");
+                x[at] = f32::MAX;
+                assert!(all_finite(&x));
+            }
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
 
 use crate::error::{RbmError, Result};
-use crate::linalg::{gemm_team, sigmoid};
+use crate::linalg::{all_finite, gemm_team, sigmoid};
 use crate::random::{Purpose, Stream, StreamKey};
 use crate::ratings::Csr;
 use crate::team::{STACK_SLOTS, Team, training_threads, with_team};
@@ -625,14 +625,12 @@ fn item_step_avx512(
         buf[pk * stride + cnt[pk]] = MaybeUninit::new((4 * e + 1) as u16);
         cnt[pk] += 1 - same;
     }
-    let class_events: [&[u16]; 16] = std::array::from_fn(|c| {
-        if c < k {
-            // SAFETY: slots c·2n .. c·2n + cnt[c] were written above (cnt[c] ≤ 2n).
-            unsafe { std::slice::from_raw_parts(buf.as_ptr().add(c * stride).cast(), cnt[c]) }
-        } else {
-            &[]
-        }
-    });
+    // A loop, not `std::array::from_fn`: that was compiled as an out-of-line call per class.
+    let mut class_events: [&[u16]; 16] = [&[]; 16];
+    for (c, ev) in class_events[..k].iter_mut().enumerate() {
+        // SAFETY: slots c·2n .. c·2n + cnt[c] were written above (cnt[c] ≤ 2n).
+        *ev = unsafe { std::slice::from_raw_parts(buf.as_ptr().add(c * stride).cast(), cnt[c]) };
+    }
     let class_events = &class_events[..k];
     let mut j0 = 0;
     while j0 < m {
@@ -1341,7 +1339,13 @@ fn logits_rows_avx512<const K: usize, const R: usize>(
             }
         }
     }
-    std::array::from_fn(|r| reduce_logits(&acc[r], bi))
+    // A loop, not `std::array::from_fn`: its closure was compiled out of line, and the K×R
+    // accumulators went through the stack to reach it.
+    let mut out = [_mm512_setzero_ps(); R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = reduce_logits(a, bi);
+    }
+    out
 }
 
 /// Lane q of the result = Σ lanes of `acc[q]` + `bi[q]` (q < K ≤ 8): 16 → 8 lanes each, then
@@ -1553,12 +1557,21 @@ fn block_negative<const K: usize>(
         let nbits = (m - j0).min(16);
         macro_rules! bit {
             ($b:expr, $s:expr) => {{
-                let hv =
-                    _mm512_maskz_mov_ps(_mm512_test_epi32_mask(g, _mm512_set1_epi32(1 << $b)), one);
+                let hk = _mm512_test_epi32_mask(g, _mm512_set1_epi32(1 << $b));
                 for (q, a) in acc[$s].iter_mut().enumerate() {
-                    // SAFETY: q < K and j0 + b < m: within the K×M block `wi`.
-                    let x = unsafe { _mm512_set1_ps(*wp.add(q * m + j0 + $b)) };
-                    *a = _mm512_fmadd_ps(hv, x, *a);
+                    // One masked add with the weight broadcast from memory: written out, since
+                    // LLVM turns `_mm512_mask_add_ps` here into an add and a masked move.
+                    // SAFETY: q < K and j0 + b < m: the load stays within the K×M block `wi`;
+                    // AVX-512F is enabled for this function.
+                    unsafe {
+                        std::arch::asm!(
+                            "vaddps {a}{{{k}}}, {a}, dword ptr [{p}]{{1to16}}",
+                            a = inout(zmm_reg) *a,
+                            k = in(kreg) hk,
+                            p = in(reg) wp.add(q * m + j0 + $b),
+                            options(pure, readonly, nostack, preserves_flags),
+                        );
+                    }
                 }
             }};
         }
@@ -1936,7 +1949,8 @@ pub(crate) struct BatchGrad {
     /// Negative-phase visible units, K per rating of the batch.
     pub(crate) vneg: Vec<f32>,
     rec_off: Vec<usize>,
-    pos_of: Vec<u32>,
+    /// Per unit, the next of its slots in the batch's index (scratch for [`RatingRbm::batch_gradient`]).
+    cursor: Vec<usize>,
     /// Negative visible units in the batch's item-major order, K per rating.
     pub(crate) zbi: Vec<f32>,
     err_item: Vec<f64>,
@@ -1988,7 +2002,7 @@ impl BatchGrad {
             base: vec![0.0; bs * m],
             vneg: Vec::new(),
             rec_off: Vec::with_capacity(bs + 1),
-            pos_of: Vec::new(),
+            cursor: Vec::new(),
             zbi: Vec::new(),
             err_item: Vec::new(),
             chunk_bounds: Vec::new(),
@@ -2487,7 +2501,6 @@ impl RatingRbm {
             base,
             vneg,
             rec_off,
-            pos_of,
             part_cnt,
             zbi,
             err_item,
@@ -2513,12 +2526,10 @@ impl RatingRbm {
         vneg.resize(nr * k, 0.0);
 
         // Index the batch's ratings by visible unit (counting sort, fixed order: by unit, then
-        // by place in the batch); `pos_of` maps a rating (case-major) to its place in the
-        // item-major order. Big batches are cut into one part of cases per team member, each
+        // by place in the batch). Big batches are cut into one part of cases per team member, each
         // counting its own ratings per unit and filling its own slots of every unit's range,
         // so they are indexed in parallel with the same result as in one part.
         by_item.resize(nr, (0, 0));
-        pos_of.resize(nr, 0);
         let team = team.filter(|_| parallel_index(nr));
         // One part per team member (the index comes out the same for any number of parts).
         let parts = team.map_or(1, |t| t.threads());
@@ -2548,21 +2559,10 @@ impl RatingRbm {
         }
         {
             let slots = SyncPtr(by_item.as_mut_ptr());
-            // Each part's ratings are a contiguous, case-major range of `pos_of`.
-            let mut rest_pos: &mut [u32] = &mut pos_of[..];
-            let jobs = part_cnt[..parts * d]
-                .chunks_mut(d)
-                .enumerate()
-                .map(|(c, cnt)| {
-                    let (n0, n1) = part(c);
-                    let (pos, r) =
-                        std::mem::take(&mut rest_pos).split_at_mut(rec_off[n1] - rec_off[n0]);
-                    rest_pos = r;
-                    (n0, n1, cnt, pos)
-                });
-            for_each_maybe_par(team, jobs, |(n0, n1, cnt, pos)| {
+            let jobs = part_cnt[..parts * d].chunks_mut(d).enumerate();
+            for_each_maybe_par(team, jobs, |(c, cnt)| {
                 let slots = &slots;
-                let mut q = 0;
+                let (n0, n1) = part(c);
                 for n in n0..n1 {
                     let (its, cls) = cases.row(batch[n]);
                     for (&i, &cl) in its.iter().zip(cls) {
@@ -2570,9 +2570,7 @@ impl RatingRbm {
                         // SAFETY: slot < nr, and every part owns a disjoint set of slots (its
                         // own sub-range of each unit's range), so no two writes alias.
                         unsafe { *slots.0.add(*slot as usize) = (n as u32, cl) };
-                        pos[q] = *slot;
                         *slot += 1;
-                        q += 1;
                     }
                 }
             });
@@ -2888,18 +2886,25 @@ impl RatingRbm {
             pd,
             vneg,
             zbi,
-            pos_of,
+            cursor,
             by_item,
             by_item_ptr,
             gw,
             gb,
             ..
         } = g;
-        // The negative visible units case by case too (for inspection).
-        vneg.resize(pos_of.len() * k, 0.0);
-        for (r, &p) in pos_of.iter().enumerate() {
-            let p = p as usize;
-            vneg[r * k..(r + 1) * k].copy_from_slice(&zbi[p * k..(p + 1) * k]);
+        // The negative visible units case by case too (for inspection): each unit's slots
+        // hold its ratings in batch order, so replaying the batch finds every rating's slot.
+        vneg.resize(by_item.len() * k, 0.0);
+        cursor.clone_from(by_item_ptr);
+        let mut r = 0;
+        for &p in batch {
+            for &i in cases.row(p).0 {
+                let slot = cursor[i as usize];
+                cursor[i as usize] += 1;
+                vneg[r * k..(r + 1) * k].copy_from_slice(&zbi[slot * k..(slot + 1) * k]);
+                r += 1;
+            }
         }
         let rows = CaseRows { p0, p1, pd };
         let (zbi, by_item, by_item_ptr) = (&zbi, &by_item, &by_item_ptr);
@@ -3224,10 +3229,7 @@ impl RatingRbm {
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 secs_total += secs;
-                if !(self.w.iter().all(|x| x.is_finite())
-                    && self.b.iter().all(|x| x.is_finite())
-                    && self.c.iter().all(|x| x.is_finite()))
-                {
+                if !(all_finite(&self.w) && all_finite(&self.b) && all_finite(&self.c)) {
                     return Err(RbmError::param(
                         "learning-rate",
                         format!(
@@ -3983,12 +3985,10 @@ pub(crate) mod tests {
         let cases = Csr::from_triples(n, triples.into_iter());
         let batch: Vec<usize> = Stream::new(3, Purpose::Shuffle, 0, 0, 0).permutation(n);
         let mut want = Vec::new();
-        let mut r = 0u32;
         for (b, &p) in batch.iter().enumerate() {
             let (its, cls) = cases.row(p);
             for (&i, &cl) in its.iter().zip(cls) {
-                want.push((i, b as u32, r, cl));
-                r += 1;
+                want.push((i, b as u32, cl));
             }
         }
         assert!(want.len() >= PAR_INDEX_MIN);
@@ -4017,18 +4017,12 @@ pub(crate) mod tests {
                         .map(move |&(b, cl)| (i as u32, b, cl))
                 })
                 .collect();
-            let want_ents: Vec<(u32, u32, u8)> =
-                want.iter().map(|&(i, b, _, cl)| (i, b, cl)).collect();
-            assert_eq!(got, want_ents);
-            for (slot, &(_, _, r, _)) in want.iter().enumerate() {
-                assert_eq!(g.pos_of[r as usize] as usize, slot);
-            }
+            assert_eq!(got, want);
             // Built serially (as during a negative pass), the index is the same.
             let mut serial = BatchGrad::new(d, k, 8, n, false);
             model.batch_index(&cases, &batch, &mut serial, None);
             assert_eq!(serial.by_item[..want.len()], g.by_item[..want.len()]);
             assert_eq!(serial.by_item_ptr, g.by_item_ptr);
-            assert_eq!(serial.pos_of[..want.len()], g.pos_of[..want.len()]);
             assert_eq!(serial.chunk_bounds, g.chunk_bounds);
         }
     }

@@ -514,12 +514,9 @@ impl Trainer {
                 examples_per_sec: n as f64 / seconds.max(1e-12),
                 momentum,
             };
-            if model
-                .weights()
+            if ![model.weights(), model.visible_bias(), model.hidden_bias()]
                 .iter()
-                .chain(model.visible_bias())
-                .chain(model.hidden_bias())
-                .any(|x| !x.is_finite())
+                .all(|x| linalg::all_finite(x))
             {
                 return Err(RbmError::param(
                     "lr",
