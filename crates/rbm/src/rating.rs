@@ -2410,17 +2410,24 @@ impl RatingRbm {
             };
         }
         // A rating's K logits without the bias, the widest way the CPU allows.
-        let logits = |hn: &[f32], z: &mut [f32]| {
-            #[cfg(target_arch = "x86_64")]
-            if wide {
-                // SAFETY: AVX-512F is present (checked by `has_avx512`).
-                return unsafe { dot_rows_avx512(hn, wi, z) };
-            } else if fast {
-                // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
-                return unsafe { dot_rows_avx2(hn, wi, z) };
-            }
-            dot_rows_portable(hn, wi, z);
-        };
+        // A macro, not a closure: the closure was compiled as a call per rating.
+        macro_rules! logits {
+            ($hn:expr, $z:expr) => {{
+                let (hn, z): (&[f32], &mut [f32]) = ($hn, $z);
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                    unsafe { dot_rows_avx512(hn, wi, z) }
+                } else if fast {
+                    // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
+                    unsafe { dot_rows_avx2(hn, wi, z) }
+                } else {
+                    dot_rows_portable(hn, wi, z)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                dot_rows_portable(hn, wi, z)
+            }};
+        }
         let mut err = 0.0f64;
         if negative == NegativePhase::Sample && !wide && k <= SOFTMAX_MAX_K {
             // Without AVX-512: each rating's logits as below, then the softmax and the draw of
@@ -2433,7 +2440,7 @@ impl RatingRbm {
                 let mut cls = [0usize; SOFTMAX_LANES];
                 for (l, &(n, cl)) in group.iter().enumerate() {
                     let hn = &h[n as usize * m..(n as usize + 1) * m];
-                    logits(hn, &mut zg[l * k..(l + 1) * k]);
+                    logits!(hn, &mut zg[l * k..(l + 1) * k]);
                     u[l] = rng.uniform();
                     cls[l] = usize::from(cl);
                 }
@@ -2451,7 +2458,7 @@ impl RatingRbm {
         for (e, &(n, cl)) in ents.iter().enumerate() {
             let hn = &h[n as usize * m..(n as usize + 1) * m];
             let z = &mut z[e * k..(e + 1) * k];
-            logits(hn, z);
+            logits!(hn, z);
             let sample = negative == NegativePhase::Sample;
             let u = if sample { rng.uniform() } else { 0.0 };
             #[cfg(target_arch = "x86_64")]
