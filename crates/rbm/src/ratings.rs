@@ -652,9 +652,20 @@ pub fn holdout(ratings: &[Rating], fraction: f64, seed: u64) -> Result<(Vec<Rati
     let perm = Stream::new(seed, Purpose::Data, 0, 0, 0).permutation(ratings.len());
     let n_test = (fraction * ratings.len() as f64).round() as usize;
     let test = perm[..n_test].iter().map(|&p| ratings[p]).collect();
-    let mut train_idx = perm[n_test..].to_vec();
-    train_idx.sort_unstable();
-    Ok((train_idx.iter().map(|&p| ratings[p]).collect(), test))
+    // The training part in file order, found by marking the test part (one bit per rating:
+    // at 10⁸ ratings, a sorted copy of the permutation's tail was another 0.8 GB).
+    let mut in_test = vec![0u64; ratings.len().div_ceil(64)];
+    for &p in &perm[..n_test] {
+        in_test[p / 64] |= 1 << (p % 64);
+    }
+    drop(perm);
+    let train = ratings
+        .iter()
+        .enumerate()
+        .filter(|&(p, _)| in_test[p / 64] & (1 << (p % 64)) == 0)
+        .map(|(_, &r)| r)
+        .collect();
+    Ok((train, test))
 }
 
 /// Fold `fold` of a `k`-fold split: every rating is in exactly one fold's test part.
@@ -946,6 +957,9 @@ mod tests {
         let key = |r: &Rating| (r.user, r.item);
         let (tr, te) = holdout(&ratings, 0.1, 7).unwrap();
         assert_eq!((tr.len(), te.len()), (900, 100));
+        // The training part keeps the file's order.
+        let at = |r: &Rating| r.item * 37 + r.user;
+        assert!(tr.windows(2).all(|w| at(&w[0]) < at(&w[1])));
         let mut all: Vec<_> = tr.iter().chain(&te).map(key).collect();
         all.sort_unstable();
         let mut want: Vec<_> = ratings.iter().map(key).collect();
