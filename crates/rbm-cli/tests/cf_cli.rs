@@ -218,6 +218,19 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
         Some(b256[1]),
         "{r}"
     );
+    // Beside each median, the fastest of the same epochs.
+    assert_eq!(
+        r["ml100k_fastest_epoch_seconds_batch256"].as_f64(),
+        Some(b256[0]),
+        "{r}"
+    );
+    let user_min = ml["user_epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(r["ml100k_fastest_epoch_seconds"].as_f64(), Some(user_min));
     let one = r["ml100k_epoch_seconds_1thread"].as_f64().unwrap();
     let speedup = r["speedup_over_1thread"]["ml100k"].as_f64().unwrap();
     assert!((speedup - one / secs).abs() < 1e-9, "{r}");
