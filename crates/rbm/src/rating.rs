@@ -1859,9 +1859,40 @@ fn softmax(z: &mut [f32]) {
     }
 }
 
-/// Weight of one visible unit, in ratings, when cutting units into chunks of equal work (its
-/// momentum step over K×M weights costs about as much as a few ratings' gradient terms).
-const UNIT_WEIGHT: usize = 4;
+/// Weight, in ratings, of a rated visible unit in the negative pass when cutting units into
+/// chunks of equal work: its random stream and logits setup cost about four ratings' worth
+/// (per-chunk timings on MovieLens-100K, user- and item-based: ≈ 40 ns a rating, ≈ 160 ns a
+/// rated unit; an unrated unit costs nothing there).
+const NEG_RATED_UNIT_WEIGHT: usize = 4;
+
+/// Weight, in ratings, of a visible unit in the fused momentum step, rated or not: its step
+/// over K×M weights costs about nine ratings' gradient and positive-phase terms (the same
+/// timings: ≈ 270 ns a unit, ≈ 30 ns a rating). With one weight of 4 for both passes, the
+/// step's two halves differed by 40 % on MovieLens-100K and the team waited on the slower one.
+const STEP_UNIT_WEIGHT: usize = 9;
+
+/// Cuts units `0..d` into [`N_CHUNKS`] runs of about equal work into `bounds` (N_CHUNKS + 1
+/// entries, from 0 to d): `work(i)` is the work of units `0..i` (increasing, from 0).
+fn balanced_bounds(d: usize, work: impl Fn(usize) -> usize, bounds: &mut Vec<usize>) {
+    bounds.clear();
+    bounds.push(0);
+    let total = work(d);
+    for c in 1..N_CHUNKS {
+        let target = total * c / N_CHUNKS;
+        // The first unit whose cumulative work reaches the target.
+        let (mut lo, mut hi) = (0usize, d);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if work(mid) < target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        bounds.push(lo.max(*bounds.last().unwrap()));
+    }
+    bounds.push(d);
+}
 
 /// Batches with at least this many ratings are indexed in parallel (below it, the parallel
 /// version's per-part counts over all units cost more than they save: 0.5 → 0.9 ms per
@@ -1954,7 +1985,12 @@ pub(crate) struct BatchGrad {
     /// Negative visible units in the batch's item-major order, K per rating.
     pub(crate) zbi: Vec<f32>,
     err_item: Vec<f64>,
+    /// The negative pass's chunks of visible units ([`N_CHUNKS`] + 1 bounds).
     chunk_bounds: Vec<usize>,
+    /// The momentum step's and positive phase's chunks of visible units.
+    step_bounds: Vec<usize>,
+    /// Per unit i, how many units before i the batch rated.
+    rated_before: Vec<usize>,
     acc: Vec<f32>,
     by_item_ptr: Vec<usize>,
     by_item: Vec<(u32, u8)>,
@@ -2006,6 +2042,8 @@ impl BatchGrad {
             zbi: Vec::new(),
             err_item: Vec::new(),
             chunk_bounds: Vec::new(),
+            step_bounds: Vec::new(),
+            rated_before: Vec::new(),
             acc: Vec::new(),
             by_item_ptr: vec![0; d + 1],
             by_item: Vec::new(),
@@ -2512,6 +2550,8 @@ impl RatingRbm {
             zbi,
             err_item,
             chunk_bounds,
+            step_bounds,
+            rated_before,
             acc,
             by_item_ptr,
             by_item,
@@ -2586,28 +2626,19 @@ impl RatingRbm {
         err_item.resize(N_CHUNKS, 0.0);
         // Fixed chunks of visible units with about equal work: each chunk sums into its own
         // per-case accumulator, and the chunks are added in order, so the result does not
-        // depend on the thread count. Work = ratings + UNIT_WEIGHT per unit, since the fused
-        // momentum step costs per unit whether it was rated or not (popular units can cluster
-        // in the id range, as in MovieLens).
-        chunk_bounds.clear();
-        chunk_bounds.push(0);
-        let work = |i: usize| by_item_ptr[i] + UNIT_WEIGHT * i;
-        let total = work(d);
-        for c in 1..N_CHUNKS {
-            let target = total * c / N_CHUNKS;
-            // The first unit whose cumulative work reaches the target (work is increasing).
-            let (mut lo, mut hi) = (0usize, d);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                if work(mid) < target {
-                    lo = mid + 1;
-                } else {
-                    hi = mid;
-                }
-            }
-            chunk_bounds.push(lo.max(*chunk_bounds.last().unwrap()));
+        // depend on the thread count. The two item-major passes cost differently per unit
+        // (popular units can cluster in the id range, as in MovieLens), so each has its own
+        // cut: the negative pass's by ratings and rated units, the momentum step's (which also
+        // sums the batch's positive phase) by ratings and units, rated or not.
+        rated_before.clear();
+        rated_before.push(0);
+        for i in 0..d {
+            let r = rated_before[i] + usize::from(by_item_ptr[i + 1] > by_item_ptr[i]);
+            rated_before.push(r);
         }
-        chunk_bounds.push(d);
+        let neg_work = |i: usize| by_item_ptr[i] + NEG_RATED_UNIT_WEIGHT * rated_before[i];
+        balanced_bounds(d, neg_work, chunk_bounds);
+        balanced_bounds(d, |i| by_item_ptr[i] + STEP_UNIT_WEIGHT * i, step_bounds);
         acc.resize(N_CHUNKS * nb * m, 0.0);
     }
 
@@ -2620,23 +2651,16 @@ impl RatingRbm {
             acc,
             by_item,
             by_item_ptr,
-            chunk_bounds,
+            step_bounds,
             ..
         } = g;
         {
-            let (by_item, by_item_ptr, chunk_bounds) =
-                (&by_item[..], &by_item_ptr[..], &chunk_bounds[..]);
+            // The momentum step's chunks: it sums the positive phase of the batch after it.
+            let (by_item, by_item_ptr, bounds) = (&by_item[..], &by_item_ptr[..], &step_bounds[..]);
             team.for_each(
                 acc[..N_CHUNKS * nb * m].chunks_mut(nb * m).enumerate(),
                 |(c, acc)| {
-                    simd_chunk_positive(
-                        model,
-                        chunk_bounds[c],
-                        chunk_bounds[c + 1],
-                        by_item,
-                        by_item_ptr,
-                        acc,
-                    );
+                    simd_chunk_positive(model, bounds[c], bounds[c + 1], by_item, by_item_ptr, acc);
                 },
             );
         }
@@ -3112,14 +3136,14 @@ impl RatingRbm {
                             acc: nacc,
                             by_item: nents,
                             by_item_ptr: nptr,
-                            chunk_bounds: nbounds,
+                            step_bounds: nbounds,
                             step_scratch,
                             ..
                         } = &mut gn;
                         let bounds = if next.is_some() {
                             &nbounds[..]
                         } else {
-                            &g.chunk_bounds[..]
+                            &g.step_bounds[..]
                         };
                         let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
                             (&mut self.w[..], &mut s_w.m1[..]);
@@ -4031,6 +4055,38 @@ pub(crate) mod tests {
             assert_eq!(serial.by_item[..want.len()], g.by_item[..want.len()]);
             assert_eq!(serial.by_item_ptr, g.by_item_ptr);
             assert_eq!(serial.chunk_bounds, g.chunk_bounds);
+            assert_eq!(serial.step_bounds, g.step_bounds);
+        }
+    }
+
+    #[test]
+    fn balanced_bounds_cut_equal_work() {
+        // Units with uneven work (a few heavy ones, runs of empty ones): every chunk's work is
+        // within one unit's of the even share, and the bounds run from 0 to d in order.
+        let mut s = Stream::new(5, Purpose::Data, 0, 0, 0);
+        for d in [1usize, 7, 8, 9, 100, 1682] {
+            let unit: Vec<usize> = (0..d)
+                .map(|i| match i % 13 {
+                    0 => 200 + s.below(100),
+                    1..=4 => 0,
+                    _ => s.below(20),
+                })
+                .collect();
+            let mut before = vec![0usize];
+            for &u in &unit {
+                before.push(before.last().unwrap() + u);
+            }
+            let mut bounds = Vec::new();
+            balanced_bounds(d, |i| before[i], &mut bounds);
+            assert_eq!(bounds.len(), N_CHUNKS + 1);
+            assert_eq!((bounds[0], bounds[N_CHUNKS]), (0, d));
+            assert!(bounds.windows(2).all(|w| w[0] <= w[1]));
+            let share = before[d] as f64 / N_CHUNKS as f64;
+            let heaviest = *unit.iter().max().unwrap() as f64;
+            for w in bounds.windows(2) {
+                let work = (before[w[1]] - before[w[0]]) as f64;
+                assert!(work <= share + heaviest + 1.0, "d={d}: {work} vs {share}");
+            }
         }
     }
 

@@ -352,10 +352,11 @@ impl Team<'_> {
         self.for_each_static_and(items, f, || {});
     }
 
-    /// [`Self::for_each_static`], and `extra` once, on the last member after its own items
-    /// (here, after the items, with one thread or at most one item): a serial job that needs
-    /// none of the items' results rides on a member instead of holding up the whole team
-    /// afterwards. Allocates nothing for up to [`STACK_SLOTS`] items.
+    /// [`Self::for_each_static`], and `extra` once, on the first member to finish its own items,
+    /// after them (here, after the items, with one thread or at most one item): a serial job
+    /// that needs none of the items' results rides on a member that would otherwise wait for
+    /// the others, instead of holding up the whole team afterwards. Allocates nothing for up
+    /// to [`STACK_SLOTS`] items.
     pub fn for_each_static_and<T: Send>(
         &self,
         items: impl IntoIterator<Item = T>,
@@ -375,16 +376,16 @@ impl Team<'_> {
             return;
         }
         let extra = Mutex::new(Some(extra));
-        let last = self.threads - 1;
         self.run(&|member| {
             for i in (0..n).filter(|&i| i * self.threads / n == member) {
                 if let Some(item) = slots.take(i) {
                     f(item);
                 }
             }
-            if member == last
-                && let Some(extra) = extra.lock().unwrap_or_else(|e| e.into_inner()).take()
-            {
+            // Taken (and the lock let go) before it runs, so a member that comes later finds
+            // nothing and goes on at once.
+            let job = extra.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(extra) = job {
                 extra();
             }
         });
@@ -479,32 +480,30 @@ mod tests {
                     let same = i * threads / n == (i - 1) * threads / n;
                     assert_eq!(same, owners[i] == owners[i - 1], "threads {threads} n {n}");
                 }
-                // The extra job runs once, on the member that has the last items, after them.
-                let done = AtomicUsize::new(0);
-                let extra_on = Mutex::new(None);
+                // The extra job runs once, on a member of the team, after that member's own
+                // items (members are told apart by thread, as above).
+                let done_by = Mutex::new(std::collections::HashMap::new());
+                let runs = AtomicUsize::new(0);
                 team.for_each_static_and(
                     0..n,
-                    |i| {
-                        if i * threads / n == threads - 1 {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
+                    |_| {
+                        *done_by
+                            .lock()
+                            .unwrap()
+                            .entry(std::thread::current().id())
+                            .or_insert(0) += 1
                     },
                     || {
-                        let last_items = (0..n).filter(|&i| i * threads / n == threads - 1).count();
-                        assert_eq!(done.load(Ordering::Relaxed), last_items);
-                        *extra_on.lock().unwrap() = Some(std::thread::current().id());
+                        runs.fetch_add(1, Ordering::Relaxed);
+                        let me = std::thread::current().id();
+                        // (A member with no items of its own is not in `ids`, and owns none.)
+                        let member = ids.lock().unwrap().get(&me).copied();
+                        let own = (0..n).filter(|&i| Some(owners[i]) == member).count();
+                        let done = done_by.lock().unwrap().get(&me).copied().unwrap_or(0);
+                        assert_eq!(done, own, "threads {threads} n {n}");
                     },
                 );
-                let ids = ids.lock().unwrap();
-                let last_owner = ids
-                    .iter()
-                    .find(|&(_, &v)| v == owners[n - 1])
-                    .map(|(&id, _)| id);
-                assert_eq!(
-                    *extra_on.lock().unwrap(),
-                    last_owner,
-                    "threads {threads} n {n}"
-                );
+                assert_eq!(runs.load(Ordering::Relaxed), 1);
             });
         }
     }
