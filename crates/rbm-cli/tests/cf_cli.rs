@@ -161,6 +161,27 @@ fn generated_binary_ratings_feed_every_reader() {
         rbm_rmse.is_finite() && rbm_rmse < 1.5,
         "RBM RMSE {rbm_rmse}"
     );
+    // `rbm bench --netflix FILE` times the file's epochs and reports their median.
+    let out = rbm()
+        .args(["--json", "--quiet", "bench", "--skip-binary", "--netflix"])
+        .arg(&file)
+        .args(["--netflix-epochs", "3", "--ratings"])
+        .arg(dir.join("missing.tsv"))
+        .output()
+        .unwrap();
+    let j = common::json(&out);
+    let mut epochs: Vec<f64> = j["netflix_epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 3, "{j}");
+    epochs.sort_by(f64::total_cmp);
+    assert_eq!(j["netflix_epoch_seconds"].as_f64(), Some(epochs[1]), "{j}");
+    assert_eq!(j["netflix_ratings"], 4000);
+    let rate = j["netflix_ratings_per_sec"].as_f64().unwrap();
+    assert!((rate * epochs[1] / 4000.0 - 1.0).abs() < 1e-9, "{j}");
     // A truncated file is a typed error naming the byte offset.
     let bytes = std::fs::read(&file).unwrap();
     let bad = dir.join("bad.rbmr");
