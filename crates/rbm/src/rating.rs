@@ -1979,8 +1979,8 @@ pub(crate) struct BatchGrad {
     base: Vec<f32>,
     /// Negative-phase visible units, K per rating of the batch.
     pub(crate) vneg: Vec<f32>,
-    rec_off: Vec<usize>,
-    /// Per unit, the next of its slots in the batch's index (scratch for [`RatingRbm::batch_gradient`]).
+    /// Per unit, the next of its slots in the batch's index (scratch for
+    /// [`RatingRbm::batch_gradient`]).
     cursor: Vec<usize>,
     /// Negative visible units in the batch's item-major order, K per rating.
     pub(crate) zbi: Vec<f32>,
@@ -2037,7 +2037,6 @@ impl BatchGrad {
             pd: vec![0.0; bs * m],
             base: vec![0.0; bs * m],
             vneg: Vec::new(),
-            rec_off: Vec::with_capacity(bs + 1),
             cursor: Vec::new(),
             zbi: Vec::new(),
             err_item: Vec::new(),
@@ -2544,8 +2543,6 @@ impl RatingRbm {
             p1,
             pd,
             base,
-            vneg,
-            rec_off,
             part_cnt,
             zbi,
             err_item,
@@ -2564,13 +2561,7 @@ impl RatingRbm {
             base.resize(batch.len() * m, 0.0);
         }
         let nb = batch.len();
-        rec_off.clear();
-        rec_off.push(0);
-        for &r in batch {
-            rec_off.push(rec_off.last().unwrap() + cases.offsets[r + 1] - cases.offsets[r]);
-        }
-        let nr = *rec_off.last().unwrap();
-        vneg.resize(nr * k, 0.0);
+        let nr = batch_ratings(cases, batch);
 
         // Index the batch's ratings by visible unit (counting sort, fixed order: by unit, then
         // by place in the batch). Big batches are cut into one part of cases per team member, each
@@ -2704,12 +2695,12 @@ impl RatingRbm {
             acc,
             by_item_ptr,
             by_item,
-            rec_off,
             hbits,
             ..
         } = g;
         let nb = batch.len();
-        let nr = *rec_off.last().unwrap();
+        // The index holds every rating of the batch.
+        let nr = by_item.len();
         let hb = hidden_words(m);
         if hbits.len() < nb * hb {
             hbits.resize(nb * hb, 0);

@@ -23,6 +23,18 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A JSON array of numbers (a report's epoch times, say), sorted ascending.
+pub fn sorted_floats(v: &serde_json::Value) -> Vec<f64> {
+    let mut xs: Vec<f64> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or_else(|| panic!("not a number: {x}")))
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs
+}
+
 pub fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
