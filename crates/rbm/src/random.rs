@@ -159,11 +159,26 @@ impl Stream {
     /// Fisher–Yates shuffle of `0..n`.
     pub fn permutation(&mut self, n: usize) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
+        self.shuffle(&mut idx);
+        idx
+    }
+
+    /// [`Self::permutation`] in `u32`s (the same shuffle from the same stream, in half the
+    /// memory: 0.4 GB less for a split of 10⁸ ratings); `None`, drawing nothing, when `n`
+    /// exceeds `u32::MAX`.
+    pub fn permutation_u32(&mut self, n: usize) -> Option<Vec<u32>> {
+        let top = u32::try_from(n).ok()?;
+        let mut idx: Vec<u32> = (0..top).collect();
+        self.shuffle(&mut idx);
+        Some(idx)
+    }
+
+    /// Fisher–Yates: swaps each place from the last down with a uniform one at or before it.
+    fn shuffle<T>(&mut self, idx: &mut [T]) {
+        for i in (1..idx.len()).rev() {
             let j = self.below(i + 1);
             idx.swap(i, j);
         }
-        idx
     }
 }
 
@@ -547,5 +562,23 @@ mod tests {
         let mut p = s.permutation(1000);
         p.sort_unstable();
         assert_eq!(p, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn u32_permutation_is_the_same_shuffle() {
+        for n in [0, 1, 2, 17, 1000] {
+            let key = |n: usize| Stream::new(4, Purpose::Data, n as u64, 0, 0);
+            let wide = key(n).permutation(n);
+            let narrow = key(n).permutation_u32(n).unwrap();
+            assert!(wide.iter().zip(&narrow).all(|(&a, &b)| a == b as usize));
+            assert_eq!(wide.len(), narrow.len());
+        }
+        let mut s = Stream::new(4, Purpose::Data, 0, 0, 0);
+        let before = s.clone().uniform();
+        if usize::BITS > 32 {
+            assert!(s.permutation_u32(u32::MAX as usize + 1).is_none());
+        }
+        // Nothing was drawn.
+        assert_eq!(s.uniform(), before);
     }
 }
