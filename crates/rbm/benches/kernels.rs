@@ -1,13 +1,13 @@
 //! Criterion benchmarks of the kernels the binary training loop spends its time in, a rating
 //! RBM epoch on MovieLens-100K-shaped synthetic data (no download, criterion's statistics: the
 //! steady way to compare two builds of the rating kernels), and the fork-join cost that made
-//! the training loops move from rayon to `rbm::team`.
+//! the training loops move from rayon to `rbm::team`; and rating prediction (`predict`).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
 use rbm::linalg::{self, Matrix};
 use rbm::random::{Purpose, Stream, StreamKey};
-use rbm::rating::{CdSchedule, RatingRbm, RatingRbmParams, TrainData};
+use rbm::rating::{CdSchedule, PredictMethod, RatingRbm, RatingRbmParams, TrainData};
 use rbm::synthetic::{PlantedSpec, generate_planted};
 use rbm::train::{Momentum, TrainParams, Trainer};
 use std::hint::black_box;
@@ -135,6 +135,38 @@ fn rating(c: &mut Criterion) {
                 BatchSize::LargeInput,
             )
         });
+    }
+    g.finish();
+
+    // Prediction (test and validation RMSE, top-N): 100,000 random (case, unit) pairs, user-
+    // and item-based, on two threads.
+    let mut g = c.benchmark_group("predict");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(100_000));
+    let by_item = set.by_user.transpose(set.n_items);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (name, cases, d) in [
+        ("user-based", &set.by_user, set.n_items),
+        ("item-based", &by_item, set.n_users),
+    ] {
+        let model = RatingRbm::init(&params, cases, d, set.values.len());
+        let mut s = Stream::new(1, Purpose::Data, 0, 0, 0);
+        let pairs: Vec<(u32, u32)> = (0..100_000)
+            .map(|_| (s.below(cases.rows()) as u32, s.below(d) as u32))
+            .collect();
+        g.bench_function(
+            format!("100,000 pairs, ML-100K shape, {name}, mean field"),
+            |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        model.predict_pairs(cases, None, &pairs, PredictMethod::MeanField)
+                    })
+                })
+            },
+        );
     }
     g.finish();
 }
