@@ -386,6 +386,10 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                     "ml100k_epoch_seconds_1thread".into(),
                     c["user_epoch_seconds"].clone(),
                 );
+                out.insert(
+                    "ml100k_fastest_epoch_seconds_1thread".into(),
+                    c["user_fastest_epoch_seconds"].clone(),
+                );
             }
             Ok(Value::Object(out))
         })?;
@@ -400,6 +404,9 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
             },
             "binary_cd1": ratio("binary_seconds_per_epoch", "binary_seconds_per_epoch_1thread"),
             "ml100k": ratio("ml100k_epoch_seconds", "ml100k_epoch_seconds_1thread"),
+            // The same from the fastest epochs: the median epochs of a shared host carry its
+            // other tenants' load, which comes and goes between the two runs.
+            "ml100k_fastest": ratio("ml100k_fastest_epoch_seconds", "ml100k_fastest_epoch_seconds_1thread"),
         });
         for (k, v) in single.as_object().into_iter().flatten() {
             report[k] = v.clone();
@@ -481,10 +488,11 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                     .map_or("n/a".to_string(), |x| format!("{x:.2}×"))
             };
             println!(
-                "speed-up over 1 thread: GEMM peak {} (the machine's ceiling), binary CD-1 {}, MovieLens-100K epoch {}",
+                "speed-up over 1 thread: GEMM peak {} (the machine's ceiling), binary CD-1 {}, MovieLens-100K epoch {} (fastest epochs {})",
                 f("gemm"),
                 f("binary_cd1"),
-                f("ml100k")
+                f("ml100k"),
+                f("ml100k_fastest")
             );
         }
     }
