@@ -551,20 +551,28 @@ fn fit(
     metrics: &mut Option<MetricsFile>,
     label: &str,
 ) -> Result<Fitted> {
-    let (nu, ni) = (data.users.len(), data.items.len());
-    let train_ratings = data.train.len();
+    let Data {
+        users,
+        items,
+        train: all,
+        scale,
+    } = data;
+    let (nu, ni) = (users.len(), items.len());
+    let train_ratings = all.len();
     let (train, valid) = if cfg.validation > 0.0 {
-        holdout(&data.train, cfg.validation, cfg.params.seed ^ 0x5eed)?
+        let split = holdout(&all, cfg.validation, cfg.params.seed ^ 0x5eed)?;
+        drop(all);
+        split
     } else {
-        (data.train, Vec::new())
+        (all, Vec::new())
     };
-    let matrix = RatingMatrix::from_ratings(nu, ni, &train, &data.scale)?;
+    let matrix = RatingMatrix::from_ratings(nu, ni, &train, &scale)?;
     // Validation pairs are "to be predicted" too: with implicit targets they join the sets.
     let mut implicit_extra = implicit_extra.to_vec();
     if cfg.implicit_targets {
         implicit_extra.extend(valid.iter().map(|r| (r.user, r.item)));
     }
-    let baseline = BiasBaseline::fit_default(nu, ni, &train, data.scale.range());
+    let baseline = BiasBaseline::fit_default(nu, ni, &train, scale.range());
     drop(train);
     let mut members = Vec::new();
     let mut secs = 0.0;
@@ -603,7 +611,7 @@ fn fit(
                     &params,
                     o,
                     &matrix,
-                    data.scale.values(),
+                    scale.values(),
                     &valid,
                     &implicit_extra,
                     &mut cb,
@@ -619,12 +627,12 @@ fn fit(
     }
     let model = CfModel {
         members,
-        values: data.scale.values().to_vec(),
+        values: scale.values().to_vec(),
         predict: cfg.predict,
         readout: cfg.readout,
         baseline,
-        users: data.users,
-        items: data.items,
+        users,
+        items,
         implicit_targets: cfg.implicit_targets,
     };
     // The whole model's (ensemble's) validation RMSE, beside the baseline's.

@@ -680,7 +680,7 @@ pub fn kfold(
 /// drawn from `stream`, in permutation order; the training part is the rest, in file order
 /// (found by marking the test part, one bit per rating, not by sorting a copy of the
 /// training places). The permutation is held in `u32`s when it fits: at 10⁸ ratings, 0.4 GB
-/// where `usize`s took 0.8 GB, at the peak of `rbm cf train`.
+/// where `usize`s took 0.8 GB.
 fn split_by_permutation(
     ratings: &[Rating],
     mut stream: Stream,
