@@ -551,6 +551,7 @@ fn fit(
     metrics: &mut Option<MetricsFile>,
     label: &str,
 ) -> Result<Fitted> {
+    let t0 = Instant::now();
     let Data {
         users,
         items,
@@ -573,6 +574,11 @@ fn fit(
         implicit_extra.extend(valid.iter().map(|r| (r.user, r.item)));
     }
     let baseline = BiasBaseline::fit_default(nu, ni, &train, scale.range());
+    common.status(format!(
+        "{label}rating matrices and bias baseline for {} training ratings in {:.1} s",
+        train.len(),
+        t0.elapsed().as_secs_f64()
+    ));
     drop(train);
     let mut members = Vec::new();
     let mut secs = 0.0;
@@ -670,6 +676,7 @@ fn evaluate(
 ) -> Result<serde_json::Value> {
     let pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
     let truth: Vec<f32> = test.iter().map(|r| r.value).collect();
+    common.status(format!("evaluating on {} test ratings", pairs.len()));
     let pred = common.in_pool(|| f.model.predict(&f.matrix, &pairs))?;
     let base: Vec<f32> = pairs
         .iter()
@@ -749,11 +756,20 @@ const TOPN_PAIRS: usize = 4_000_000;
 
 fn load_data(d: &DataArgs, common: &Common) -> Result<(PathBuf, IdMap, IdMap, Vec<Rating>)> {
     let path = resolve_ratings(d, common)?;
+    let t0 = Instant::now();
     let (mut users, mut items) = (IdMap::new(), IdMap::new());
     let ratings = read_ratings(&path, format_of(d)?, &mut users, &mut items)?;
     if ratings.is_empty() {
         bail!("{}: no ratings", path.display());
     }
+    common.status(format!(
+        "read {} ratings ({} users, {} items) from {} in {:.1} s",
+        ratings.len(),
+        users.len(),
+        items.len(),
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    ));
     Ok((path, users, items, ratings))
 }
 

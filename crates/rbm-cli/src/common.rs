@@ -38,6 +38,14 @@ impl Common {
         Ok(pool.install(f))
     }
 
+    /// A line on stderr about a long step (reading, preparing, evaluating), silent under
+    /// `--quiet` or `--json`: at Netflix scale those take tens of seconds between epochs' bars.
+    pub fn status(&self, msg: impl std::fmt::Display) {
+        if !(self.quiet || self.json) {
+            eprintln!("{msg}");
+        }
+    }
+
     /// A progress display for `total` steps, silent under `--quiet` or `--json`.
     pub fn progress(&self, total: u64, what: &str) -> Progress {
         Progress::new(total, what, !(self.quiet || self.json))

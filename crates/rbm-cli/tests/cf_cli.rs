@@ -79,6 +79,40 @@ fn train_predict_recommend() {
         "{v}"
     );
 
+    // Without --json, the long steps are announced on stderr (read, prepared, evaluated);
+    // --quiet silences them.
+    let text = |quiet: bool| {
+        let mut cmd = rbm();
+        cmd.args(["cf", "train", "--hidden", "4", "--epochs", "1", "--no-topn"]);
+        if quiet {
+            cmd.arg("-q");
+        }
+        let out = cmd
+            .arg("--ratings")
+            .arg(dir.join("train.tsv"))
+            .arg("--test")
+            .arg(dir.join("test.tsv"))
+            .arg("-o")
+            .arg(dir.join("m2.safetensors"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = text(false);
+    let n_train = std::fs::read_to_string(dir.join("train.tsv"))
+        .unwrap()
+        .lines()
+        .count();
+    for want in [
+        format!("read {n_train} ratings (60 users, 30 items)"),
+        format!("rating matrices and bias baseline for {n_train} training ratings"),
+        "evaluating on ".to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in {err}");
+    }
+    assert!(!text(true).contains("read "));
+
     let out = rbm()
         .args(["--json", "cf", "predict", "--model"])
         .arg(&model)
