@@ -3704,7 +3704,7 @@ pub(crate) mod tests {
         let mut pairs: Vec<(u32, u32)> = (0..3000)
             .map(|_| (s.below(n + 10) as u32, s.below(d) as u32))
             .collect();
-        pairs.extend_from_slice(&pairs[..50].to_vec());
+        pairs.extend_from_within(..50);
         assert!(cases.nnz() > 4 * (1 << 12), "several groups");
         let rated = pairs
             .iter()
