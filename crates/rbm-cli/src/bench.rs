@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use faer::Accum;
 use rbm::Matrix;
 use rbm::linalg::{self, current_par};
-use rbm::rating::{CdSchedule, EpochReport, RatingRbm, RatingRbmParams, TrainData};
+use rbm::random::{Purpose, Stream};
+use rbm::rating::{CdSchedule, EpochReport, PredictMethod, RatingRbm, RatingRbmParams, TrainData};
 use rbm::ratings::{Csr, IdMap, RatingFormat, RatingMatrix, RatingScale, read_ratings};
 use rbm::synthetic::{PlantedSpec, generate_planted};
 use rbm::team::{training_threads, with_team};
@@ -75,6 +76,17 @@ fn rating_epochs(
     batch: usize,
     epochs: usize,
 ) -> Result<Vec<f64>> {
+    Ok(rating_fit(cases, d, values, batch, epochs)?.0)
+}
+
+/// [`rating_epochs`], and the trained model.
+fn rating_fit(
+    cases: &Csr,
+    d: usize,
+    values: &[f32],
+    batch: usize,
+    epochs: usize,
+) -> Result<(Vec<f64>, RatingRbm)> {
     let params = RatingRbmParams::new()
         .hidden(100)
         .epochs(epochs)
@@ -83,8 +95,8 @@ fn rating_epochs(
         .check()?;
     let data = TrainData::new(cases, d, values);
     let mut secs = Vec::new();
-    RatingRbm::fit(&params, &data, &mut |r: &EpochReport| secs.push(r.seconds))?;
-    Ok(secs)
+    let (model, _) = RatingRbm::fit(&params, &data, &mut |r: &EpochReport| secs.push(r.seconds))?;
+    Ok((secs, model))
 }
 
 /// The MovieLens-100K epoch, user- and item-based.
@@ -138,8 +150,32 @@ fn netflix_case(file: Option<&Path>, epochs: usize) -> Result<Value> {
             s
         }
     };
-    let secs = rating_epochs(&set.by_user, set.n_items, &set.values, 1000, epochs)?;
+    let (secs, model) = rating_fit(&set.by_user, set.n_items, &set.values, 1000, epochs)?;
+    // The epoch's peak, before prediction adds its own buffers.
+    let train_peak = peak_rss_bytes();
     let s = median(secs.clone());
+    // Prediction with the trained model (mean field, as `rbm cf train` evaluates): random
+    // (user, item) pairs, a tenth of the ratings up to a million.
+    let n_pairs = (set.by_user.nnz() / 10).clamp(1, 1_000_000);
+    let mut draw = Stream::new(0, Purpose::Data, 0x9e7, 0, 0);
+    let pairs: Vec<(u32, u32)> = (0..n_pairs)
+        .map(|_| {
+            (
+                draw.below(set.n_users) as u32,
+                draw.below(set.n_items) as u32,
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let dist = model.predict_pairs(&set.by_user, None, &pairs, PredictMethod::MeanField);
+    let predict_secs = t.elapsed().as_secs_f64();
+    debug_assert_eq!(dist.len(), n_pairs * set.values.len());
+    out.insert("netflix_predict_pairs".into(), json!(n_pairs));
+    out.insert("netflix_predict_seconds".into(), json!(predict_secs));
+    out.insert(
+        "netflix_predict_pairs_per_sec".into(),
+        json!(n_pairs as f64 / predict_secs),
+    );
     out.insert("netflix_epoch_seconds".into(), json!(s));
     out.insert("netflix_epochs".into(), json!(secs));
     out.insert(
@@ -147,7 +183,11 @@ fn netflix_case(file: Option<&Path>, epochs: usize) -> Result<Value> {
         json!(set.by_user.nnz() as f64 / s),
     );
     out.insert("netflix_ratings".into(), json!(set.by_user.nnz()));
-    out.insert("netflix_peak_rss_bytes".into(), json!(peak_rss_bytes()));
+    out.insert("netflix_peak_rss_bytes".into(), json!(train_peak));
+    out.insert(
+        "netflix_predict_peak_rss_bytes".into(),
+        json!(peak_rss_bytes()),
+    );
     Ok(Value::Object(out))
 }
 
@@ -472,6 +512,19 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 s,
                 report["netflix_ratings_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 report["netflix_peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+            println!(
+                "  predicting {} random pairs (mean field): {:.2} s ({:.2} M pairs/s), peak memory then {:.0} MiB",
+                report["netflix_predict_pairs"],
+                report["netflix_predict_seconds"].as_f64().unwrap_or(0.0),
+                report["netflix_predict_pairs_per_sec"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / 1e6,
+                report["netflix_predict_peak_rss_bytes"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / 1048576.0
             );
         }
         for n in report["notes"].as_array().into_iter().flatten() {

@@ -208,6 +208,19 @@ fn generated_binary_ratings_feed_every_reader() {
     assert_eq!(epochs.len(), 3, "{j}");
     assert_eq!(j["netflix_epoch_seconds"].as_f64(), Some(epochs[1]), "{j}");
     assert_eq!(j["netflix_ratings"], 4000);
+    // Prediction with the trained model: a tenth of the ratings as random pairs.
+    assert_eq!(j["netflix_predict_pairs"], 400);
+    let (ps, pr) = (
+        j["netflix_predict_seconds"].as_f64().unwrap(),
+        j["netflix_predict_pairs_per_sec"].as_f64().unwrap(),
+    );
+    assert!(ps > 0.0 && (pr * ps / 400.0 - 1.0).abs() < 1e-9, "{j}");
+    // The epoch's peak memory is taken before prediction, so it is not above the later one.
+    let (train_peak, predict_peak) = (
+        j["netflix_peak_rss_bytes"].as_u64().unwrap(),
+        j["netflix_predict_peak_rss_bytes"].as_u64().unwrap(),
+    );
+    assert!(train_peak > 0 && train_peak <= predict_peak, "{j}");
     let rate = j["netflix_ratings_per_sec"].as_f64().unwrap();
     assert!((rate * epochs[1] / 4000.0 - 1.0).abs() < 1e-9, "{j}");
     // A truncated file is a typed error naming the byte offset.
