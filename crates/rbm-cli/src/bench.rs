@@ -68,18 +68,7 @@ fn ml100k_path(given: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Trains the default rating RBM (M = 100, CD-1) for `epochs` epochs on `cases`; returns the
-/// per-epoch training seconds.
-fn rating_epochs(
-    cases: &Csr,
-    d: usize,
-    values: &[f32],
-    batch: usize,
-    epochs: usize,
-) -> Result<Vec<f64>> {
-    Ok(rating_fit(cases, d, values, batch, epochs)?.0)
-}
-
-/// [`rating_epochs`], and the trained model.
+/// per-epoch training seconds and the model.
 fn rating_fit(
     cases: &Csr,
     d: usize,
@@ -105,11 +94,11 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
     let ratings = read_ratings(path, RatingFormat::Auto, &mut users, &mut items)?;
     let scale = RatingScale::infer(&ratings)?;
     let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
-    let user = rating_epochs(&m.by_user, m.n_items, scale.values(), 100, epochs)?;
-    let item = rating_epochs(&m.by_item, m.n_users, scale.values(), 100, epochs)?;
+    let user = rating_fit(&m.by_user, m.n_items, scale.values(), 100, epochs)?.0;
+    let item = rating_fit(&m.by_item, m.n_users, scale.values(), 100, epochs)?.0;
     // The dense reference code's own mini-batch (its `fit` defaults to batch_sz=256), for a
     // like-for-like comparison with its epoch time.
-    let user256 = rating_epochs(&m.by_user, m.n_items, scale.values(), 256, epochs)?;
+    let user256 = rating_fit(&m.by_user, m.n_items, scale.values(), 256, epochs)?.0;
     let (us, is) = (median(user.clone()), median(item.clone()));
     // The fastest epoch beside the median: on a shared host, other tenants slow some epochs
     // down and none up, so the fastest is the code's own speed and the median what a run got.

@@ -2283,26 +2283,24 @@ impl RatingRbm {
             pairs.iter().enumerate().map(|(n, p)| (p.0, n)).collect();
         keyed.par_sort_unstable();
         let order: Vec<usize> = keyed.into_iter().map(|(_, n)| n).collect();
-        let row = |case: usize| row_or_empty(cases, case);
-        // Groups of whole cases with about `budget` ratings each, a few per thread.
-        let rated: usize = order
-            .chunk_by(|&a, &b| pairs[a].0 == pairs[b].0)
-            .map(|g| row(pairs[g[0]].0 as usize).0.len())
-            .sum();
+        // Runs of pairs of one case, packed into groups of about `budget` ratings (one per
+        // case without any), a few groups per thread.
+        let runs: Vec<&[usize]> = order.chunk_by(|&a, &b| pairs[a].0 == pairs[b].0).collect();
+        let load = |run: &[usize]| row_or_empty(cases, pairs[run[0]].0 as usize).0.len() + 1;
+        let rated: usize = runs.iter().map(|r| load(r)).sum();
         let budget = (rated / (4 * rayon::current_num_threads())).clamp(1 << 12, 1 << 23);
         let mut groups: Vec<&[usize]> = Vec::new();
-        let (mut start, mut load) = (0, 0);
-        for (n, w) in order.windows(2).enumerate() {
-            if pairs[w[0]].0 != pairs[w[1]].0 {
-                load += row(pairs[w[0]].0 as usize).0.len() + 1;
-                if load >= budget {
-                    groups.push(&order[start..n + 1]);
-                    (start, load) = (n + 1, 0);
-                }
+        let (mut start, mut end, mut held) = (0, 0, 0);
+        for run in runs {
+            end += run.len();
+            held += load(run);
+            if held >= budget {
+                groups.push(&order[start..end]);
+                (start, held) = (end, 0);
             }
         }
-        if start < order.len() {
-            groups.push(&order[start..]);
+        if start < end {
+            groups.push(&order[start..end]);
         }
         let results: Vec<Vec<f32>> = groups
             .par_iter()
@@ -3669,11 +3667,7 @@ pub(crate) mod tests {
         let (mut x, mut ph) = (vec![0.0f32; m], vec![0.0f32; m]);
         for (&(case, q), out) in pairs.iter().zip(out.chunks_mut(k)) {
             let (case, q) = (case as usize, q as usize);
-            let (items, classes) = if case < cases.rows() {
-                cases.row(case)
-            } else {
-                (&[][..], &[][..])
-            };
+            let (items, classes) = row_or_empty(cases, case);
             let imp = implicit
                 .filter(|c| case < c.rows())
                 .map_or(items, |c| c.row(case).0);
