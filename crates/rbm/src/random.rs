@@ -373,7 +373,7 @@ impl Lanes {
     /// eight instructions, and the 16 uniforms of a group one shift, one conversion and one
     /// multiplication.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn draw_avx512(&mut self, p: *const f32, out: *mut f32, n: usize) {
         use std::arch::x86_64::*;
         // SAFETY: unaligned loads and stores of the 4 × 8 state words.
@@ -403,7 +403,7 @@ impl Lanes {
             unsafe {
                 let q = _mm512_maskz_loadu_ps(mask, p.add(g));
                 let hit = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, q);
-                _mm512_mask_storeu_ps(out.add(g), mask, _mm512_maskz_mov_ps(hit, one));
+                crate::linalg::store_lanes(out.add(g), _mm512_maskz_mov_ps(hit, one), len);
             }
             g += len;
         }

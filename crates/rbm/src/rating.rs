@@ -30,6 +30,8 @@
 // The AVX-512 intrinsics are stable since Rust 1.89, the workspace's `rust-version`.
 
 use crate::error::{RbmError, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::linalg::store_lanes;
 use crate::linalg::{all_finite, gemm_team, sigmoid};
 use crate::random::{Purpose, Stream, StreamKey};
 use crate::ratings::Csr;
@@ -410,7 +412,7 @@ macro_rules! simd_fn {
         fn $name($($arg: $t),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx512($($arg: $t),*) -> $ret {
                     $body($($arg),*)
@@ -572,7 +574,7 @@ fn item_step(
 ) {
     #[cfg(target_arch = "x86_64")]
     if sampled && has_avx512() && gbi.len() <= 16 && ents.len() <= STEP_MAX_ENTS {
-        // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
+        // SAFETY: AVX-512F and VL, AVX2 and FMA are present (checked by `has_avx512`).
         return unsafe { item_step_avx512(ents, rows, zi, inv_b, gwi, gbi, step, next) };
     }
     item_step_simd(ents, rows, zi, inv_b, sampled, gwi, gbi, step, next)
@@ -584,7 +586,7 @@ fn item_step(
 /// additions in the same order as in [`item_step_body`] and the result is bit-identical, but
 /// no K×M gradient block goes through memory. Columns are taken 128 at a time.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 fn item_step_avx512(
     ents: &[(u32, u8)],
@@ -671,11 +673,29 @@ fn item_step_avx512(
     }
 }
 
+/// Runs `$body` for `$v` = 0, 1, … below `$nv` (a constant, at most 8), written out: the
+/// compiler left such loops rolled in the large step kernel, with the accumulators on the
+/// stack and each vector's lane mask computed at run time.
+macro_rules! unroll_vectors {
+    ($v:ident, $nv:expr, $body:block) => {{
+        const { assert!($nv >= 1 && $nv <= 8) };
+        unroll_vectors!(@ $v, $nv, $body, 0 1 2 3 4 5 6 7);
+    }};
+    (@ $v:ident, $nv:expr, $body:block, $($i:literal)*) => {
+        $(
+            if $i < $nv {
+                let $v: usize = $i;
+                $body
+            }
+        )*
+    };
+}
+
 /// Columns `j0..j0 + 16·NV` (cut at M) of [`item_step_avx512`]: per class, the gradient
 /// (Σ ±inv_b·row over its events) in NV registers, then the momentum step on that row of W
 /// (or the gradient stored into `gwi` without `step`).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 #[allow(clippy::type_complexity)]
 fn step_cols_avx512<const NV: usize>(
@@ -692,12 +712,13 @@ fn step_cols_avx512<const NV: usize>(
 ) {
     use std::arch::x86_64::*;
     let width = (m - j0).min(16 * NV);
-    let mask = |v: usize| block_lane_mask(v, NV, width);
     // Event types alternate unpredictably within a class: the source row and the sign are
     // picked by indexing, not by a branch (a mispredicted branch per event also stopped the
     // next rows' loads from starting early).
     let srcs = [rows.p0, rows.p1, rows.pd, rows.pd];
     let signs = [inv_b, -inv_b, inv_b, inv_b];
+    let tail = width - 16 * (NV - 1);
+    let tail_mask = block_lane_mask(NV - 1, NV, width);
     for (c, events) in class_events.iter().enumerate() {
         let mut acc = [_mm512_setzero_ps(); NV];
         for &ev in *events {
@@ -705,11 +726,18 @@ fn step_cols_avx512<const NV: usize>(
             let n = ents[e].0 as usize;
             let row = &srcs[t][n * m + j0..n * m + j0 + width];
             let s = _mm512_set1_ps(signs[t]);
-            for (v, a) in acc.iter_mut().enumerate() {
-                // SAFETY: the masked lanes lie within `row` (width = 16·(NV−1) + tail).
-                let x = unsafe { _mm512_maskz_loadu_ps(mask(v), row.as_ptr().add(16 * v)) };
-                *a = _mm512_fmadd_ps(s, x, *a);
-            }
+            unroll_vectors!(v, NV, {
+                // SAFETY: vectors before the last are whole within `row` (width = 16·(NV−1)
+                // + tail); the last is read under its mask.
+                let x = unsafe {
+                    if v + 1 < NV {
+                        _mm512_loadu_ps(row.as_ptr().add(16 * v))
+                    } else {
+                        _mm512_maskz_loadu_ps(tail_mask, row.as_ptr().add(16 * v))
+                    }
+                };
+                acc[v] = _mm512_fmadd_ps(s, x, acc[v]);
+            });
         }
         let o = c * m + j0;
         match step.as_deref_mut() {
@@ -721,25 +749,34 @@ fn step_cols_avx512<const NV: usize>(
                     _mm512_set1_ps(cfg.lr),
                     _mm512_set1_ps(cfg.decay),
                 );
-                for (v, &g) in acc.iter().enumerate() {
-                    let mk = mask(v);
-                    // SAFETY: the masked lanes lie within `w` and `vw` (length `width`).
+                let (wp, vp) = (w.as_mut_ptr(), vw.as_mut_ptr());
+                unroll_vectors!(v, NV, {
+                    // SAFETY: as above, within `w` and `vw` (length `width`); the last
+                    // vector is stored lane by lane (`store_lanes`: no masked store).
                     unsafe {
-                        let (wp, vp) = (w.as_mut_ptr().add(16 * v), vw.as_mut_ptr().add(16 * v));
-                        let (x, u) = (_mm512_maskz_loadu_ps(mk, wp), _mm512_maskz_loadu_ps(mk, vp));
+                        let (wp, vp) = (wp.add(16 * v), vp.add(16 * v));
+                        let (x, u) = if v + 1 < NV {
+                            (_mm512_loadu_ps(wp), _mm512_loadu_ps(vp))
+                        } else {
+                            (
+                                _mm512_maskz_loadu_ps(tail_mask, wp),
+                                _mm512_maskz_loadu_ps(tail_mask, vp),
+                            )
+                        };
                         // The same operations as `momentum_update`: μ·v + lr·(g − λ·w).
-                        let t = _mm512_fnmadd_ps(dec, x, g);
+                        let t = _mm512_fnmadd_ps(dec, x, acc[v]);
                         let u = _mm512_fmadd_ps(mu, u, _mm512_mul_ps(lr, t));
-                        _mm512_mask_storeu_ps(vp, mk, u);
-                        _mm512_mask_storeu_ps(wp, mk, _mm512_add_ps(x, u));
+                        let lanes = if v + 1 < NV { 16 } else { tail };
+                        store_lanes(vp, u, lanes);
+                        store_lanes(wp, _mm512_add_ps(x, u), lanes);
                     }
-                }
+                });
             }
             None => {
                 let out = &mut gwi[o..o + width];
                 for (v, &g) in acc.iter().enumerate() {
-                    // SAFETY: the masked lanes lie within `out`.
-                    unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(16 * v), mask(v), g) };
+                    // SAFETY: lanes 16v.. of `out`, at most `width − 16v` of them.
+                    unsafe { store_lanes(out.as_mut_ptr().add(16 * v), g, width - 16 * v) };
                 }
             }
         }
@@ -763,7 +800,7 @@ fn block_lane_mask(v: usize, nv: usize, width: usize) -> u16 {
 /// registers across all the rows instead of going through memory for each row. `term(r, j0,
 /// mask)` gives lanes `j0..j0 + 16` of row r's term (lanes outside `mask` may be anything).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn sum_rows_avx512<F>(out: &mut [f32], rows: usize, term: F)
 where
@@ -791,7 +828,7 @@ where
 /// One block of [`sum_rows_avx512`]: `block` is `out[j0..]`, NV vectors wide (the last one
 /// possibly partial).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn sum_rows_block_avx512<const NV: usize, F>(block: &mut [f32], j0: usize, rows: usize, term: &F)
 where
@@ -811,13 +848,14 @@ where
     }
     for (v, a) in acc.iter().enumerate() {
         // SAFETY: as above.
-        unsafe { _mm512_mask_storeu_ps(p.add(16 * v), mask(v), *a) };
+        unsafe { store_lanes(p.add(16 * v), *a, width - 16 * v) };
     }
 }
 
-/// `y += x` over one row (x at least as long), 16 lanes at a time, the tail under a mask.
+/// `y += x` over one row (x at least as long), 16 lanes at a time; the tail is read under a
+/// mask and stored with [`store_lanes`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn add_row_avx512(y: &mut [f32], x: &[f32]) {
     use std::arch::x86_64::*;
@@ -841,7 +879,7 @@ fn add_row_avx512(y: &mut [f32], x: &[f32]) {
                 _mm512_maskz_loadu_ps(mk, yp.add(j)),
                 _mm512_maskz_loadu_ps(mk, xp.add(j)),
             );
-            _mm512_mask_storeu_ps(yp.add(j), mk, s);
+            store_lanes(yp.add(j), s, m - j);
         }
     }
 }
@@ -853,7 +891,7 @@ fn add_row_avx512(y: &mut [f32], x: &[f32]) {
 fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
@@ -1038,7 +1076,7 @@ fn dot4(h: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-/// True when the kernels may use AVX-512F (with AVX2 and FMA; see [`crate::linalg::simd`]).
+/// True when the kernels may use AVX-512F and VL (with AVX2 and FMA; see [`crate::linalg::simd`]).
 /// The elementwise loops give the same bits at any vector width (no FMA contraction); only the
 /// dot products' summation order depends on it, and never on the thread count.
 #[inline(always)]
@@ -1050,7 +1088,7 @@ fn has_avx512() -> bool {
 /// (16-wide fused multiply-adds, the tail of M under a mask; the caller checks
 /// [`has_avx512`]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 fn dot_rows_avx512(h: &[f32], w: &[f32], out: &mut [f32]) {
     let rows = out.len();
     assert!(w.len() >= rows * h.len());
@@ -1069,7 +1107,7 @@ fn dot_rows_avx512(h: &[f32], w: &[f32], out: &mut [f32]) {
 
 /// R rows of [`dot_rows_avx512`] starting at row `r`; returns R.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn dot_rows_n<const R: usize>(h: &[f32], w: &[f32], r: usize, out: &mut [f32]) -> usize {
     let acc = dot_acc_avx512::<R>(h, &w[r * h.len()..]);
@@ -1082,7 +1120,7 @@ fn dot_rows_n<const R: usize>(h: &[f32], w: &[f32], r: usize, out: &mut [f32]) -
 /// The 16-lane partial sums of `h · w_q` for the R consecutive rows `w_q` (length `h.len()`)
 /// at the start of `w`: R independent multiply-add chains, the tail masked.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn dot_acc_avx512<const R: usize>(h: &[f32], w: &[f32]) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
@@ -1194,7 +1232,7 @@ fn dot_rows_block_avx2<const R: usize>(h: &[f32], w: &[f32], out: &mut [f32]) {
 /// masked off); returns Σ_k (onehot(cl)_k − p_k)², the reconstruction error. e^x is
 /// [`crate::linalg::exp_f32`]'s algorithm in vector form.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn softmax_avx512(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f32, usize) {
     use std::arch::x86_64::*;
@@ -1214,7 +1252,7 @@ fn softmax_avx512(z: &mut [f32], bias: &[f32], cl: usize, u: Option<f32>) -> (f3
 /// `e^x` per lane on AVX-512 with [`crate::linalg::exp_f32`]'s algorithm (inputs ≤ 0 here:
 /// logits minus their maximum, clamped at −87); lanes outside `mask` are 0.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn exp_masked_avx512(x: std::arch::x86_64::__m512, mask: u16) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
@@ -1252,7 +1290,7 @@ fn exp_masked_avx512(x: std::arch::x86_64::__m512, mask: u16) -> std::arch::x86_
 
 /// [`softmax_avx512`] on logits already in a register (lanes 0..K of `t`, K = `z.len()`).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn softmax_reg(
     t: std::arch::x86_64::__m512,
@@ -1289,7 +1327,7 @@ fn softmax_reg(
         None => (pr, 0),
     };
     // SAFETY: as above.
-    unsafe { _mm512_mask_storeu_ps(z.as_mut_ptr(), mask, out) };
+    unsafe { store_lanes(z.as_mut_ptr(), out, k) };
     (err, pick)
 }
 
@@ -1299,7 +1337,7 @@ fn softmax_reg(
 /// transposing horizontal sum per rating. Every rating gets the same operations whatever R,
 /// so the same bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 fn logits_rows_avx512<const K: usize, const R: usize>(
     hs: [&[f32]; R],
@@ -1351,7 +1389,7 @@ fn logits_rows_avx512<const K: usize, const R: usize>(
 /// Lane q of the result = Σ lanes of `acc[q]` + `bi[q]` (q < K ≤ 8): 16 → 8 lanes each, then
 /// an 8 × 8 transposing sum with horizontal adds.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 fn reduce_logits<const K: usize>(
     acc: &[std::arch::x86_64::__m512; K],
@@ -1386,7 +1424,7 @@ fn reduce_logits<const K: usize>(
 /// dependency chains overlap (the same operations per rating as one at a time, and the same
 /// order of random draws).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 fn item_negative_avx512<const K: usize>(
     wi: &[f32],
@@ -1507,7 +1545,7 @@ const BLOCK_MIN: usize = 8;
 /// sampled class of each rating and, with `last`, the block's summed squared reconstruction
 /// error.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 fn block_negative<const K: usize>(
     wi: &[f32],
@@ -1537,22 +1575,35 @@ fn block_negative<const K: usize>(
         )
     };
     // Two sets of K sums (even and odd hidden units) so the chains are half as long. Each
-    // h_j is 0 or 1 per lane, so h_j·W_kj adds W_kj exactly or nothing: the same sum as masked
-    // adds, written as multiply-adds of a 0/1 vector, which compile to one instruction each
-    // with the weight broadcast from memory.
+    // h_j is 0 or 1 per lane, so lane l adds W_kj when its bit j is set and nothing otherwise:
+    // one masked add per weight, the weight broadcast from memory. (Two 8-lane multiply-adds
+    // of 0/1 vectors per weight were 1.6× faster in a C replica of this loop on Zen 4, but
+    // 12 % slower here.)
     let mut acc = [[_mm512_setzero_ps(); K]; 2];
     let wp = wi.as_ptr();
     let one = _mm512_set1_ps(1.0);
-    for w in 0..hb {
-        // SAFETY: every active lane's index n·hb + w < (n + 1)·hb ≤ hbits.len() (asserted).
-        let g = unsafe {
-            _mm512_mask_i32gather_epi32::<4>(
-                _mm512_setzero_si512(),
-                lanes,
-                idx,
-                hbits.as_ptr().add(w).cast(),
-            )
+    // Word w of every lane's hidden bits. A gather takes long; each is issued one word ahead
+    // (right after the gather it replaces stalled the loop on every word).
+    // (A macro, not a closure: a closure would not inherit this function's target features.)
+    macro_rules! gather {
+        ($w:expr) => {
+            // SAFETY: every active lane's index n·hb + w < (n + 1)·hb ≤ hbits.len() (asserted).
+            unsafe {
+                _mm512_mask_i32gather_epi32::<4>(
+                    _mm512_setzero_si512(),
+                    lanes,
+                    idx,
+                    hbits.as_ptr().add($w).cast(),
+                )
+            }
         };
+    }
+    let mut next = gather!(0);
+    for w in 0..hb {
+        let g = next;
+        if w + 1 < hb {
+            next = gather!(w + 1);
+        }
         let j0 = 16 * w;
         let nbits = (m - j0).min(16);
         macro_rules! bit {
@@ -1593,9 +1644,16 @@ fn block_negative<const K: usize>(
             bit!(14, 0);
             bit!(15, 1);
         } else {
-            for b in 0..nbits {
-                bit!(b, b & 1);
+            // The last, partial word: written out too (a loop indexing the two sets of sums
+            // by `b & 1` kept all of them on the stack for the whole block).
+            macro_rules! bits_below {
+                ($($b:literal)*) => {$(
+                    if $b < nbits {
+                        bit!($b, $b & 1);
+                    }
+                )*};
             }
+            bits_below!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
         }
     }
     let t: [__m512; K] = std::array::from_fn(|q| {
@@ -1643,7 +1701,7 @@ fn block_negative<const K: usize>(
 /// samples both classes. Returns (both ratings' squared reconstruction errors summed, pick a,
 /// pick b).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn softmax_pair<const K: usize>(
@@ -1702,14 +1760,13 @@ fn softmax_pair<const K: usize>(
         }
         None => (pr, 0, 0),
     };
-    let lanes = lane_mask8(K);
-    // SAFETY: the lane mask covers lanes 0..K, within `za` and `zb`.
+    // SAFETY: lanes 0..K (rating a) and 8..8+K (rating b, moved down) fill `za` and `zb`.
     unsafe {
-        _mm256_maskstore_ps(za.as_mut_ptr(), lanes, _mm512_castps512_ps256(out));
-        _mm256_maskstore_ps(
+        store_lanes(za.as_mut_ptr(), out, K);
+        store_lanes(
             zb.as_mut_ptr(),
-            lanes,
-            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(out))),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(out, out),
+            K,
         );
     }
     (err, pa, pb)
@@ -1729,7 +1786,7 @@ fn lane_mask8(k: usize) -> std::arch::x86_64::__m256i {
 
 /// Lanes moved up by 16 − S (lane i gets lane i − (16 − S), zeros below).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn shift_up<const S: i32>(
     x: std::arch::x86_64::__m512,
@@ -2100,7 +2157,7 @@ fn d_gradient<E: Sync>(
                         _mm512_mul_ps(_mm512_sub_ps(a, b), _mm512_set1_ps(s))
                     }
                 };
-                // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                // SAFETY: AVX-512F and VL are present (checked by `has_avx512`).
                 unsafe { sum_rows_avx512(g, ents.len(), term) };
                 continue;
             }
@@ -2129,7 +2186,7 @@ fn add_rows(base: &mut [f32], dm: &[f32], items: &[u32]) {
             // SAFETY: the masked lanes lie within the row (j < m).
             unsafe { _mm512_maskz_loadu_ps(mk, row.as_ptr().add(j)) }
         };
-        // SAFETY: AVX-512F is present (checked by `has_avx512`).
+        // SAFETY: AVX-512F and VL are present (checked by `has_avx512`).
         unsafe { sum_rows_avx512(base, items.len(), term) };
         return;
     }
@@ -2423,7 +2480,7 @@ impl RatingRbm {
             let sample = negative == NegativePhase::Sample;
             macro_rules! go {
                 ($kk:literal) => {
-                    // SAFETY: AVX-512F, AVX2 and FMA are present (checked by `has_avx512`).
+                    // SAFETY: AVX-512F and VL, AVX2 and FMA are present (checked by `has_avx512`).
                     unsafe {
                         item_negative_avx512::<$kk>(
                             wi, bi, ents, h, sample, last, rng, z, acc, bits,
@@ -2448,7 +2505,7 @@ impl RatingRbm {
                 let (hn, z): (&[f32], &mut [f32]) = ($hn, $z);
                 #[cfg(target_arch = "x86_64")]
                 if wide {
-                    // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                    // SAFETY: AVX-512F and VL are present (checked by `has_avx512`).
                     unsafe { dot_rows_avx512(hn, wi, z) }
                 } else if fast {
                     // SAFETY: AVX2 and FMA are present (checked by `avx2_fma`).
@@ -2500,7 +2557,7 @@ impl RatingRbm {
             let (e, pick) = if fast_softmax {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    // SAFETY: AVX-512F is present (checked by `has_avx512`).
+                    // SAFETY: AVX-512F and VL are present (checked by `has_avx512`).
                     unsafe { softmax_avx512(z, bi, cl as usize, sample.then_some(u)) }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
