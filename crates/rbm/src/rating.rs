@@ -1582,9 +1582,9 @@ fn block_negative<const K: usize>(
     let mut acc = [[_mm512_setzero_ps(); K]; 2];
     let wp = wi.as_ptr();
     let one = _mm512_set1_ps(1.0);
-    // Word w of every lane's hidden bits. A gather takes long; each is issued one word ahead
-    // (right after the gather it replaces stalled the loop on every word).
-    // (A macro, not a closure: a closure would not inherit this function's target features.)
+    // Word w of every lane's hidden bits, gathered one word ahead: the loop used to stall right
+    // after each gather. (A macro, not a closure: a closure would not inherit this function's
+    // target features.)
     macro_rules! gather {
         ($w:expr) => {
             // SAFETY: every active lane's index n·hb + w < (n + 1)·hb ≤ hbits.len() (asserted).
