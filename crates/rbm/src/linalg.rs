@@ -313,6 +313,23 @@ pub fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
+/// Asks the CPU to bring the `len` bytes at `p` into its caches, one request per 64-byte line:
+/// a hint only (results never depend on it; nothing happens off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch_bytes(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..len).step_by(64) {
+        // SAFETY: a prefetch never faults, and `wrapping_add` only computes an address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(off).cast(),
+            )
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// Stores lanes `0..n` of `v` at `p` (all 16 when `n ≥ 16`) with plain 256-, 128-, 64- and
 /// 32-bit stores: AVX-512 masked stores (`vmovups m512{k}`) are slow on AMD Zen 4. A 4-lane
 /// masked tail store per 100-float row made a momentum step over rows twice as slow (104

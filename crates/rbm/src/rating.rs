@@ -32,7 +32,7 @@
 use crate::error::{RbmError, Result};
 #[cfg(target_arch = "x86_64")]
 use crate::linalg::store_lanes;
-use crate::linalg::{all_finite, gemm_team, sigmoid};
+use crate::linalg::{all_finite, gemm_team, prefetch_bytes, sigmoid};
 use crate::random::{Purpose, Stream, StreamKey};
 use crate::ratings::Csr;
 use crate::team::{STACK_SLOTS, Team, training_threads, with_team};
@@ -1922,11 +1922,15 @@ fn softmax(z: &mut [f32]) {
 /// rated unit; an unrated unit costs nothing there).
 const NEG_RATED_UNIT_WEIGHT: usize = 4;
 
-/// Weight, in ratings, of a visible unit in the fused momentum step, rated or not: its step
-/// over K×M weights costs about nine ratings' gradient and positive-phase terms (the same
-/// timings: ≈ 270 ns a unit, ≈ 30 ns a rating). With one weight of 4 for both passes, the
-/// step's two halves differed by 40 % on MovieLens-100K and the team waited on the slower one.
-const STEP_UNIT_WEIGHT: usize = 9;
+/// Relative costs of a unit (its K×M momentum step, rated or not) and of a rating in the
+/// fused momentum step, for cutting units into chunks of equal work. Per-chunk timings on
+/// MovieLens-100K gave ≈ 118 ns a unit, and 15 ns per rating of the batch stepped for plus
+/// 10 ns per rating of the next batch (its positive phase); the cut is made from one batch's
+/// ratings, so a rating counts for both (the two batches' ratings spread over the units
+/// alike). With an older kernel's unit weight of 9 ratings, the member holding the popular
+/// units took 25 % longer (258 against 207 µs a batch) and the other waited.
+const STEP_COST_UNIT: usize = 24;
+const STEP_COST_RATING: usize = 5;
 
 /// Cuts units `0..d` into [`N_CHUNKS`] runs of about equal work into `bounds` (N_CHUNKS + 1
 /// entries, from 0 to d): `work(i)` is the work of units `0..i` (increasing, from 0).
@@ -1950,6 +1954,10 @@ fn balanced_bounds(d: usize, work: impl Fn(usize) -> usize, bounds: &mut Vec<usi
     }
     bounds.push(d);
 }
+
+/// How many cases ahead the batch index prefetches case rows (see [`RatingRbm::batch_index`]):
+/// a case row is ~100 ratings, and three rows ahead cover the time one takes to count.
+const INDEX_PREFETCH_AHEAD: usize = 3;
 
 /// Batches with at least this many ratings are indexed in parallel (below it, the parallel
 /// version's per-part counts over all units cost more than they save: 0.5 → 0.9 ms per
@@ -2629,7 +2637,16 @@ impl RatingRbm {
         for_each_maybe_par(team, counts, |(c, cnt)| {
             cnt.fill(0);
             let (n0, n1) = part(c);
-            for &p in &batch[n0..n1] {
+            let rows = &batch[n0..n1];
+            for (q, &p) in rows.iter().enumerate() {
+                // The batch's case rows are scattered over the whole rating matrix, which the
+                // epoch's sweeps have pushed out of this core's caches: ask for a row a few
+                // cases ahead (the fill below finds them cached).
+                if let Some(&ahead) = rows.get(q + INDEX_PREFETCH_AHEAD) {
+                    let (its, cls) = cases.row(ahead);
+                    prefetch_bytes(its.as_ptr().cast(), its.len() * 4);
+                    prefetch_bytes(cls.as_ptr(), cls.len());
+                }
                 for &i in cases.row(p).0 {
                     cnt[i as usize] += 1;
                 }
@@ -2681,7 +2698,8 @@ impl RatingRbm {
         }
         let neg_work = |i: usize| by_item_ptr[i] + NEG_RATED_UNIT_WEIGHT * rated_before[i];
         balanced_bounds(d, neg_work, chunk_bounds);
-        balanced_bounds(d, |i| by_item_ptr[i] + STEP_UNIT_WEIGHT * i, step_bounds);
+        let step_work = |i: usize| STEP_COST_UNIT * i + STEP_COST_RATING * by_item_ptr[i];
+        balanced_bounds(d, step_work, step_bounds);
         acc.resize(N_CHUNKS * nb * m, 0.0);
     }
 
@@ -2804,10 +2822,10 @@ impl RatingRbm {
                 );
                 // h was just sampled (0/1), and its bit masks written beside it.
                 let bits = Some((&hbits[..nb * hb], hb));
-                // Chunk c always on the same member (here and in the momentum step), so its
-                // part of W, its accumulator and its reconstructions stay in that core's
-                // caches: with members taking chunks as they came free, the step ran at half
-                // speed on two threads.
+                // Chunk c on the same member (here and in the momentum step) unless that member
+                // falls behind, so its part of W, its accumulator and its reconstructions stay
+                // in that core's caches: with members taking chunks as they came free, the step
+                // ran at half speed on two threads.
                 let extra = extra.take();
                 let chunk_job = |(c, z, a, e): (usize, &mut [f32], &mut [f32], &mut f64)| {
                     *e = simd_chunk_negative(

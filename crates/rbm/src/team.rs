@@ -23,7 +23,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A waiting member spins this long, then yields (an idle core hands it straight back, so it
@@ -98,11 +98,41 @@ impl<T> Slots<T> {
     }
 }
 
+/// A member's unclaimed run of items, `front..back`, in one word (a step's items are held
+/// in memory, so far fewer than 2³²).
+fn pack(front: usize, back: usize) -> u64 {
+    debug_assert!(front <= back && back <= u32::MAX as usize);
+    ((front as u64) << 32) | back as u64
+}
+
+/// Claims an item of a run atomically: `pick(front, back)` gives the item and the new run,
+/// or nothing to claim.
+fn claim(
+    run: &AtomicU64,
+    pick: impl Fn(usize, usize) -> Option<(usize, (usize, usize))>,
+) -> Option<usize> {
+    let mut cur = run.load(Ordering::Acquire);
+    loop {
+        let (front, back) = ((cur >> 32) as usize, (cur & 0xFFFF_FFFF) as usize);
+        let (item, (f, b)) = pick(front, back)?;
+        match run.compare_exchange_weak(cur, pack(f, b), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(item),
+            Err(now) => cur = now,
+        }
+    }
+}
+
 /// The team of a parallel training run (see the module doc). Get one from [`with_team`].
 pub struct Team<'a> {
     shared: &'a Shared,
     threads: usize,
     helpers: Vec<std::thread::Thread>,
+    /// Per member, the unclaimed part of its own items in the current static step: the first
+    /// and one past the last, packed as `front << 32 | back` (see [`Self::for_each_static_and`]).
+    claims: Vec<AtomicU64>,
+    /// Whether members that are done take items a late member has not started (tests turn it
+    /// off to check where items run).
+    steal: AtomicBool,
 }
 
 /// The team size for a training run: the caller's rayon pool decides (as `--threads` and
@@ -141,6 +171,8 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
             shared: &shared,
             threads,
             helpers,
+            claims: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            steal: AtomicBool::new(true),
         };
         // Stop the helpers however `body` ends (a panic included), or the scope would wait.
         struct Stop<'t, 'a>(&'t Team<'a>);
@@ -341,9 +373,9 @@ impl Team<'_> {
 
     /// Calls `f` on every item, item `i` of `n` on member `i · threads / n` (contiguous runs
     /// of items per member, the same every call, so each member keeps working on the same data
-    /// in its own caches). Letting a member that is done take the others' items instead cost
-    /// 5 % on the Netflix-shaped epoch (every small imbalance moved a chunk's weights to the
-    /// other core). Allocates nothing for up to [`STACK_SLOTS`] items.
+    /// in its own caches), except that a member done with its own run takes items from the
+    /// end of a late member's run while that member has at least two not yet started (see
+    /// [`Self::for_each_static_and`]). Allocates nothing for up to [`STACK_SLOTS`] items.
     pub fn for_each_static<T: Send>(
         &self,
         items: impl IntoIterator<Item = T>,
@@ -357,6 +389,13 @@ impl Team<'_> {
     /// that needs none of the items' results rides on a member that would otherwise wait for
     /// the others, instead of holding up the whole team afterwards. Allocates nothing for up
     /// to [`STACK_SLOTS`] items.
+    ///
+    /// Members start their runs at the front; after its own run (and `extra`, if it got it) a
+    /// member takes items from the back of the others' runs, but never a member's last item
+    /// not yet started. On a quiet machine the runs end together and nothing moves (items
+    /// taken as members came free, or any small imbalance moving a chunk's weights to the
+    /// other core, cost 5 % on the Netflix-shaped epoch); when another process slows one core
+    /// down, the other takes over that member's items instead of waiting for it.
     pub fn for_each_static_and<T: Send>(
         &self,
         items: impl IntoIterator<Item = T>,
@@ -375,12 +414,26 @@ impl Team<'_> {
             extra();
             return;
         }
+        let t = self.threads;
+        // Member m's run: the items i with i·t/n == m. Published to the helpers by `run`.
+        for (m, c) in self.claims.iter().enumerate() {
+            c.store(
+                pack((m * n).div_ceil(t), ((m + 1) * n).div_ceil(t)),
+                Ordering::Relaxed,
+            );
+        }
+        let steal = self.steal.load(Ordering::Relaxed);
         let extra = Mutex::new(Some(extra));
         self.run(&|member| {
-            for i in (0..n).filter(|&i| i * self.threads / n == member) {
+            let run = |i: usize| {
                 if let Some(item) = slots.take(i) {
                     f(item);
                 }
+            };
+            while let Some(i) = claim(&self.claims[member], |front, back| {
+                (front < back).then_some((front, (front + 1, back)))
+            }) {
+                run(i);
             }
             // Taken (and the lock let go) before it runs, so a member that comes later finds
             // nothing and goes on at once.
@@ -388,7 +441,23 @@ impl Team<'_> {
             if let Some(extra) = job {
                 extra();
             }
+            if !steal {
+                return;
+            }
+            for other in (1..t).map(|d| (member + d) % t) {
+                while let Some(i) = claim(&self.claims[other], |front, back| {
+                    (back >= front + 2).then_some((back - 1, (front, back - 1)))
+                }) {
+                    run(i);
+                }
+            }
         });
+    }
+
+    /// Turns taking a late member's items on or off (see [`Self::for_each_static_and`]).
+    #[cfg(test)]
+    fn set_stealing(&self, on: bool) {
+        self.steal.store(on, Ordering::Relaxed);
     }
 
     /// Runs `a` and `b`, on two members when there are two.
@@ -466,6 +535,9 @@ mod tests {
         // Item i of n on member i·threads/n: the items of one thread form contiguous runs.
         for (threads, n) in [(2, 8), (3, 7), (2, 3 * STACK_SLOTS + 1)] {
             with_team(threads, |team| {
+                // Where items run when no member falls behind (a member that is not scheduled
+                // in time would otherwise lose items to the others).
+                team.set_stealing(false);
                 let owner: Vec<AtomicUsize> =
                     (0..n).map(|_| AtomicUsize::new(usize::MAX)).collect();
                 let ids = Mutex::new(std::collections::HashMap::new());
@@ -504,6 +576,56 @@ mod tests {
                     },
                 );
                 assert_eq!(runs.load(Ordering::Relaxed), 1);
+            });
+        }
+    }
+
+    #[test]
+    fn a_late_members_items_go_to_the_others_but_never_its_last() {
+        // Member 1 (a helper) is stuck in its first item until the caller has taken one of
+        // its items: the caller, done with its own run, takes them from the back while at
+        // least two are not started, so it takes some and leaves member 1 at least one. Every
+        // item still runs exactly once, and the extra job once.
+        for n in [8, 12, 3 * STACK_SLOTS + 2] {
+            with_team(2, |team| {
+                let caller = std::thread::current().id();
+                let home1 = n.div_ceil(2)..n;
+                let (runs, taken, extra) = (
+                    (0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>(),
+                    AtomicUsize::new(0),
+                    AtomicUsize::new(0),
+                );
+                let by_helper = AtomicUsize::new(0);
+                team.for_each_static_and(
+                    0..n,
+                    |i| {
+                        runs[i].fetch_add(1, Ordering::Relaxed);
+                        let on_caller = std::thread::current().id() == caller;
+                        if on_caller && home1.contains(&i) {
+                            taken.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if !on_caller {
+                            by_helper.fetch_add(1, Ordering::Relaxed);
+                            let t = Instant::now();
+                            while taken.load(Ordering::SeqCst) == 0 {
+                                assert!(t.elapsed() < Duration::from_secs(20), "never helped");
+                                std::thread::yield_now();
+                            }
+                        }
+                    },
+                    || {
+                        extra.fetch_add(1, Ordering::Relaxed);
+                    },
+                );
+                assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1), "n {n}");
+                assert_eq!(extra.load(Ordering::Relaxed), 1);
+                let (stolen, helper) = (
+                    taken.load(Ordering::SeqCst),
+                    by_helper.load(Ordering::Relaxed),
+                );
+                assert!(stolen >= 1 && stolen < home1.len(), "n {n}: {stolen} taken");
+                // The helper ran its first item and whatever else of its run the caller left.
+                assert!(helper >= 1 && helper + stolen == home1.len(), "n {n}");
             });
         }
     }
