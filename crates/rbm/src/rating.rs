@@ -1466,8 +1466,19 @@ fn item_negative_avx512<const K: usize>(
     // Sixteen ratings at a time across SIMD lanes while the item has enough of them left (see
     // `block_negative`); its random draws come first, in rating order, like the others'.
     if let (true, Some((hbits, hb))) = (sample, bits) {
-        while ents.len() - e >= BLOCK_MIN {
-            let blk = &ents[e..ents.len().min(e + 16)];
+        loop {
+            let rest = ents.len() - e;
+            if rest < NARROW_BLOCK_MIN {
+                break;
+            }
+            // Sixteen lanes while at least BLOCK_MIN are left, then one block of the rest in
+            // eight lanes (`block_negative` runs blocks of up to 8 in 256-bit registers).
+            let take = if rest >= BLOCK_MIN {
+                rest.min(16)
+            } else {
+                rest.min(8)
+            };
+            let blk = &ents[e..e + take];
             let mut u = [0.0f32; 16];
             for x in &mut u[..blk.len()] {
                 *x = rng.uniform();
@@ -1532,9 +1543,15 @@ fn item_negative_avx512<const K: usize>(
     err
 }
 
-/// Fewest ratings of one item left for [`block_negative`] to take them (fewer go the
-/// per-rating way: a block costs about the same whatever its number of ratings).
-const BLOCK_MIN: usize = 8;
+/// Fewest ratings of one item left for a 16-lane [`block_negative`]: a block costs about the
+/// same whatever its number of ratings, and up to 8 go in a narrower, cheaper block.
+const BLOCK_MIN: usize = 9;
+
+/// Fewest ratings of one item left for an 8-lane [`block_negative`] (fewer go the per-rating
+/// way). Per unit, 8-lane block against per-rating path (a timing probe over 1,682 units, W in
+/// L3): 4 ratings 228 against 193 ns, 5: 240 / 269, 6: 251 / 286, 7: 261 / 370; and 8 ratings
+/// 272 ns against 326 in a 16-lane block.
+const NARROW_BLOCK_MIN: usize = 5;
 
 /// The sampled negative visible step of up to 16 ratings of one item, one rating per SIMD
 /// lane, for a sampled (binary) h given as bit masks (`hbits`, `hb` 16-bit words per case,
@@ -1578,16 +1595,81 @@ fn block_negative<const K: usize>(
     // h_j is 0 or 1 per lane, so lane l adds W_kj when its bit j is set and nothing otherwise:
     // one masked add per weight, the weight broadcast from memory. (Two 8-lane multiply-adds
     // of 0/1 vectors per weight were 1.6× faster in a C replica of this loop on Zen 4, but
-    // 12 % slower here.)
-    let mut acc = [[_mm512_setzero_ps(); K]; 2];
+    // 12 % slower here.) `$zero`, `$gather`, `$test`, `$bcst` and `$reg` pick the vector width.
     let wp = wi.as_ptr();
     let one = _mm512_set1_ps(1.0);
-    // Word w of every lane's hidden bits, gathered one word ahead: the loop used to stall right
-    // after each gather. (A macro, not a closure: a closure would not inherit this function's
-    // target features.)
-    macro_rules! gather {
+    macro_rules! sums {
+        ($d:tt, $zero:expr, $gather:ident, $test:ident, $set1:ident, $bcst:literal, $reg:ident) => {{
+            let mut acc = [[$zero; K]; 2];
+            // Word w of every lane's hidden bits, gathered one word ahead: the loop used to
+            // stall right after each gather. (Macros, not closures: a closure would not
+            // inherit this function's target features.)
+            let mut next = $gather!(0);
+            for w in 0..hb {
+                let g = next;
+                if w + 1 < hb {
+                    next = $gather!(w + 1);
+                }
+                let j0 = 16 * w;
+                let nbits = (m - j0).min(16);
+                macro_rules! bit {
+                    ($d b:expr, $d s:expr) => {{
+                        let hk = $test(g, $set1(1 << $d b));
+                        for (q, a) in acc[$d s].iter_mut().enumerate() {
+                            // One masked add with the weight broadcast from memory: written
+                            // out, since LLVM turns `_mm512_mask_add_ps` here into an add and
+                            // a masked move.
+                            // SAFETY: q < K and j0 + b < m: the load stays within the K×M
+                            // block `wi`; AVX-512F and VL are enabled for this function.
+                            unsafe {
+                                std::arch::asm!(
+                                    concat!("vaddps {a}{{{k}}}, {a}, dword ptr [{p}]", $bcst),
+                                    a = inout($reg) *a,
+                                    k = in(kreg) hk,
+                                    p = in(reg) wp.add(q * m + j0 + $d b),
+                                    options(pure, readonly, nostack, preserves_flags),
+                                );
+                            }
+                        }
+                    }};
+                }
+                if nbits == 16 {
+                    bit!(0, 0);
+                    bit!(1, 1);
+                    bit!(2, 0);
+                    bit!(3, 1);
+                    bit!(4, 0);
+                    bit!(5, 1);
+                    bit!(6, 0);
+                    bit!(7, 1);
+                    bit!(8, 0);
+                    bit!(9, 1);
+                    bit!(10, 0);
+                    bit!(11, 1);
+                    bit!(12, 0);
+                    bit!(13, 1);
+                    bit!(14, 0);
+                    bit!(15, 1);
+                } else {
+                    // The last, partial word: written out too (a loop indexing the two sets of
+                    // sums by `b & 1` kept all of them on the stack for the whole block).
+                    macro_rules! bits_below {
+                        ($d ($d b:literal)*) => {$d (
+                            if $d b < nbits {
+                                bit!($d b, $d b & 1);
+                            }
+                        )*};
+                    }
+                    bits_below!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+                }
+            }
+            acc
+        }};
+    }
+    // SAFETY (both gathers): every active lane's index n·hb + w < (n + 1)·hb ≤ hbits.len()
+    // (asserted above).
+    macro_rules! gather16 {
         ($w:expr) => {
-            // SAFETY: every active lane's index n·hb + w < (n + 1)·hb ≤ hbits.len() (asserted).
             unsafe {
                 _mm512_mask_i32gather_epi32::<4>(
                     _mm512_setzero_si512(),
@@ -1598,67 +1680,48 @@ fn block_negative<const K: usize>(
             }
         };
     }
-    let mut next = gather!(0);
-    for w in 0..hb {
-        let g = next;
-        if w + 1 < hb {
-            next = gather!(w + 1);
-        }
-        let j0 = 16 * w;
-        let nbits = (m - j0).min(16);
-        macro_rules! bit {
-            ($b:expr, $s:expr) => {{
-                let hk = _mm512_test_epi32_mask(g, _mm512_set1_epi32(1 << $b));
-                for (q, a) in acc[$s].iter_mut().enumerate() {
-                    // One masked add with the weight broadcast from memory: written out, since
-                    // LLVM turns `_mm512_mask_add_ps` here into an add and a masked move.
-                    // SAFETY: q < K and j0 + b < m: the load stays within the K×M block `wi`;
-                    // AVX-512F is enabled for this function.
-                    unsafe {
-                        std::arch::asm!(
-                            "vaddps {a}{{{k}}}, {a}, dword ptr [{p}]{{1to16}}",
-                            a = inout(zmm_reg) *a,
-                            k = in(kreg) hk,
-                            p = in(reg) wp.add(q * m + j0 + $b),
-                            options(pure, readonly, nostack, preserves_flags),
-                        );
-                    }
-                }
-            }};
-        }
-        if nbits == 16 {
-            bit!(0, 0);
-            bit!(1, 1);
-            bit!(2, 0);
-            bit!(3, 1);
-            bit!(4, 0);
-            bit!(5, 1);
-            bit!(6, 0);
-            bit!(7, 1);
-            bit!(8, 0);
-            bit!(9, 1);
-            bit!(10, 0);
-            bit!(11, 1);
-            bit!(12, 0);
-            bit!(13, 1);
-            bit!(14, 0);
-            bit!(15, 1);
-        } else {
-            // The last, partial word: written out too (a loop indexing the two sets of sums
-            // by `b & 1` kept all of them on the stack for the whole block).
-            macro_rules! bits_below {
-                ($($b:literal)*) => {$(
-                    if $b < nbits {
-                        bit!($b, $b & 1);
-                    }
-                )*};
+    macro_rules! gather8 {
+        ($w:expr) => {
+            unsafe {
+                _mm256_mmask_i32gather_epi32::<4>(
+                    _mm256_setzero_si256(),
+                    lanes as u8,
+                    _mm512_castsi512_si256(idx),
+                    hbits.as_ptr().add($w).cast(),
+                )
             }
-            bits_below!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
-        }
+        };
     }
-    let t: [__m512; K] = std::array::from_fn(|q| {
-        _mm512_add_ps(_mm512_add_ps(acc[0][q], acc[1][q]), _mm512_set1_ps(bi[q]))
-    });
+    let t: [__m512; K] = if cnt <= 8 {
+        // Eight lanes or fewer: the same additions in 256-bit registers, which this CPU runs
+        // two at a time (a C replica: 95–107 against 205–228 ns for the adds of a block).
+        let acc = sums!(
+            $,
+            _mm256_setzero_ps(),
+            gather8,
+            _mm256_test_epi32_mask,
+            _mm256_set1_epi32,
+            "{{1to8}}",
+            ymm_reg
+        );
+        std::array::from_fn(|q| {
+            let x = _mm256_add_ps(_mm256_add_ps(acc[0][q], acc[1][q]), _mm256_set1_ps(bi[q]));
+            _mm512_zextps256_ps512(x)
+        })
+    } else {
+        let acc = sums!(
+            $,
+            _mm512_setzero_ps(),
+            gather16,
+            _mm512_test_epi32_mask,
+            _mm512_set1_epi32,
+            "{{1to16}}",
+            zmm_reg
+        );
+        std::array::from_fn(|q| {
+            _mm512_add_ps(_mm512_add_ps(acc[0][q], acc[1][q]), _mm512_set1_ps(bi[q]))
+        })
+    };
     let mut mx = t[0];
     for &x in &t[1..] {
         mx = _mm512_max_ps(mx, x);
@@ -3997,9 +4060,12 @@ pub(crate) mod tests {
         // The per-rating kernels (AVX-512 fused logits + softmax + sampling where the CPU has
         // it, the portable loops otherwise) against an f64 softmax of b + W·h, for K with and
         // without the fused path and M with and without a SIMD tail. With a sampled (0/1) h
-        // and its bit masks, items with ≥ BLOCK_MIN ratings go 16 at a time across lanes.
-        // 11 ratings: two groups of four, a pair and a single one in the AVX-512 kernel; 28: a
-        // full and a part block; 37: two full blocks and five the per-rating way.
+        // and its bit masks, items with ≥ BLOCK_MIN ratings go 16 at a time across lanes, and
+        // NARROW_BLOCK_MIN..=8 left over in one 8-lane block.
+        // 11 ratings: two groups of four, a pair and a single one in the AVX-512 kernel (or a
+        // part block when binary); 28: a full and a part block; 37: two full blocks and an
+        // 8-lane one of five; 6 and 8: an 8-lane block; 20: a full block and four the
+        // per-rating way; 3: per rating.
         let shapes = [
             (2, 7),
             (5, 100),
@@ -4010,10 +4076,19 @@ pub(crate) mod tests {
             (5, 17),
             (4, 64),
         ];
-        for ((k, m), (nb, binary)) in shapes
-            .into_iter()
-            .flat_map(|km| [(11, false), (11, true), (28, true), (37, true)].map(|c| (km, c)))
-        {
+        for ((k, m), (nb, binary)) in shapes.into_iter().flat_map(|km| {
+            [
+                (11, false),
+                (11, true),
+                (28, true),
+                (37, true),
+                (6, true),
+                (8, true),
+                (20, true),
+                (3, true),
+            ]
+            .map(|c| (km, c))
+        }) {
             let model = random_model(3, k, m, false, 40 + k as u64);
             let mut s = Stream::new(7, Purpose::Data, k as u64, m as u64, 0);
             let h: Vec<f32> = (0..nb * m)
