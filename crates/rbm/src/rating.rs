@@ -18,8 +18,8 @@
 //! each unit's gradient, momentum step and the *next* batch's positive-phase rows are done
 //! while its K×M block is in cache. On CPUs with AVX-512 the negative phase keeps a rating's K
 //! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8), and a unit
-//! with many ratings in the batch has them done 16 at a time, one per lane, from the sampled h
-//! kept as bit masks (`block_negative`); the unit step sums each class's gradient row in
+//! with many ratings in the batch has them done 16 at a time, one per lane (its last 5–8 in
+//! one 8-lane block), from the sampled h kept as bit masks (`block_negative`); the unit step sums each class's gradient row in
 //! registers. Without AVX-512, the softmax and draw go eight ratings at a time, one per lane
 //! (`softmax_sample_lanes`). The elementwise loops are compiled for the widest SIMD available
 //! at run time (the AVX2 variants with FMA, so `mul_add` is one instruction). The
@@ -1558,9 +1558,10 @@ const NARROW_BLOCK_MIN: usize = 5;
 /// one per u32): each logit b_k + Σ_j h_j W_kj is a sum of the W_kj whose h_j is 1, so it is
 /// built lane-wise from the mask bits and broadcast weights (no horizontal sums), and the
 /// softmax, the squared error and the cumulative-sum draw (the number of the first K−1
-/// cumulative probabilities ≤ u, as in [`softmax_sample`]) run lane-wise. Returns the
-/// sampled class of each rating and, with `last`, the block's summed squared reconstruction
-/// error.
+/// cumulative probabilities ≤ u, as in [`softmax_sample`]) run lane-wise. Up to 8 ratings
+/// are summed in 256-bit registers (Zen 4 runs two such masked adds at a time, and one
+/// 512-bit one), with the same additions per lane. Returns the sampled class of each rating
+/// and, with `last`, the block's summed squared reconstruction error.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
