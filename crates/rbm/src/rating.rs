@@ -19,11 +19,12 @@
 //! while its K×M block is in cache. On CPUs with AVX-512 the negative phase keeps a rating's K
 //! logits, softmax and sampled class in registers, two ratings per register (K ≤ 8), and a unit
 //! with many ratings in the batch has them done 16 at a time, one per lane (its last 5–8 in
-//! one 8-lane block), from the sampled h kept as bit masks (`block_negative`); the unit step sums each class's gradient row in
-//! registers. Without AVX-512, the softmax and draw go eight ratings at a time, one per lane
-//! (`softmax_sample_lanes`). The elementwise loops are compiled for the widest SIMD available
-//! at run time (the AVX2 variants with FMA, so `mul_add` is one instruction). The
-//! dot products' summation order depends on the SIMD level (never on the thread count).
+//! one 8-lane block), from the sampled h kept as bit masks (`block_negative`); the unit step
+//! sums each class's gradient row in registers. Without AVX-512, the softmax and draw go eight
+//! ratings at a time, one per lane (`softmax_sample_lanes`). The elementwise loops are compiled
+//! for the widest SIMD available at run time (the AVX2 variants with FMA, so `mul_add` is one
+//! instruction). The dot products' summation order depends on the SIMD level (never on the
+//! thread count).
 
 #![allow(clippy::needless_range_loop)]
 // index loops over K and M read clearer here
@@ -1595,12 +1596,15 @@ fn block_negative<const K: usize>(
     // Two sets of K sums (even and odd hidden units) so the chains are half as long. Each
     // h_j is 0 or 1 per lane, so lane l adds W_kj when its bit j is set and nothing otherwise:
     // one masked add per weight, the weight broadcast from memory. (Two 8-lane multiply-adds
-    // of 0/1 vectors per weight were 1.6× faster in a C replica of this loop on Zen 4, but
-    // 12 % slower here.) `$zero`, `$gather`, `$test`, `$bcst` and `$reg` pick the vector width.
+    // of 0/1 vectors per weight were 12 % slower here; zero-masked broadcasts with plain adds,
+    // and a 16-lane block as two 8-lane halves, were slower too.) `$zero`, `$gather`, `$test`,
+    // `$set1`, `$bcst` and `$reg` pick the vector width; `$d` is `$`, for the inner macros.
     let wp = wi.as_ptr();
     let one = _mm512_set1_ps(1.0);
     macro_rules! sums {
-        ($d:tt, $zero:expr, $gather:ident, $test:ident, $set1:ident, $bcst:literal, $reg:ident) => {{
+        (
+            $d:tt, $zero:expr, $gather:ident, $test:ident, $set1:ident, $bcst:literal, $reg:ident
+        ) => {{
             let mut acc = [[$zero; K]; 2];
             // Word w of every lane's hidden bits, gathered one word ahead: the loop used to
             // stall right after each gather. (Macros, not closures: a closure would not
@@ -1994,6 +1998,7 @@ const NEG_RATED_UNIT_WEIGHT: usize = 4;
 /// alike). With an older kernel's unit weight of 9 ratings, the member holding the popular
 /// units took 25 % longer (258 against 207 µs a batch) and the other waited.
 const STEP_COST_UNIT: usize = 24;
+/// The cost of a rating in the fused momentum step, on [`STEP_COST_UNIT`]'s scale.
 const STEP_COST_RATING: usize = 5;
 
 /// Cuts units `0..d` into [`N_CHUNKS`] runs of about equal work into `bounds` (N_CHUNKS + 1
