@@ -68,14 +68,14 @@ fn ml100k_path(given: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Trains the default rating RBM (M = 100, CD-1) for `epochs` epochs on `cases`; returns the
-/// per-epoch training seconds and the model.
+/// per-epoch reports and the model.
 fn rating_fit(
     cases: &Csr,
     d: usize,
     values: &[f32],
     batch: usize,
     epochs: usize,
-) -> Result<(Vec<f64>, RatingRbm)> {
+) -> Result<(Vec<EpochReport>, RatingRbm)> {
     let params = RatingRbmParams::new()
         .hidden(100)
         .epochs(epochs)
@@ -83,9 +83,61 @@ fn rating_fit(
         .cd(CdSchedule::constant(1))
         .check()?;
     let data = TrainData::new(cases, d, values);
-    let mut secs = Vec::new();
-    let (model, _) = RatingRbm::fit(&params, &data, &mut |r: &EpochReport| secs.push(r.seconds))?;
-    Ok((secs, model))
+    let mut reports = Vec::new();
+    let (model, _) = RatingRbm::fit(&params, &data, &mut |r: &EpochReport| {
+        reports.push(r.clone())
+    })?;
+    Ok((reports, model))
+}
+
+/// Prints [`phases_per_batch`]'s figures on one line.
+fn print_phases(what: &str, p: &Value) {
+    let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    println!(
+        "{what}, per mini-batch: {:.0} µs = p(h|v) passes {:.0} + negative pass {:.0} (members apart {:.0}) + step {:.0} (apart {:.0}) + index {:.0} + other {:.0}",
+        f("batch_us"),
+        f("hidden_us"),
+        f("negative_us"),
+        f("negative_spread_us"),
+        f("step_us"),
+        f("step_spread_us"),
+        f("index_us"),
+        f("other_us")
+    );
+}
+
+/// The epochs' training seconds.
+fn epoch_seconds(reports: &[EpochReport]) -> Vec<f64> {
+    reports.iter().map(|r| r.seconds).collect()
+}
+
+/// Where the epochs' time went, per mini-batch and in microseconds: each phase's wall time, and
+/// for the two item-major passes how long the first team member to finish waited for the last
+/// (summed over all epochs, the first included).
+fn phases_per_batch(reports: &[EpochReport]) -> Value {
+    let batches = reports
+        .iter()
+        .map(|r| r.phases.batches)
+        .sum::<usize>()
+        .max(1) as f64;
+    let us = |f: &dyn Fn(&EpochReport) -> f64| 1e6 * reports.iter().map(f).sum::<f64>() / batches;
+    let total = us(&|r| r.seconds);
+    let parts = [
+        us(&|r| r.phases.hidden.seconds),
+        us(&|r| r.phases.negative.seconds),
+        us(&|r| r.phases.step.seconds),
+        us(&|r| r.phases.index.seconds),
+    ];
+    json!({
+        "batch_us": total,
+        "hidden_us": parts[0],
+        "negative_us": parts[1],
+        "negative_spread_us": us(&|r| r.phases.negative.spread_seconds),
+        "step_us": parts[2],
+        "step_spread_us": us(&|r| r.phases.step.spread_seconds),
+        "index_us": parts[3],
+        "other_us": total - parts.iter().sum::<f64>(),
+    })
 }
 
 /// The MovieLens-100K epoch, user- and item-based.
@@ -94,11 +146,12 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
     let ratings = read_ratings(path, RatingFormat::Auto, &mut users, &mut items)?;
     let scale = RatingScale::infer(&ratings)?;
     let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
-    let user = rating_fit(&m.by_user, m.n_items, scale.values(), 100, epochs)?.0;
-    let item = rating_fit(&m.by_item, m.n_users, scale.values(), 100, epochs)?.0;
+    let user_reports = rating_fit(&m.by_user, m.n_items, scale.values(), 100, epochs)?.0;
+    let user = epoch_seconds(&user_reports);
+    let item = epoch_seconds(&rating_fit(&m.by_item, m.n_users, scale.values(), 100, epochs)?.0);
     // The dense reference code's own mini-batch (its `fit` defaults to batch_sz=256), for a
     // like-for-like comparison with its epoch time.
-    let user256 = rating_fit(&m.by_user, m.n_items, scale.values(), 256, epochs)?.0;
+    let user256 = epoch_seconds(&rating_fit(&m.by_user, m.n_items, scale.values(), 256, epochs)?.0);
     let (us, is) = (median(user.clone()), median(item.clone()));
     // The fastest epoch beside the median: on a shared host, other tenants slow some epochs
     // down and none up, so the fastest is the code's own speed and the median what a run got.
@@ -111,6 +164,7 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
         "user_fastest_epoch_seconds": fastest(&user),
         "batch256_user_epoch_seconds": median(user256.clone()),
         "batch256_user_fastest_epoch_seconds": fastest(&user256), "batch256_user_epochs": user256,
+        "user_phases_per_batch": phases_per_batch(&user_reports),
     }))
 }
 
@@ -139,7 +193,8 @@ fn netflix_case(file: Option<&Path>, epochs: usize) -> Result<Value> {
             s
         }
     };
-    let (secs, model) = rating_fit(&set.by_user, set.n_items, &set.values, 1000, epochs)?;
+    let (reports, model) = rating_fit(&set.by_user, set.n_items, &set.values, 1000, epochs)?;
+    let secs = epoch_seconds(&reports);
     // The epoch's peak, before prediction adds its own buffers.
     let train_peak = peak_rss_bytes();
     let s = median(secs.clone());
@@ -167,6 +222,10 @@ fn netflix_case(file: Option<&Path>, epochs: usize) -> Result<Value> {
     );
     out.insert("netflix_epoch_seconds".into(), json!(s));
     out.insert("netflix_epochs".into(), json!(secs));
+    out.insert(
+        "netflix_phases_per_batch".into(),
+        phases_per_batch(&reports),
+    );
     out.insert(
         "netflix_ratings_per_sec".into(),
         json!(set.by_user.nnz() as f64 / s),
@@ -484,6 +543,10 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 ms("ml100k_epoch_seconds_batch256"),
                 ms("ml100k_fastest_epoch_seconds_batch256")
             );
+            print_phases(
+                "  user-based, batch 100",
+                &report["ml100k"]["user_phases_per_batch"],
+            );
         }
         if let Some(s) = report["netflix_epoch_seconds"].as_f64() {
             let prep = report
@@ -515,6 +578,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                     .unwrap_or(0.0)
                     / 1048576.0
             );
+            print_phases("  training", &report["netflix_phases_per_batch"]);
         }
         for n in report["notes"].as_array().into_iter().flatten() {
             println!("note: {}", n.as_str().unwrap_or(""));

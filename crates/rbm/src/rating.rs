@@ -36,9 +36,12 @@ use crate::linalg::store_lanes;
 use crate::linalg::{all_finite, gemm_team, prefetch_bytes, sigmoid};
 use crate::random::{Purpose, Stream, StreamKey};
 use crate::ratings::Csr;
-use crate::team::{STACK_SLOTS, Team, training_threads, with_team};
+use crate::team::{
+    PHASES, STACK_SLOTS, StepTimes, Team, claim, pack, training_threads, unpack, with_team,
+};
 use faer::{MatMut, MatRef};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// How the visible units are reconstructed in the negative phase.
@@ -330,7 +333,36 @@ pub struct EpochReport {
     pub recon_error: f64,
     /// Validation RMSE, when validation data was given.
     pub valid_rmse: Option<f64>,
+    /// Where the epoch's training time went, phase by phase.
+    pub phases: PhaseTimes,
 }
+
+/// An epoch's training time by phase of the mini-batches (the team's [`StepTimes`]): each
+/// phase's wall time, and how long the first team member to finish its part waited for the
+/// last (the cost of an uneven split, which a sampling profiler shows as work).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTimes {
+    /// Mini-batches in the epoch.
+    pub batches: usize,
+    /// The passes computing p(h|v) from the per-chunk sums (two per CD step).
+    pub hidden: StepTimes,
+    /// The negative visible pass (reconstructions, and their sums for p(h|vᵀ)); the serial
+    /// index of the next batch rides on it.
+    pub negative: StepTimes,
+    /// The parameter update: gradients, the momentum (or Adam) step, and the fused sums of the
+    /// next batch's positive phase.
+    pub step: StepTimes,
+    /// Indexing a batch's ratings by unit and summing its positive phase when neither rides
+    /// on another phase (the first batch, and batches too big for the serial index).
+    pub index: StepTimes,
+}
+
+/// The team phases of [`PhaseTimes`].
+const _: () = assert!(PHASES == 4);
+const PHASE_HIDDEN: usize = 0;
+const PHASE_NEGATIVE: usize = 1;
+const PHASE_STEP: usize = 2;
+const PHASE_INDEX: usize = 3;
 
 /// What [`RatingRbm::fit`] learns from.
 pub struct TrainData<'a> {
@@ -445,7 +477,7 @@ simd_fn!(
     fn simd_chunk_negative(model: &RatingRbm, i0: usize, i1: usize, by_item: &[(u32, u8)],
         by_item_ptr: &[usize], h: &[f32], negative: NegativePhase, last: bool,
         rngkey: (StreamKey, usize), z: &mut [f32], acc: &mut [f32],
-        bits: Option<(&[u32], usize)>) -> f64
+        bits: Option<(&[u32], usize)>, err: &mut f64) -> ()
         => RatingRbm::chunk_negative);
 
 /// The fused momentum step of one visible unit: parameters, velocities and their configs.
@@ -540,6 +572,146 @@ fn item_step_body(
         }
     }
 }
+
+/// [`NextPositive`]'s additions for a unit stepped elsewhere: its updated rows `wi` (K×M)
+/// into the chunk's per-case accumulator, rating by rating (elementwise adds: the same bits as
+/// in either step kernel).
+fn next_positive(ents: &[(u32, u8)], wi: &[f32], acc: &mut [f32], m: usize) {
+    with_simd(|| {
+        for &(n, cl) in ents {
+            let (n, cl) = (n as usize, cl as usize);
+            add(&mut acc[n * m..(n + 1) * m], &wi[cl * m..(cl + 1) * m]);
+        }
+    })
+}
+
+/// The negative pass's additions for a unit done by another member: each rating's sampled
+/// row of `wi` (K×M), or its K rows weighted by the probabilities in `z`, into its case's
+/// per-case sum, in rating order, with the same elementwise operations as the negative
+/// kernels (so the same bits).
+fn negative_sums(
+    ents: &[(u32, u8)],
+    z: &[f32],
+    wi: &[f32],
+    acc: &mut [f32],
+    negative: NegativePhase,
+) {
+    let k = z.len() / ents.len().max(1);
+    let m = wi.len() / k.max(1);
+    with_simd(|| {
+        for (e, &(n, _)) in ents.iter().enumerate() {
+            let (zr, an) = (
+                &z[e * k..(e + 1) * k],
+                &mut acc[n as usize * m..(n as usize + 1) * m],
+            );
+            if negative == NegativePhase::Sample {
+                // The one class set (as the step finds it).
+                let pick = zr
+                    .iter()
+                    .enumerate()
+                    .map(|(kk, &v)| kk * usize::from(v != 0.0))
+                    .sum::<usize>();
+                add(an, &wi[pick * m..(pick + 1) * m]);
+            } else {
+                for (kk, &pz) in zr.iter().enumerate() {
+                    axpy(an, pz, &wi[kk * m..(kk + 1) * m]);
+                }
+            }
+        }
+    })
+}
+
+/// Units a member claims at a time in the item-major passes (see [`UnitClaims`]).
+const CLAIM_UNITS: usize = 8;
+
+/// Claims on the units of the item-major passes' chunks, so that a member done with its own
+/// chunks can take over part of one still running. A chunk's runner takes units from its
+/// front, [`CLAIM_UNITS`] at a time; a member with nothing left takes them from its back
+/// (never the last two claims' worth) and does the part of their work that lands in per-unit
+/// outputs (the momentum step; the negative units and their squared errors); the runner then
+/// adds their rows to its chunk's per-case sums, in unit order, so the sums (and the model)
+/// are the same whoever did a unit. With whole chunks only, the members' finishing times
+/// differed by 10–20 % of each pass on this shared host.
+struct UnitClaims {
+    /// Per chunk, its units nobody has taken, `front..back` ([`pack`]ed).
+    spans: Vec<AtomicU64>,
+    /// Per chunk, units other members have finished.
+    helped: Vec<AtomicUsize>,
+}
+
+impl UnitClaims {
+    fn new() -> Self {
+        UnitClaims {
+            spans: (0..N_CHUNKS).map(|_| AtomicU64::new(0)).collect(),
+            helped: (0..N_CHUNKS).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Every chunk's units free again (before the team step that uses them publishes them).
+    fn reset(&self, bounds: &[usize]) {
+        for (c, (span, helped)) in self.spans.iter().zip(&self.helped).enumerate() {
+            span.store(pack(bounds[c], bounds[c + 1]), Ordering::Relaxed);
+            helped.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The runner's next units of chunk `c`.
+    fn front(&self, c: usize) -> Option<std::ops::Range<usize>> {
+        claim(&self.spans[c], |front, back| {
+            let end = back.min(front + CLAIM_UNITS);
+            (front < back).then_some((front..end, (end, back)))
+        })
+    }
+
+    /// Units of chunk `c` for a member that is not its runner, if it has enough left.
+    fn back(&self, c: usize) -> Option<std::ops::Range<usize>> {
+        claim(&self.spans[c], |front, back| {
+            (back >= front + 2 * CLAIM_UNITS)
+                .then_some((back - CLAIM_UNITS..back, (front, back - CLAIM_UNITS)))
+        })
+    }
+
+    /// Runs `f` on units of chunk `c` taken with [`Self::back`], then marks them done (their
+    /// outputs written before: the runner reads them after [`Self::wait_for_helpers`]). They
+    /// are marked done even if `f` panics, so the runner does not wait forever (the team then
+    /// reports the panic).
+    fn help(&self, c: usize, units: std::ops::Range<usize>, f: impl FnMut(usize)) {
+        struct Done<'a>(&'a AtomicUsize, usize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                #[cfg(test)]
+                UNITS_HELPED.fetch_add(self.1, Ordering::Relaxed);
+                self.0.fetch_add(self.1, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.helped[c], units.len());
+        units.for_each(f);
+    }
+
+    /// For the runner, once [`Self::front`] has nothing left: the first unit of chunk `c`
+    /// others took (its `end` if none), returned when they have all been done. Spins, then
+    /// yields (a helper that lost its core must get it back).
+    fn wait_for_helpers(&self, c: usize, end: usize) -> usize {
+        let top = unpack(self.spans[c].load(Ordering::Acquire)).1;
+        let mut spins = 0u32;
+        while self.helped[c].load(Ordering::Acquire) < end - top {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        top
+    }
+}
+
+/// Test hooks for [`UnitClaims`]: the runner of this chunk sleeps after each claim (so others
+/// take its units), and the units others did are counted.
+#[cfg(test)]
+static SLOW_CHUNK: AtomicUsize = AtomicUsize::new(usize::MAX);
+#[cfg(test)]
+static UNITS_HELPED: AtomicUsize = AtomicUsize::new(0);
 
 /// The next batch's positive phase for one visible unit, run right after the unit's momentum
 /// step while its updated K×M block is in cache: the unit's ratings in that batch and the
@@ -2142,6 +2314,14 @@ pub(crate) struct BatchGrad {
     pub(crate) gd: Vec<f32>,
     /// One K×M + K gradient block per chunk for the fused momentum step.
     step_scratch: Vec<f32>,
+    /// Claims on the chunks' units in the negative pass and the step run on this batch.
+    claims: UnitClaims,
+    /// Per team member, per-case sums for the units it does in others' chunks in the
+    /// negative pass (written, never read: the chunk's runner adds those rows itself).
+    help_acc: Vec<f32>,
+    /// Per visible unit, the squared reconstruction error of a unit done by a member other than
+    /// its chunk's runner in the negative pass.
+    unit_err: Vec<f64>,
     /// The sampled h of each case as bit masks, [`hidden_words`] u32 per case (16 bits each),
     /// for the negative pass's lane-parallel blocks.
     hbits: Vec<u32>,
@@ -2193,6 +2373,9 @@ impl BatchGrad {
                 Vec::new()
             },
             step_scratch: vec![0.0; N_CHUNKS * (k * m + k)],
+            claims: UnitClaims::new(),
+            help_acc: Vec::new(),
+            unit_err: vec![0.0; d],
             hbits: vec![0; bs * hidden_words(m)],
         }
     }
@@ -2507,11 +2690,10 @@ impl RatingRbm {
         z: &mut [f32],
         acc: &mut [f32],
         bits: Option<(&[u32], usize)>,
-    ) -> f64 {
+        err: &mut f64,
+    ) {
         let k = self.k;
-        acc.fill(0.0);
         let base_pos = by_item_ptr[i0];
-        let mut err = 0.0;
         for i in i0..i1 {
             let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
             if a == b {
@@ -2522,9 +2704,8 @@ impl RatingRbm {
             let mut rng = rngkey
                 .0
                 .stream((1u64 << 62) | ((i as u64) << 16) | rngkey.1 as u64);
-            err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc, bits);
+            *err += self.item_negative(i, ents, h, negative, last, &mut rng, zi, acc, bits);
         }
-        err
     }
 
     /// Negative visible step of one item for all its ratings in the batch (item-major, so the
@@ -2819,8 +3000,10 @@ impl RatingRbm {
         team: &Team<'_>,
     ) -> (f64, usize) {
         if !prepared {
-            self.batch_index(cases, batch, g, Some(team));
-            self.batch_positive(batch.len(), g, team);
+            team.timed(PHASE_INDEX, || {
+                self.batch_index(cases, batch, g, Some(team));
+                self.batch_positive(batch.len(), g, team);
+            });
         }
         let (k, m) = (self.k, self.m);
         let BatchGrad {
@@ -2835,6 +3018,9 @@ impl RatingRbm {
             by_item_ptr,
             by_item,
             hbits,
+            claims,
+            help_acc,
+            unit_err,
             ..
         } = g;
         let nb = batch.len();
@@ -2851,19 +3037,21 @@ impl RatingRbm {
             let accr = &acc[..];
             let bufs = [&mut p0[..], &mut p1[..], &mut base[..]];
             let runs = case_runs_with_bits(team, nb, m, bufs, &mut hbits[..], hb);
-            team.for_each(runs, |run| {
-                for (n, [p0, h, base], bits) in run {
-                    with_simd(|| {
-                        base.copy_from_slice(&model.c);
-                        if let Some(dm) = &model.dmat {
-                            add_rows(base, dm, implicit.row(batch[n]).0);
-                        }
-                        hidden_probs_from_chunks(p0, base, accr, n, nb);
-                        h.copy_from_slice(p0);
-                        case_rng(n, 0).bernoulli_in_place(h);
-                        hidden_bits(h, bits);
-                    })
-                }
+            team.timed(PHASE_HIDDEN, || {
+                team.for_each(runs, |run| {
+                    for (n, [p0, h, base], bits) in run {
+                        with_simd(|| {
+                            base.copy_from_slice(&model.c);
+                            if let Some(dm) = &model.dmat {
+                                add_rows(base, dm, implicit.row(batch[n]).0);
+                            }
+                            hidden_probs_from_chunks(p0, base, accr, n, nb);
+                            h.copy_from_slice(p0);
+                            case_rng(n, 0).bernoulli_in_place(h);
+                            hidden_bits(h, bits);
+                        })
+                    }
+                })
             });
         }
         let mut err = 0.0f64;
@@ -2871,18 +3059,11 @@ impl RatingRbm {
         for t in 0..t_steps {
             let last = t + 1 == t_steps;
             {
-                let mut rest_z: &mut [f32] = &mut zbi[..nr * k];
                 let jobs = acc[..N_CHUNKS * nb * m]
                     .chunks_mut(nb * m)
                     .enumerate()
                     .zip(err_item.iter_mut())
-                    .map(|((c, a), e)| {
-                        let len =
-                            (by_item_ptr[chunk_bounds[c + 1]] - by_item_ptr[chunk_bounds[c]]) * k;
-                        let (z, r) = std::mem::take(&mut rest_z).split_at_mut(len);
-                        rest_z = r;
-                        (c, z, a, e)
-                    });
+                    .map(|((c, a), e)| (c, a, e));
                 let (h, by_item, by_item_ptr, chunk_bounds) = (
                     &p1[..nb * m],
                     &by_item[..],
@@ -2894,28 +3075,111 @@ impl RatingRbm {
                 // Chunk c on the same member (here and in the momentum step) unless that member
                 // falls behind, so its part of W, its accumulator and its reconstructions stay
                 // in that core's caches: with members taking chunks as they came free, the step
-                // ran at half speed on two threads.
-                let extra = extra.take();
-                let chunk_job = |(c, z, a, e): (usize, &mut [f32], &mut [f32], &mut f64)| {
-                    *e = simd_chunk_negative(
-                        model,
-                        chunk_bounds[c],
-                        chunk_bounds[c + 1],
-                        by_item,
-                        by_item_ptr,
-                        h,
-                        negative,
-                        last,
-                        (skey, t),
-                        z,
-                        a,
-                        bits,
-                    );
+                // ran at half speed on two threads. Its units are claimed (`UnitClaims`), so
+                // their negative units and errors are reached through pointers.
+                claims.reset(chunk_bounds);
+                help_acc.resize(team.threads() * nb * m, 0.0);
+                if unit_err.len() < self.d {
+                    unit_err.resize(self.d, 0.0);
+                }
+                let (zp, ep, hp) = (
+                    SyncPtr(zbi.as_mut_ptr()),
+                    SyncPtr(unit_err.as_mut_ptr()),
+                    SyncPtr(help_acc.as_mut_ptr()),
+                );
+                let (zp, ep, hp, claims) = (&zp, &ep, &hp, &*claims);
+                // SAFETY (callers): units i0..i1 are claimed by the calling member alone in
+                // this team step, so their negative units (K per rating) are its alone.
+                let z_of = |i0: usize, i1: usize| unsafe {
+                    let (a, b) = (by_item_ptr[i0], by_item_ptr[i1]);
+                    std::slice::from_raw_parts_mut(zp.0.add(a * k), (b - a) * k)
                 };
-                team.for_each_static_and(jobs, chunk_job, || {
-                    if let Some(extra) = extra {
-                        extra();
+                let extra = extra.take();
+                let chunk_job = |(c, a, e): (usize, &mut [f32], &mut f64)| {
+                    a.fill(0.0);
+                    let mut err = 0.0f64;
+                    while let Some(r) = claims.front(c) {
+                        simd_chunk_negative(
+                            model,
+                            r.start,
+                            r.end,
+                            by_item,
+                            by_item_ptr,
+                            h,
+                            negative,
+                            last,
+                            (skey, t),
+                            z_of(r.start, r.end),
+                            a,
+                            bits,
+                            &mut err,
+                        );
+                        #[cfg(test)]
+                        if SLOW_CHUNK.load(Ordering::Relaxed) == c {
+                            std::thread::sleep(std::time::Duration::from_micros(300));
+                        }
                     }
+                    // Units from `top` on were done by others: their errors and rows, in
+                    // unit order.
+                    let end = chunk_bounds[c + 1];
+                    let top = claims.wait_for_helpers(c, end);
+                    for i in top..end {
+                        // SAFETY: unit i is done (`wait_for_helpers` read its count with
+                        // Acquire) and nobody writes its error or negative units any more in
+                        // this step; these are reads.
+                        let (ue, zi) = unsafe { (*ep.0.add(i), &*z_of(i, i + 1)) };
+                        err += ue;
+                        let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                        let wi = &model.w[i * k * m..(i + 1) * k * m];
+                        negative_sums(&by_item[lo..hi], zi, wi, a, negative);
+                    }
+                    *e = err;
+                };
+                // A member with no chunk left does units from the back of the others': their
+                // negative units and errors; its own sums of their rows are thrown away (the
+                // chunk's runner adds them to its own).
+                let idle = |member: usize| {
+                    // SAFETY: block `member` of `help_acc` (one per team member) is this
+                    // member's alone.
+                    let dump = unsafe {
+                        std::slice::from_raw_parts_mut(hp.0.add(member * nb * m), nb * m)
+                    };
+                    for c in 0..N_CHUNKS {
+                        while let Some(r) = claims.back(c) {
+                            claims.help(c, r, |i| {
+                                let mut ue = 0.0f64;
+                                simd_chunk_negative(
+                                    model,
+                                    i,
+                                    i + 1,
+                                    by_item,
+                                    by_item_ptr,
+                                    h,
+                                    negative,
+                                    last,
+                                    (skey, t),
+                                    z_of(i, i + 1),
+                                    dump,
+                                    bits,
+                                    &mut ue,
+                                );
+                                // SAFETY: unit i was claimed by this member alone.
+                                unsafe { *ep.0.add(i) = ue };
+                            });
+                        }
+                    }
+                };
+                team.timed(PHASE_NEGATIVE, || {
+                    team.for_each_static_and(
+                        jobs,
+                        chunk_job,
+                        || {
+                            if let Some(extra) = extra {
+                                extra();
+                            }
+                        },
+                        &idle,
+                    )
                 });
             }
             if last {
@@ -2925,21 +3189,23 @@ impl RatingRbm {
             let bufs = [&mut p1[..], &mut base[..], &mut pd[..]];
             let runs = case_runs_with_bits(team, nb, m, bufs, &mut hbits[..], hb);
             let p0 = &p0[..];
-            team.for_each(runs, |run| {
-                for (n, [p1, base, pd], bits) in run {
-                    with_simd(|| {
-                        hidden_probs_from_chunks(p1, base, accr, n, nb);
-                        if last {
-                            let p0 = case_row(p0, n, m);
-                            for ((d, &a), &b) in pd.iter_mut().zip(p0).zip(&*p1) {
-                                *d = a - b;
+            team.timed(PHASE_HIDDEN, || {
+                team.for_each(runs, |run| {
+                    for (n, [p1, base, pd], bits) in run {
+                        with_simd(|| {
+                            hidden_probs_from_chunks(p1, base, accr, n, nb);
+                            if last {
+                                let p0 = case_row(p0, n, m);
+                                for ((d, &a), &b) in pd.iter_mut().zip(p0).zip(&*p1) {
+                                    *d = a - b;
+                                }
+                            } else {
+                                case_rng(n, t + 1).bernoulli_in_place(p1);
+                                hidden_bits(p1, bits);
                             }
-                        } else {
-                            case_rng(n, t + 1).bernoulli_in_place(p1);
-                            hidden_bits(p1, bits);
-                        }
-                    })
-                }
+                        })
+                    }
+                })
             });
         }
 
@@ -3075,23 +3341,27 @@ impl RatingRbm {
             .chunks_mut(per * k * m)
             .zip(gb.chunks_mut(per * k))
             .enumerate();
-        team.for_each(runs, |(r, (gw, gb))| {
-            for (i, (gwi, gbi)) in (r * per..).zip(gw.chunks_mut(k * m).zip(gb.chunks_mut(k))) {
-                let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                item_step(
-                    &by_item[a..b],
-                    rows,
-                    &zbi[a * k..b * k],
-                    inv_b,
-                    negative == NegativePhase::Sample,
-                    gwi,
-                    gbi,
-                    None,
-                    None,
-                );
-            }
+        team.timed(PHASE_STEP, || {
+            team.for_each(runs, |(r, (gw, gb))| {
+                for (i, (gwi, gbi)) in (r * per..).zip(gw.chunks_mut(k * m).zip(gb.chunks_mut(k))) {
+                    let (a, b) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                    item_step(
+                        &by_item[a..b],
+                        rows,
+                        &zbi[a * k..b * k],
+                        inv_b,
+                        negative == NegativePhase::Sample,
+                        gwi,
+                        gbi,
+                        None,
+                        None,
+                    );
+                }
+            })
         });
-        self.hidden_grads(own_sets(cases, implicit), batch, g, team);
+        team.timed(PHASE_STEP, || {
+            self.hidden_grads(own_sets(cases, implicit), batch, g, team)
+        });
         out
     }
 
@@ -3170,6 +3440,8 @@ impl RatingRbm {
         // starting its helper threads cost ~0.1 ms per epoch. Between epochs they wait
         // (spinning briefly, then parked) while validation and `progress` run here.
         with_team(training_threads(), |team| -> Result<()> {
+            // A gradient block per member for the units it steps for others (`UnitClaims`).
+            let mut help_scratch = vec![0.0f32; team.threads() * (k * m + k)];
             let order = |epoch: usize| {
                 Stream::new(params.seed, Purpose::Shuffle, epoch as u64, 0, 0)
                     .permutation(active.len())
@@ -3190,6 +3462,7 @@ impl RatingRbm {
                 let mut err_sum = 0.0f64;
                 let mut n_rated = 0usize;
                 team.forget_contention();
+                let batches_run = perm.chunks(bs).len();
                 for (bi, chunk) in perm.chunks(bs).enumerate() {
                     batch_cases.clear();
                     batch_cases.extend(chunk.iter().map(|&p| active[p]));
@@ -3244,7 +3517,9 @@ impl RatingRbm {
                             )
                         };
                         if next.is_some() && !serial_index {
-                            self.batch_index(cases, &next_cases, &mut gn, Some(team));
+                            team.timed(PHASE_INDEX, || {
+                                self.batch_index(cases, &next_cases, &mut gn, Some(team))
+                            });
                         }
                         err_sum += err;
                         n_rated += nr;
@@ -3275,63 +3550,145 @@ impl RatingRbm {
                         } else {
                             &g.step_bounds[..]
                         };
-                        let (mut rw, mut rv): (&mut [f32], &mut [f32]) =
-                            (&mut self.w[..], &mut s_w.m1[..]);
-                        let (mut rb, mut rvb): (&mut [f32], &mut [f32]) =
-                            (&mut self.b[..], &mut s_b.m1[..]);
                         let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
                         let mut scratch = step_scratch.chunks_mut(k * m + k);
                         let jobs = (0..N_CHUNKS).map(|c| {
-                            let (i0, i1) = (bounds[c], bounds[c + 1]);
-                            let units = i1 - i0;
-                            let (w, r) = std::mem::take(&mut rw).split_at_mut(units * k * m);
-                            rw = r;
-                            let (v, r) = std::mem::take(&mut rv).split_at_mut(units * k * m);
-                            rv = r;
-                            let (b, r) = std::mem::take(&mut rb).split_at_mut(units * k);
-                            rb = r;
-                            let (vb, r) = std::mem::take(&mut rvb).split_at_mut(units * k);
-                            rvb = r;
                             let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
                             racc = r;
                             let (gwi, gbi) = scratch
                                 .next()
                                 .expect("a block per chunk")
                                 .split_at_mut(k * m);
-                            (i0, i1, w, v, b, vb, a, gwi, gbi)
+                            (c, a, gwi, gbi)
                         });
+                        let claims = &g.claims;
+                        claims.reset(bounds);
                         let (nents, nptr) = (&nents[..], &nptr[..]);
                         let has_next = next.is_some();
-                        team.for_each_static(jobs, |(i0, i1, w, v, b, vb, a, gwi, gbi)| {
-                            a.fill(0.0);
-                            let blocks = w
-                                .chunks_mut(k * m)
-                                .zip(v.chunks_mut(k * m))
-                                .zip(b.chunks_mut(k))
-                                .zip(vb.chunks_mut(k));
-                            for (i, (((w, vw), b), vb)) in (i0..i1).zip(blocks) {
-                                let step = ItemMomentum {
-                                    w,
-                                    vw,
-                                    b,
-                                    vb,
+                        // Units are claimed (see `UnitClaims`), so W, its velocity and the
+                        // biases are reached through pointers: a unit's rows belong to whichever
+                        // member claimed it.
+                        let (wp, vp) = (SyncPtr(self.w.as_mut_ptr()), SyncPtr(s_w.m1.as_mut_ptr()));
+                        let (bp, vbp) =
+                            (SyncPtr(self.b.as_mut_ptr()), SyncPtr(s_b.m1.as_mut_ptr()));
+                        let (wp, vp, bp, vbp) = (&wp, &vp, &bp, &vbp);
+                        let unit = |i: usize| {
+                            let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                            // SAFETY: unit i < d was claimed by this member alone in this step
+                            // (each unit of a chunk's span goes to exactly one claim), so these
+                            // rows are not reached by any other member until the step ends.
+                            let step = unsafe {
+                                ItemMomentum {
+                                    w: std::slice::from_raw_parts_mut(wp.0.add(i * k * m), k * m),
+                                    vw: std::slice::from_raw_parts_mut(vp.0.add(i * k * m), k * m),
+                                    b: std::slice::from_raw_parts_mut(bp.0.add(i * k), k),
+                                    vb: std::slice::from_raw_parts_mut(vbp.0.add(i * k), k),
                                     wcfg: wc,
                                     bcfg: bc,
-                                };
-                                let nx = has_next.then(|| NextPositive {
-                                    ents: &nents[nptr[i]..nptr[i + 1]],
-                                    acc: &mut *a,
-                                });
-                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
-                                item_step(ents, rows, zi, inv_b, sampled, gwi, gbi, Some(step), nx);
+                                }
+                            };
+                            (&by_item[lo..hi], &zbi[lo * k..hi * k], step)
+                        };
+                        let hs = SyncPtr(help_scratch.as_mut_ptr());
+                        let hs = &hs;
+                        // A member with no chunk left steps units from the back of the others'
+                        // (their momentum step only); the chunk's runner adds their rows to the
+                        // next batch's positive sums afterwards.
+                        let idle = |member: usize| {
+                            // SAFETY: block `member` of `help_scratch` (one per team member) is
+                            // this member's alone.
+                            let (gwi, gbi) = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    hs.0.add(member * (k * m + k)),
+                                    k * m + k,
+                                )
+                            }
+                            .split_at_mut(k * m);
+                            for c in 0..N_CHUNKS {
+                                while let Some(r) = claims.back(c) {
+                                    claims.help(c, r, |i| {
+                                        let (ents, zi, step) = unit(i);
+                                        item_step(
+                                            ents,
+                                            rows,
+                                            zi,
+                                            inv_b,
+                                            sampled,
+                                            gwi,
+                                            gbi,
+                                            Some(step),
+                                            None,
+                                        );
+                                    });
+                                }
+                            }
+                        };
+                        team.timed(PHASE_STEP, || {
+                            team.for_each_static_and(
+                                jobs,
+                                |(c, a, gwi, gbi)| {
+                                    a.fill(0.0);
+                                    while let Some(r) = claims.front(c) {
+                                        for i in r {
+                                            let (ents, zi, step) = unit(i);
+                                            let nx = has_next.then(|| NextPositive {
+                                                ents: &nents[nptr[i]..nptr[i + 1]],
+                                                acc: &mut *a,
+                                            });
+                                            item_step(
+                                                ents,
+                                                rows,
+                                                zi,
+                                                inv_b,
+                                                sampled,
+                                                gwi,
+                                                gbi,
+                                                Some(step),
+                                                nx,
+                                            );
+                                        }
+                                        #[cfg(test)]
+                                        if SLOW_CHUNK.load(Ordering::Relaxed) == c {
+                                            std::thread::sleep(std::time::Duration::from_micros(
+                                                300,
+                                            ));
+                                        }
+                                    }
+                                    // Units from `top` on were stepped by others: once they are
+                                    // all done, their rows go into the sums, in unit order.
+                                    let end = bounds[c + 1];
+                                    let top = claims.wait_for_helpers(c, end);
+                                    if has_next {
+                                        for i in top..end {
+                                            // SAFETY: unit i's step is done (counted in `helped`,
+                                            // read with Acquire) and nobody writes W in this step
+                                            // any more for it; these are reads of its rows.
+                                            let wi = unsafe {
+                                                std::slice::from_raw_parts(
+                                                    wp.0.add(i * k * m),
+                                                    k * m,
+                                                )
+                                            };
+                                            next_positive(&nents[nptr[i]..nptr[i + 1]], wi, a, m);
+                                        }
+                                    }
+                                },
+                                || {},
+                                &idle,
+                            )
+                        });
+                        team.timed(PHASE_STEP, || {
+                            self.hidden_grads(
+                                own_sets(cases, implicit),
+                                &batch_cases,
+                                &mut g,
+                                team,
+                            );
+                            opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
+                            if let Some(dm) = &mut self.dmat {
+                                opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
                             }
                         });
-                        self.hidden_grads(own_sets(cases, implicit), &batch_cases, &mut g, team);
-                        opt_step(&mut self.c, &g.gc, &mut s_c, &bcfg, adam, team);
-                        if let Some(dm) = &mut self.dmat {
-                            opt_step(dm, &g.gd, &mut s_d, &wcfg, adam, team);
-                        }
                         // The next batch (indexed, positive phase done) becomes the current one.
                         std::mem::swap(&mut g, &mut gn);
                         continue;
@@ -3351,38 +3708,40 @@ impl RatingRbm {
                     let (gw, gb, gc, gd) = (&g.gw, &g.gb, &g.gc, &g.gd);
 
                     // Optimizer steps.
-                    match &mut self.factors {
-                        None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
-                        Some((cf, a, bf)) => {
-                            let cf = *cf;
-                            // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
-                            // rows to split over the team); gB (M×C) = gW Aᵀ.
-                            let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
-                            let b_ref = MatRef::from_column_major_slice(bf, m, cf);
-                            let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
-                            gemm_team(
-                                MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
-                                    .transpose_mut(),
-                                gw_ref.transpose(),
-                                b_ref,
-                                team,
-                            );
-                            gemm_team(
-                                MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
-                                gw_ref,
-                                a_ref.transpose(),
-                                team,
-                            );
-                            opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
-                            opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
-                            factor_product(&mut self.w, a, bf, d * k, cf, m, team);
+                    team.timed(PHASE_STEP, || {
+                        match &mut self.factors {
+                            None => opt_step(&mut self.w, gw, &mut s_w, &wcfg, adam, team),
+                            Some((cf, a, bf)) => {
+                                let cf = *cf;
+                                // gA (C×DK, column-major) = Bᵀ gW, computed as gAᵀ = gWᵀ B (DK
+                                // rows to split over the team); gB (M×C) = gW Aᵀ.
+                                let gw_ref = MatRef::from_column_major_slice(gw, m, d * k);
+                                let b_ref = MatRef::from_column_major_slice(bf, m, cf);
+                                let a_ref = MatRef::from_column_major_slice(a, cf, d * k);
+                                gemm_team(
+                                    MatMut::from_column_major_slice_mut(&mut gfa, cf, d * k)
+                                        .transpose_mut(),
+                                    gw_ref.transpose(),
+                                    b_ref,
+                                    team,
+                                );
+                                gemm_team(
+                                    MatMut::from_column_major_slice_mut(&mut gfb, m, cf),
+                                    gw_ref,
+                                    a_ref.transpose(),
+                                    team,
+                                );
+                                opt_step(a, &gfa, &mut s_fa, &wcfg, adam, team);
+                                opt_step(bf, &gfb, &mut s_fb, &wcfg, adam, team);
+                                factor_product(&mut self.w, a, bf, d * k, cf, m, team);
+                            }
                         }
-                    }
-                    opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
-                    opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
-                    if let Some(dm) = &mut self.dmat {
-                        opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
-                    }
+                        opt_step(&mut self.b, gb, &mut s_b, &bcfg, adam, team);
+                        opt_step(&mut self.c, gc, &mut s_c, &bcfg, adam, team);
+                        if let Some(dm) = &mut self.dmat {
+                            opt_step(dm, gd, &mut s_d, &wcfg, adam, team);
+                        }
+                    });
                 }
                 first_prepared = fused && next_perm.is_some();
                 if let Some(p) = next_perm {
@@ -3409,12 +3768,20 @@ impl RatingRbm {
                         params.predict,
                     )
                 });
+                let [hidden, negative, step, index] = team.take_times();
                 progress(&EpochReport {
                     epoch: epoch + 1,
                     t: t_steps,
                     seconds: secs,
                     recon_error: err_sum / n_rated.max(1) as f64,
                     valid_rmse,
+                    phases: PhaseTimes {
+                        batches: batches_run,
+                        hidden,
+                        negative,
+                        step,
+                        index,
+                    },
                 });
                 if let Some(v) = valid_rmse
                     && best.as_ref().is_none_or(|b| v < b.0)
@@ -4591,6 +4958,119 @@ pub(crate) mod tests {
             assert_eq!(one, fit_planted_with(2, 4, tweak));
             assert_eq!(one, fit_planted_with(3, 4, tweak));
             assert_ne!(one.w, a.w);
+        }
+    }
+
+    #[test]
+    fn epoch_reports_account_for_every_phase() {
+        // 120 planted cases, batches of 16: each epoch's phases are timed once per batch (the
+        // p(h|v) passes twice, the step in two parts), the first batch of the run is indexed
+        // on its own, and the phases fit inside the epoch's time.
+        let ratings = planted(120, 40, 3, 0.5, 1);
+        let scale = RatingScale::infer(&ratings).unwrap();
+        let mat = RatingMatrix::from_ratings(120, 40, &ratings, &scale).unwrap();
+        let active = (0..120)
+            .filter(|&r| !mat.by_user.row(r).0.is_empty())
+            .count();
+        let params = RatingRbmParams::new()
+            .hidden(16)
+            .epochs(3)
+            .batch_size(16)
+            .check()
+            .unwrap();
+        let data = TrainData::new(&mat.by_user, 40, scale.values());
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut reports = Vec::new();
+            pool.install(|| {
+                RatingRbm::fit(&params, &data, &mut |r: &EpochReport| {
+                    reports.push(r.clone())
+                })
+            })
+            .unwrap();
+            assert_eq!(reports.len(), 3);
+            for (e, r) in reports.iter().enumerate() {
+                let p = &r.phases;
+                let nb = active.div_ceil(16) as u64;
+                assert_eq!(p.batches as u64, nb);
+                assert_eq!(p.hidden.calls, 2 * nb, "epoch {e}");
+                assert_eq!(p.negative.calls, nb, "epoch {e}");
+                assert_eq!(p.step.calls, 2 * nb, "epoch {e}");
+                assert_eq!(p.index.calls, u64::from(e == 0), "epoch {e}");
+                let parts = [p.hidden, p.negative, p.step, p.index];
+                let sum: f64 = parts.iter().map(|t| t.seconds).sum();
+                assert!(
+                    sum > 0.0 && sum <= r.seconds,
+                    "epoch {e}: {sum} vs {}",
+                    r.seconds
+                );
+                for t in parts {
+                    assert!(t.spread_seconds >= 0.0 && t.spread_seconds <= t.seconds);
+                    if training_threads_for(threads) == 1 {
+                        assert_eq!(t.spread_seconds, 0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The team size a pool of `threads` gets ([`training_threads`] inside it).
+    fn training_threads_for(threads: usize) -> usize {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(training_threads)
+    }
+
+    #[test]
+    fn units_stepped_by_another_member_give_the_same_model() {
+        // One chunk's runner is slowed down, so the other member steps the back of that
+        // chunk: the model must be the same, bit for bit, as with nobody helping (one thread).
+        let ratings = planted(200, 600, 4, 0.3, 3);
+        let scale = RatingScale::infer(&ratings).unwrap();
+        let mat = RatingMatrix::from_ratings(200, 600, &ratings, &scale).unwrap();
+        let data = TrainData::new(&mat.by_user, 600, scale.values());
+        // Sampled and mean-field negative units, and CD-3 (three negative passes a batch).
+        for (negative, t) in [
+            (NegativePhase::Sample, 1),
+            (NegativePhase::MeanField, 1),
+            (NegativePhase::Sample, 3),
+        ] {
+            let params = RatingRbmParams::new()
+                .hidden(24)
+                .epochs(2)
+                .batch_size(50)
+                .negative(negative)
+                .cd(CdSchedule::constant(t))
+                .check()
+                .unwrap();
+            let fit = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        let mut errs = Vec::new();
+                        let progress = &mut |r: &EpochReport| errs.push(r.recon_error);
+                        (RatingRbm::fit(&params, &data, progress).unwrap().0, errs)
+                    })
+            };
+            let alone = fit(1);
+            SLOW_CHUNK.store(N_CHUNKS - 1, Ordering::Relaxed);
+            UNITS_HELPED.store(0, Ordering::Relaxed);
+            let helped = fit(2);
+            let n_helped = UNITS_HELPED.load(Ordering::Relaxed);
+            SLOW_CHUNK.store(usize::MAX, Ordering::Relaxed);
+            assert_eq!(alone.0, helped.0, "{negative:?}, CD-{t}");
+            // The reconstruction errors too (summed in the same order).
+            assert_eq!(alone.1, helped.1, "{negative:?}, CD-{t}");
+            if training_threads_for(2) == 2 {
+                assert!(n_helped > 0, "nobody took units from the slowed chunk");
+            }
         }
     }
 

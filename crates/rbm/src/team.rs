@@ -17,6 +17,10 @@
 //! workers share the cores with the team's waiting helpers (the rating RBM's conditional, Adam
 //! and factored epochs ran 13–25 % slower that way).
 //!
+//! A team also keeps the time its steps take per phase ([`Team::timed`], [`Team::take_times`]):
+//! the wall time, and how long the first member to finish waited for the last, which no
+//! profiler shows directly (both members are "busy" in a sampling profile while one spins).
+//!
 //! A team takes its size from the caller's rayon pool and owns those cores while it runs: to
 //! train several models at once, run each in its own small pool (`ThreadPoolBuilder::new()
 //! .num_threads(1).build()?.install(..)`), or the teams' spinning helpers crowd the cores.
@@ -100,26 +104,54 @@ impl<T> Slots<T> {
 
 /// A member's unclaimed run of items, `front..back`, in one word (a step's items are held
 /// in memory, so far fewer than 2³²).
-fn pack(front: usize, back: usize) -> u64 {
+pub(crate) fn pack(front: usize, back: usize) -> u64 {
     debug_assert!(front <= back && back <= u32::MAX as usize);
     ((front as u64) << 32) | back as u64
 }
 
+/// The run `(front, back)` packed by [`pack`].
+pub(crate) fn unpack(word: u64) -> (usize, usize) {
+    ((word >> 32) as usize, (word & 0xFFFF_FFFF) as usize)
+}
+
 /// Claims an item of a run atomically: `pick(front, back)` gives the item and the new run,
 /// or nothing to claim.
-fn claim(
+pub(crate) fn claim<I>(
     run: &AtomicU64,
-    pick: impl Fn(usize, usize) -> Option<(usize, (usize, usize))>,
-) -> Option<usize> {
+    pick: impl Fn(usize, usize) -> Option<(I, (usize, usize))>,
+) -> Option<I> {
     let mut cur = run.load(Ordering::Acquire);
     loop {
-        let (front, back) = ((cur >> 32) as usize, (cur & 0xFFFF_FFFF) as usize);
+        let (front, back) = unpack(cur);
         let (item, (f, b)) = pick(front, back)?;
         match run.compare_exchange_weak(cur, pack(f, b), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return Some(item),
             Err(now) => cur = now,
         }
     }
+}
+
+/// Phases a team keeps times for ([`Team::timed`]).
+pub const PHASES: usize = 4;
+
+/// What the steps timed under one phase cost (see [`Team::timed`]), summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTimes {
+    /// Calls timed.
+    pub calls: u64,
+    /// Their wall time on the caller, seconds.
+    pub seconds: f64,
+    /// Time the first member to finish a parallel step waited for the last, summed over
+    /// steps, seconds (0 with one thread): what an even split would save.
+    pub spread_seconds: f64,
+}
+
+/// One phase's running sums, in nanoseconds.
+#[derive(Default)]
+struct Tally {
+    calls: AtomicU64,
+    wall: AtomicU64,
+    spread: AtomicU64,
 }
 
 /// The team of a parallel training run (see the module doc). Get one from [`with_team`].
@@ -133,6 +165,11 @@ pub struct Team<'a> {
     /// Whether members that are done take items a late member has not started (tests turn it
     /// off to check where items run).
     steal: AtomicBool,
+    /// The phase being timed ([`Team::timed`]), or [`PHASES`] for none.
+    phase: AtomicUsize,
+    tallies: [Tally; PHASES],
+    /// Per member, when it finished the current step (nanoseconds after the step began).
+    finished: Vec<AtomicU64>,
 }
 
 /// The team size for a training run: the caller's rayon pool decides (as `--threads` and
@@ -173,6 +210,9 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
             helpers,
             claims: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             steal: AtomicBool::new(true),
+            phase: AtomicUsize::new(PHASES),
+            tallies: Default::default(),
+            finished: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         };
         // Stop the helpers however `body` ends (a panic included), or the scope would wait.
         struct Stop<'t, 'a>(&'t Team<'a>);
@@ -297,18 +337,57 @@ impl Team<'_> {
         self.shared.contended.store(false, Ordering::Relaxed);
     }
 
+    /// Runs `f` (the caller's part of a phase: one or more parallel steps) and adds its wall
+    /// time, and the spread of its parallel steps, to phase `phase` (below [`PHASES`]; nested
+    /// calls are timed under the innermost phase).
+    pub fn timed<R>(&self, phase: usize, f: impl FnOnce() -> R) -> R {
+        assert!(phase < PHASES, "phase {phase} out of range");
+        let outer = self.phase.swap(phase, Ordering::Relaxed);
+        let start = Instant::now();
+        let r = f();
+        let t = &self.tallies[phase];
+        t.wall
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        t.calls.fetch_add(1, Ordering::Relaxed);
+        self.phase.store(outer, Ordering::Relaxed);
+        r
+    }
+
+    /// The times summed per phase since the last call (see [`Self::timed`]), and resets them.
+    pub fn take_times(&self) -> [StepTimes; PHASES] {
+        std::array::from_fn(|p| {
+            let t = &self.tallies[p];
+            StepTimes {
+                calls: t.calls.swap(0, Ordering::Relaxed),
+                seconds: t.wall.swap(0, Ordering::Relaxed) as f64 * 1e-9,
+                spread_seconds: t.spread.swap(0, Ordering::Relaxed) as f64 * 1e-9,
+            }
+        })
+    }
+
     /// Runs `f(member)` once on every member (0 on the caller) and returns when all are done.
     pub fn run<'f>(&self, f: &'f (dyn Fn(usize) + Sync + 'f)) {
         if self.threads == 1 {
             f(0);
             return;
         }
+        // With a phase being timed, each member notes when it finished (stored before its
+        // `done` increment, so the caller reads them after the wait below).
+        let phase = self.phase.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let noted = |member: usize| {
+            f(member);
+            if phase < PHASES {
+                let ns = start.elapsed().as_nanos() as u64;
+                self.finished[member].store(ns, Ordering::Relaxed);
+            }
+        };
+        let f: &(dyn Fn(usize) + Sync) = &noted;
         // SAFETY: the reference is only used by helpers between the generation bump below and
         // their `done` increment, and this function does not return (nor unwind: the caller's
-        // own part is caught) before every helper has incremented `done`; so `f` outlives
-        // every use despite the erased lifetime.
-        let erased =
-            unsafe { std::mem::transmute::<&'f (dyn Fn(usize) + Sync + 'f), &'static Task>(f) };
+        // own part is caught) before every helper has incremented `done`; so `f` (and what it
+        // borrows) outlives every use despite the erased lifetime.
+        let erased = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(f) };
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
         self.shared.done.store(0, Ordering::Release);
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
@@ -336,6 +415,13 @@ impl Team<'_> {
             spin = Spin::new(me);
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if phase < PHASES && mine.is_ok() {
+            let ends = self.finished.iter().map(|t| t.load(Ordering::Relaxed));
+            let (first, last) = ends.fold((u64::MAX, 0), |(a, b), t| (a.min(t), b.max(t)));
+            self.tallies[phase]
+                .spread
+                .fetch_add(last.saturating_sub(first), Ordering::Relaxed);
+        }
         if let Err(p) = mine {
             resume_unwind(p);
         }
@@ -381,13 +467,16 @@ impl Team<'_> {
         items: impl IntoIterator<Item = T>,
         f: impl Fn(T) + Sync,
     ) {
-        self.for_each_static_and(items, f, || {});
+        self.for_each_static_and(items, f, || {}, &|_| {});
     }
 
     /// [`Self::for_each_static`], and `extra` once, on the first member to finish its own items,
     /// after them (here, after the items, with one thread or at most one item): a serial job
     /// that needs none of the items' results rides on a member that would otherwise wait for
-    /// the others, instead of holding up the whole team afterwards. Allocates nothing for up
+    /// the others, instead of holding up the whole team afterwards. Then `idle(member)` on
+    /// every member once it has no items left to take (not with one thread or at most one
+    /// item): for items that let a member that is done take over part of an item still
+    /// running (the caller's items and `idle` share that protocol). Allocates nothing for up
     /// to [`STACK_SLOTS`] items.
     ///
     /// Members start their runs at the front; after its own run (and `extra`, if it got it) a
@@ -401,6 +490,7 @@ impl Team<'_> {
         items: impl IntoIterator<Item = T>,
         f: impl Fn(T) + Sync,
         extra: impl FnOnce() + Send,
+        idle: &(dyn Fn(usize) + Sync),
     ) {
         if self.threads == 1 {
             items.into_iter().for_each(f);
@@ -441,16 +531,16 @@ impl Team<'_> {
             if let Some(extra) = job {
                 extra();
             }
-            if !steal {
-                return;
-            }
-            for other in (1..t).map(|d| (member + d) % t) {
-                while let Some(i) = claim(&self.claims[other], |front, back| {
-                    (back >= front + 2).then_some((back - 1, (front, back - 1)))
-                }) {
-                    run(i);
+            if steal {
+                for other in (1..t).map(|d| (member + d) % t) {
+                    while let Some(i) = claim(&self.claims[other], |front, back| {
+                        (back >= front + 2).then_some((back - 1, (front, back - 1)))
+                    }) {
+                        run(i);
+                    }
                 }
             }
+            idle(member);
         });
     }
 
@@ -531,6 +621,39 @@ mod tests {
     }
 
     #[test]
+    fn timed_phases_sum_wall_time_and_the_wait_for_the_last_member() {
+        for threads in [1, 2] {
+            with_team(threads, |team| {
+                // Untimed steps count nowhere.
+                team.for_each(0..4usize, |_| {});
+                let sleep = Duration::from_millis(30);
+                team.timed(2, || {
+                    team.for_each(0..2usize, |i| {
+                        if i == 1 {
+                            std::thread::sleep(sleep);
+                        }
+                    })
+                });
+                let t = team.take_times();
+                assert_eq!(t[2].calls, 1);
+                assert!(t[2].seconds >= sleep.as_secs_f64(), "{t:?}");
+                if threads == 1 {
+                    assert_eq!(t[2].spread_seconds, 0.0);
+                } else {
+                    // Whichever member took item 1 finished ≥ 30 ms after the other.
+                    assert!(t[2].spread_seconds >= 0.025, "{t:?}");
+                    assert!(t[2].spread_seconds <= t[2].seconds, "{t:?}");
+                }
+                for p in [0, 1, 3] {
+                    assert_eq!(t[p], StepTimes::default());
+                }
+                // Taken, so reset.
+                assert_eq!(team.take_times(), [StepTimes::default(); PHASES]);
+            });
+        }
+    }
+
+    #[test]
     fn static_items_run_on_their_members() {
         // Item i of n on member i·threads/n: the items of one thread form contiguous runs.
         for (threads, n) in [(2, 8), (3, 7), (2, 3 * STACK_SLOTS + 1)] {
@@ -556,6 +679,7 @@ mod tests {
                 // items (members are told apart by thread, as above).
                 let done_by = Mutex::new(std::collections::HashMap::new());
                 let runs = AtomicUsize::new(0);
+                let idles = AtomicUsize::new(0);
                 team.for_each_static_and(
                     0..n,
                     |_| {
@@ -574,8 +698,25 @@ mod tests {
                         let done = done_by.lock().unwrap().get(&me).copied().unwrap_or(0);
                         assert_eq!(done, own, "threads {threads} n {n}");
                     },
+                    &|member| {
+                        // Once per member (bit `member`), with nothing left to take.
+                        assert_eq!(
+                            idles.fetch_or(1 << member, Ordering::Relaxed) & (1 << member),
+                            0
+                        );
+                    },
                 );
                 assert_eq!(runs.load(Ordering::Relaxed), 1);
+                let every = if threads > 1 && n > 1 {
+                    (1 << threads) - 1
+                } else {
+                    0
+                };
+                assert_eq!(
+                    idles.swap(0, Ordering::Relaxed),
+                    every,
+                    "threads {threads} n {n}"
+                );
             });
         }
     }
@@ -616,6 +757,7 @@ mod tests {
                     || {
                         extra.fetch_add(1, Ordering::Relaxed);
                     },
+                    &|_| {},
                 );
                 assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1), "n {n}");
                 assert_eq!(extra.load(Ordering::Relaxed), 1);
