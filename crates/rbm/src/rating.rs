@@ -3572,23 +3572,36 @@ impl RatingRbm {
                         let (bp, vbp) =
                             (SyncPtr(self.b.as_mut_ptr()), SyncPtr(s_b.m1.as_mut_ptr()));
                         let (wp, vp, bp, vbp) = (&wp, &vp, &bp, &vbp);
-                        let unit = |i: usize| {
-                            let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
-                            // SAFETY: unit i < d was claimed by this member alone in this step
-                            // (each unit of a chunk's span goes to exactly one claim), so these
-                            // rows are not reached by any other member until the step ends.
-                            let step = unsafe {
-                                ItemMomentum {
-                                    w: std::slice::from_raw_parts_mut(wp.0.add(i * k * m), k * m),
-                                    vw: std::slice::from_raw_parts_mut(vp.0.add(i * k * m), k * m),
-                                    b: std::slice::from_raw_parts_mut(bp.0.add(i * k), k),
-                                    vb: std::slice::from_raw_parts_mut(vbp.0.add(i * k), k),
-                                    wcfg: wc,
-                                    bcfg: bc,
-                                }
+                        // Unit i's fused step (gradient, momentum, and the next batch's positive
+                        // rows when `nx` is given), with `gwi`/`gbi` as scratch.
+                        let step_unit =
+                            |i: usize,
+                             gwi: &mut [f32],
+                             gbi: &mut [f32],
+                             nx: Option<NextPositive<'_>>| {
+                                let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
+                                // SAFETY: unit i < d was claimed by this member alone in this step
+                                // (each unit of a chunk's span goes to exactly one claim), so these
+                                // rows are not reached by any other member until the step ends.
+                                let step = unsafe {
+                                    ItemMomentum {
+                                        w: std::slice::from_raw_parts_mut(
+                                            wp.0.add(i * k * m),
+                                            k * m,
+                                        ),
+                                        vw: std::slice::from_raw_parts_mut(
+                                            vp.0.add(i * k * m),
+                                            k * m,
+                                        ),
+                                        b: std::slice::from_raw_parts_mut(bp.0.add(i * k), k),
+                                        vb: std::slice::from_raw_parts_mut(vbp.0.add(i * k), k),
+                                        wcfg: wc,
+                                        bcfg: bc,
+                                    }
+                                };
+                                let (ents, zi) = (&by_item[lo..hi], &zbi[lo * k..hi * k]);
+                                item_step(ents, rows, zi, inv_b, sampled, gwi, gbi, Some(step), nx);
                             };
-                            (&by_item[lo..hi], &zbi[lo * k..hi * k], step)
-                        };
                         let hs = SyncPtr(help_scratch.as_mut_ptr());
                         let hs = &hs;
                         // A member with no chunk left steps units from the back of the others'
@@ -3606,20 +3619,7 @@ impl RatingRbm {
                             .split_at_mut(k * m);
                             for c in 0..N_CHUNKS {
                                 while let Some(r) = claims.back(c) {
-                                    claims.help(c, r, |i| {
-                                        let (ents, zi, step) = unit(i);
-                                        item_step(
-                                            ents,
-                                            rows,
-                                            zi,
-                                            inv_b,
-                                            sampled,
-                                            gwi,
-                                            gbi,
-                                            Some(step),
-                                            None,
-                                        );
-                                    });
+                                    claims.help(c, r, |i| step_unit(i, gwi, gbi, None));
                                 }
                             }
                         };
@@ -3630,22 +3630,11 @@ impl RatingRbm {
                                     a.fill(0.0);
                                     while let Some(r) = claims.front(c) {
                                         for i in r {
-                                            let (ents, zi, step) = unit(i);
                                             let nx = has_next.then(|| NextPositive {
                                                 ents: &nents[nptr[i]..nptr[i + 1]],
                                                 acc: &mut *a,
                                             });
-                                            item_step(
-                                                ents,
-                                                rows,
-                                                zi,
-                                                inv_b,
-                                                sampled,
-                                                gwi,
-                                                gbi,
-                                                Some(step),
-                                                nx,
-                                            );
+                                            step_unit(i, gwi, gbi, nx);
                                         }
                                         #[cfg(test)]
                                         if SLOW_CHUNK.load(Ordering::Relaxed) == c {
