@@ -43,6 +43,20 @@ const SPIN_CONTENDED: Duration = Duration::from_micros(20);
 const PREEMPTED: Duration = Duration::from_millis(2);
 /// A parked member looks again after this long even if nobody woke it (a safety net only).
 const PARK_TIMEOUT: Duration = Duration::from_millis(2);
+/// The caller waiting this long for the others after its own part of a step means a member
+/// lost its core for a while (on a quiet or merely busy machine this happened in 14 of 7,443
+/// steps; with another process spinning on a member's core, in nearly every step).
+const LATE_STEP: Duration = Duration::from_millis(1);
+/// After this many late steps, each within [`LATE_WINDOW`] of the one before, the caller runs
+/// every member's part itself for [`SOLO_FOR`] (see [`Team::run`]). Alone, late steps are
+/// noise: on the busy host they came ~0.1 per ML-100K epoch, and counted over a whole run
+/// they sent it solo about once every 100 epochs.
+const LATE_STEPS_BEFORE_SOLO: usize = 3;
+const LATE_WINDOW: Duration = Duration::from_millis(20);
+/// How long the caller then stays alone before trying the team again: each try costs up to
+/// [`LATE_STEPS_BEFORE_SOLO`] late steps when the other core is still busy, and alone the
+/// caller runs at most at half speed when it is not.
+const SOLO_FOR: Duration = Duration::from_millis(100);
 
 /// A task for every member: `f(member)` with `member` in `0..threads`.
 type Task = dyn Fn(usize) + Sync;
@@ -162,14 +176,22 @@ pub struct Team<'a> {
     /// Per member, the unclaimed part of its own items in the current static step: the first
     /// and one past the last, packed as `front << 32 | back` (see [`Self::for_each_static_and`]).
     claims: Vec<AtomicU64>,
-    /// Whether members that are done take items a late member has not started (tests turn it
-    /// off to check where items run).
+    /// Whether members that are done take items a late member has not started, and the caller
+    /// takes over every part after late steps (tests turn both off to check where items run).
     steal: AtomicBool,
     /// The phase being timed ([`Team::timed`]), or [`PHASES`] for none.
     phase: AtomicUsize,
     tallies: [Tally; PHASES],
     /// Per member, when it finished the current step (nanoseconds after the step began).
     finished: Vec<AtomicU64>,
+    /// Late steps in a row (see [`LATE_STEPS_BEFORE_SOLO`]), and when the last one ended
+    /// (nanoseconds after `born`).
+    late_steps: AtomicUsize,
+    last_late: AtomicU64,
+    /// Until when (nanoseconds after `born`) the caller runs every member's part itself (see
+    /// [`Team::run`]); 0 when it does not.
+    solo_until: AtomicU64,
+    born: Instant,
 }
 
 /// The team size for a training run: the caller's rayon pool decides (as `--threads` and
@@ -213,6 +235,10 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
             phase: AtomicUsize::new(PHASES),
             tallies: Default::default(),
             finished: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            late_steps: AtomicUsize::new(0),
+            last_late: AtomicU64::new(0),
+            solo_until: AtomicU64::new(0),
+            born: Instant::now(),
         };
         // Stop the helpers however `body` ends (a panic included), or the scope would wait.
         struct Stop<'t, 'a>(&'t Team<'a>);
@@ -337,6 +363,40 @@ impl Team<'_> {
         self.shared.contended.store(false, Ordering::Relaxed);
     }
 
+    /// Counts a step in which the caller waited for the others (see [`Self::run`]).
+    fn late_step(&self) {
+        let now = self.born.elapsed();
+        let last = Duration::from_nanos(
+            self.last_late
+                .swap(now.as_nanos() as u64, Ordering::Relaxed),
+        );
+        let in_a_row = if now - last <= LATE_WINDOW {
+            self.late_steps.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.late_steps.store(1, Ordering::Relaxed);
+            1
+        };
+        if in_a_row >= LATE_STEPS_BEFORE_SOLO {
+            let until = (now + SOLO_FOR).as_nanos() as u64;
+            self.solo_until.store(until.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the caller runs every member's part itself now (see [`Self::run`]); leaves
+    /// that mode once its time is up.
+    pub fn solo(&self) -> bool {
+        let until = self.solo_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if (self.born.elapsed().as_nanos() as u64) < until {
+            return true;
+        }
+        self.solo_until.store(0, Ordering::Relaxed);
+        self.late_steps.store(0, Ordering::Relaxed);
+        false
+    }
+
     /// Runs `f` (the caller's part of a phase: one or more parallel steps) and adds its wall
     /// time, and the spread of its parallel steps, to phase `phase` (below [`PHASES`]; nested
     /// calls are timed under the innermost phase).
@@ -366,9 +426,21 @@ impl Team<'_> {
     }
 
     /// Runs `f(member)` once on every member (0 on the caller) and returns when all are done.
+    ///
+    /// Once the caller has waited 1 ms or more for the others in three steps close together
+    /// (each within 20 ms of the last), it runs `f(0)`, `f(1)`, … itself, in turn, for 100 ms,
+    /// then tries the team again: a member whose core another process keeps busy gets it only
+    /// now and then, and every step waited for it (with two processes spinning on one of two
+    /// cores, a two-thread ML-100K epoch took 58–65 ms against 10–14 ms on one thread; now
+    /// 16–18 ms). Results do not depend on which thread runs a part, and the parts never wait
+    /// for a later member's, so this changes nothing but the time.
     pub fn run<'f>(&self, f: &'f (dyn Fn(usize) + Sync + 'f)) {
         if self.threads == 1 {
             f(0);
+            return;
+        }
+        if self.solo() {
+            (0..self.threads).for_each(f);
             return;
         }
         // With a phase being timed, each member notes when it finished (stored before its
@@ -397,6 +469,7 @@ impl Team<'_> {
             }
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let mine_done = Instant::now();
         let helpers = self.shared.helpers_total;
         let mut spin = Spin::new(self.shared);
         while self.shared.done.load(Ordering::Acquire) < helpers {
@@ -415,6 +488,9 @@ impl Team<'_> {
             spin = Spin::new(me);
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if mine_done.elapsed() >= LATE_STEP && self.steal.load(Ordering::Relaxed) {
+            self.late_step();
+        }
         if phase < PHASES && mine.is_ok() {
             let ends = self.finished.iter().map(|t| t.load(Ordering::Relaxed));
             let (first, last) = ends.fold((u64::MAX, 0), |(a, b), t| (a.min(t), b.max(t)));
@@ -544,7 +620,8 @@ impl Team<'_> {
         });
     }
 
-    /// Turns taking a late member's items on or off (see [`Self::for_each_static_and`]).
+    /// Turns taking a late member's items (see [`Self::for_each_static_and`]) and solo mode
+    /// (see [`Self::run`]) on or off.
     #[cfg(test)]
     fn set_stealing(&self, on: bool) {
         self.steal.store(on, Ordering::Relaxed);
@@ -651,6 +728,63 @@ mod tests {
                 assert_eq!(team.take_times(), [StepTimes::default(); PHASES]);
             });
         }
+    }
+
+    #[test]
+    fn late_steps_put_the_caller_alone_for_a_while() {
+        with_team(2, |team| {
+            let caller = std::thread::current().id();
+            // A member that is 2 ms late three times.
+            for _ in 0..LATE_STEPS_BEFORE_SOLO {
+                assert!(!team.solo());
+                team.run(&|member| {
+                    if member == 1 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                });
+            }
+            assert!(team.solo());
+            // Every part, every item and `extra` run once, all on the caller; `idle` once per
+            // member.
+            let parts = AtomicUsize::new(0);
+            team.run(&|member| {
+                assert_eq!(std::thread::current().id(), caller);
+                parts.fetch_or(1 << member, Ordering::Relaxed);
+            });
+            assert_eq!(parts.load(Ordering::Relaxed), 0b11);
+            let n = 20;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            let (extra, idles) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let on_caller = |i: usize| {
+                assert_eq!(std::thread::current().id(), caller);
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            };
+            team.for_each(0..n, on_caller);
+            team.for_each_static_and(
+                0..n,
+                on_caller,
+                || {
+                    extra.fetch_add(1, Ordering::Relaxed);
+                },
+                &|member| {
+                    assert_eq!(std::thread::current().id(), caller);
+                    idles.fetch_or(1 << member, Ordering::Relaxed);
+                },
+            );
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 2));
+            assert_eq!(extra.load(Ordering::Relaxed), 1);
+            assert_eq!(idles.load(Ordering::Relaxed), 0b11);
+            std::thread::sleep(SOLO_FOR);
+            assert!(!team.solo());
+            // And back on both threads.
+            let helpers_ran = AtomicUsize::new(0);
+            team.run(&|_| {
+                if std::thread::current().id() != caller {
+                    helpers_ran.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert_eq!(helpers_ran.load(Ordering::Relaxed), 1);
+        });
     }
 
     #[test]
