@@ -565,10 +565,7 @@ fn item_step_body(
         }
         if let Some(nx) = next {
             // The same additions, in the same order, as `chunk_positive` on the updated W.
-            for &(n, cl) in nx.ents {
-                let (n, cl) = (n as usize, cl as usize);
-                add(&mut nx.acc[n * m..(n + 1) * m], &st.w[cl * m..(cl + 1) * m]);
-            }
+            next_positive_body(nx.ents, st.w, nx.acc, m);
         }
     }
 }
@@ -577,12 +574,15 @@ fn item_step_body(
 /// into the chunk's per-case accumulator, rating by rating (elementwise adds: the same bits as
 /// in either step kernel).
 fn next_positive(ents: &[(u32, u8)], wi: &[f32], acc: &mut [f32], m: usize) {
-    with_simd(|| {
-        for &(n, cl) in ents {
-            let (n, cl) = (n as usize, cl as usize);
-            add(&mut acc[n * m..(n + 1) * m], &wi[cl * m..(cl + 1) * m]);
-        }
-    })
+    with_simd(|| next_positive_body(ents, wi, acc, m))
+}
+
+#[inline(always)]
+fn next_positive_body(ents: &[(u32, u8)], wi: &[f32], acc: &mut [f32], m: usize) {
+    for &(n, cl) in ents {
+        let (n, cl) = (n as usize, cl as usize);
+        add(&mut acc[n * m..(n + 1) * m], &wi[cl * m..(cl + 1) * m]);
+    }
 }
 
 /// The negative pass's additions for a unit done by another member: each rating's sampled
@@ -594,10 +594,10 @@ fn negative_sums(
     z: &[f32],
     wi: &[f32],
     acc: &mut [f32],
+    m: usize,
     negative: NegativePhase,
 ) {
-    let k = z.len() / ents.len().max(1);
-    let m = wi.len() / k.max(1);
+    let k = wi.len() / m;
     with_simd(|| {
         for (e, &(n, _)) in ents.iter().enumerate() {
             let (zr, an) = (
@@ -3131,7 +3131,7 @@ impl RatingRbm {
                         err += ue;
                         let (lo, hi) = (by_item_ptr[i], by_item_ptr[i + 1]);
                         let wi = &model.w[i * k * m..(i + 1) * k * m];
-                        negative_sums(&by_item[lo..hi], zi, wi, a, negative);
+                        negative_sums(&by_item[lo..hi], zi, wi, a, m, negative);
                     }
                     *e = err;
                 };
