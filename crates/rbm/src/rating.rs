@@ -2204,7 +2204,7 @@ const INDEX_PREFETCH_AHEAD: usize = 3;
 /// rated unit's block once per batch, between reads of scattered case rows, and the hardware
 /// prefetcher does not follow it: at Netflix scale (W is 35 MB, in DRAM) asking two units ahead
 /// made the pass 14–23 % faster (one unit ahead and four did as well or a little worse), and at
-/// MovieLens-100K scale (W in L3) it changed nothing. The momentum step got 12–25 % *slower*
+/// MovieLens-100K scale (W in L3) it changed nothing. The momentum step got 9–29 % *slower*
 /// with the same request for its W and velocity blocks (or with `prefetchw`), and asking for
 /// its events' case rows a few events ahead changed nothing, so it has neither.
 const NEG_PREFETCH_AHEAD: usize = 2;
