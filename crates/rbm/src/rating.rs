@@ -3100,9 +3100,8 @@ impl RatingRbm {
                 // their negative units and errors are reached through pointers.
                 claims.reset(chunk_bounds);
                 help_acc.resize(team.threads() * nb * m, 0.0);
-                if unit_err.len() < self.d {
-                    unit_err.resize(self.d, 0.0);
-                }
+                // One slot per unit (allocated with the buffers): written through a pointer.
+                assert!(unit_err.len() >= self.d, "BatchGrad made for fewer units");
                 let (zp, ep, hp) = (
                     SyncPtr(zbi.as_mut_ptr()),
                     SyncPtr(unit_err.as_mut_ptr()),
