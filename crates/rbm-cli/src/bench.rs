@@ -23,7 +23,8 @@ pub struct BenchArgs {
     /// Epochs timed per binary case (the median epoch is reported).
     #[arg(long, default_value_t = 5)]
     epochs: usize,
-    /// Also sweep hidden sizes 100..4096 and batch sizes 10..1000 for CD-1.
+    /// Also sweep hidden sizes 100..4096 and batch sizes 10..1000 for binary CD-1, and batch
+    /// sizes 25..1000 for the MovieLens-100K epoch (with each mini-batch's fixed cost, fitted).
     #[arg(long)]
     sweep: bool,
     /// MovieLens-100K ratings for the rating-RBM case (default: the `rbm cf fetch` cache,
@@ -140,8 +141,50 @@ fn phases_per_batch(reports: &[EpochReport]) -> Value {
     })
 }
 
-/// The MovieLens-100K epoch, user- and item-based.
-fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
+/// Mini-batch sizes of the MovieLens-100K sweep besides the two always timed (100 and 256).
+const ML100K_SWEEP_BATCHES: [usize; 6] = [25, 50, 100, 256, 500, 1000];
+
+/// The least-squares line `y = slope·x + intercept` through the points, if the x are not all
+/// the same.
+fn line_fit(xs: &[f64], ys: &[f64]) -> Option<(f64, f64)> {
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    (xs.len() == ys.len() && sxx > 0.0).then(|| (sxy / sxx, my - sxy / sxx * mx))
+}
+
+/// The user-based epoch at several mini-batch sizes (`runs`: batch size and its epochs), and
+/// the line through the fastest epochs against the number of mini-batches: its slope is what
+/// each mini-batch costs whatever its size (the momentum step sweeps all of W and its velocity,
+/// and the team synchronizes a few times), its intercept the work that scales with the ratings.
+fn batch_sweep(runs: &[(usize, Vec<EpochReport>)]) -> Value {
+    let mut rows: Vec<Value> = Vec::new();
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut runs: Vec<_> = runs.iter().collect();
+    runs.sort_by_key(|r| r.0);
+    for (batch, reports) in runs {
+        let secs = epoch_seconds(reports);
+        let batches = reports.first().map_or(0, |r| r.phases.batches);
+        let fastest = secs.iter().copied().fold(f64::INFINITY, f64::min);
+        xs.push(batches as f64);
+        ys.push(fastest);
+        rows.push(json!({
+            "batch": batch, "batches": batches, "epoch_seconds": median(secs.clone()),
+            "fastest_epoch_seconds": fastest, "phases_per_batch": phases_per_batch(reports),
+        }));
+    }
+    let fit = line_fit(&xs, &ys);
+    json!({
+        "runs": rows,
+        "per_batch_seconds": fit.map(|f| f.0),
+        "batch_independent_seconds": fit.map(|f| f.1),
+    })
+}
+
+/// The MovieLens-100K epoch, user- and item-based (and with `sweep`, user-based at more
+/// mini-batch sizes).
+fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
     let (mut users, mut items) = (IdMap::new(), IdMap::new());
     let ratings = read_ratings(path, RatingFormat::Auto, &mut users, &mut items)?;
     let scale = RatingScale::infer(&ratings)?;
@@ -151,12 +194,13 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
     let item = epoch_seconds(&rating_fit(&m.by_item, m.n_users, scale.values(), 100, epochs)?.0);
     // The dense reference code's own mini-batch (its `fit` defaults to batch_sz=256), for a
     // like-for-like comparison with its epoch time.
-    let user256 = epoch_seconds(&rating_fit(&m.by_user, m.n_items, scale.values(), 256, epochs)?.0);
+    let user256_reports = rating_fit(&m.by_user, m.n_items, scale.values(), 256, epochs)?.0;
+    let user256 = epoch_seconds(&user256_reports);
     let (us, is) = (median(user.clone()), median(item.clone()));
     // The fastest epoch beside the median: on a shared host, other tenants slow some epochs
     // down and none up, so the fastest is the code's own speed and the median what a run got.
     let fastest = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
-    Ok(json!({
+    let mut out = json!({
         "path": path.display().to_string(), "ratings": ratings.len(), "hidden": 100, "cd": 1,
         "batch": 100, "user_epoch_seconds": us, "item_epoch_seconds": is,
         "ratings_per_sec": ratings.len() as f64 / us, "item_ratings_per_sec": ratings.len() as f64 / is,
@@ -165,7 +209,25 @@ fn ml100k_case(path: &Path, epochs: usize) -> Result<Value> {
         "batch256_user_epoch_seconds": median(user256.clone()),
         "batch256_user_fastest_epoch_seconds": fastest(&user256), "batch256_user_epochs": user256,
         "user_phases_per_batch": phases_per_batch(&user_reports),
-    }))
+    });
+    if sweep {
+        // Round by round, a fresh two-epoch fit of each size in turn, so that every size meets
+        // the same mix of quiet and busy minutes on a shared host (timed one after another, the
+        // fastest of 40 epochs of one size varied by 2× between runs). Only the second epoch
+        // counts: the first also pays for the fresh model's page faults and its first index.
+        let mut runs: Vec<(usize, Vec<EpochReport>)> = ML100K_SWEEP_BATCHES
+            .iter()
+            .map(|&b| (b, Vec::new()))
+            .collect();
+        for _ in 0..epochs {
+            for (b, reports) in &mut runs {
+                let fit = rating_fit(&m.by_user, m.n_items, scale.values(), *b, 2)?.0;
+                reports.extend(fit.into_iter().skip(1));
+            }
+        }
+        out["batch_sweep"] = batch_sweep(&runs);
+    }
+    Ok(out)
 }
 
 /// The Netflix-shaped epoch: generated in memory (or loaded), `epochs` epochs at M = 100, K = 5,
@@ -406,7 +468,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
         report.insert("cases".into(), json!(cases));
         let mut notes = Vec::new();
         match &ml_path {
-            Some(p) => match ml100k_case(p, args.cf_epochs.max(1)) {
+            Some(p) => match ml100k_case(p, args.cf_epochs.max(1), args.sweep) {
                 Ok(c) => {
                     // The headline figures at the top level, under the names the issue gives.
                     for (key, from) in [
@@ -469,7 +531,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 out.insert("binary_seconds_per_epoch_1thread".into(), json!(s1));
             }
             if let Some(p) = &ml_path {
-                let c = ml100k_case(p, args.cf_epochs.max(1))?;
+                let c = ml100k_case(p, args.cf_epochs.max(1), false)?;
                 out.insert(
                     "ml100k_epoch_seconds_1thread".into(),
                     c["user_epoch_seconds"].clone(),
@@ -547,6 +609,32 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 "  user-based, batch 100",
                 &report["ml100k"]["user_phases_per_batch"],
             );
+            let sw = &report["ml100k"]["batch_sweep"];
+            if let Some(runs) = sw["runs"].as_array() {
+                let each = runs
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {:.2} ms ({} batches)",
+                            r["batch"],
+                            r["fastest_epoch_seconds"].as_f64().unwrap_or(0.0) * 1e3,
+                            r["batches"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!("  by batch size, user-based, fastest epochs: {each}");
+                if let (Some(a), Some(c)) = (
+                    sw["per_batch_seconds"].as_f64(),
+                    sw["batch_independent_seconds"].as_f64(),
+                ) {
+                    println!(
+                        "  fitted: {:.0} µs per mini-batch, whatever its size, + {:.2} ms per epoch for the ratings",
+                        a * 1e6,
+                        c * 1e3
+                    );
+                }
+            }
         }
         if let Some(s) = report["netflix_epoch_seconds"].as_f64() {
             let prep = report
@@ -603,4 +691,21 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_fit_recovers_a_line_and_the_least_squares_one() {
+        // Exactly on y = 2x + 1.
+        let (a, b) = line_fit(&[1.0, 2.0, 4.0], &[3.0, 5.0, 9.0]).unwrap();
+        assert!((a - 2.0).abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
+        // (0,0), (1,1), (2,1): by hand, slope 1/2, intercept 1/6.
+        let (a, b) = line_fit(&[0.0, 1.0, 2.0], &[0.0, 1.0, 1.0]).unwrap();
+        assert!((a - 0.5).abs() < 1e-12 && (b - 1.0 / 6.0).abs() < 1e-12);
+        // No spread in x: no line.
+        assert!(line_fit(&[3.0, 3.0], &[1.0, 2.0]).is_none());
+    }
 }

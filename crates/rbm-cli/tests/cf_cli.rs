@@ -255,7 +255,7 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
             "--skip-binary",
             "--skip-netflix",
         ])
-        .args(["--cf-epochs", "3", "--scaling", "--ratings"])
+        .args(["--cf-epochs", "3", "--scaling", "--sweep", "--ratings"])
         .arg(dir.join("train.tsv"))
         .output()
         .unwrap();
@@ -302,5 +302,32 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
     if let Ok(cap @ ("avx2" | "scalar")) = std::env::var("RBM_SIMD").as_deref() {
         assert!(simd == cap || simd == "scalar", "{r}");
     }
+    // `--sweep`: the user-based epoch by batch size (the 60 users of the file in ⌈60 / b⌉
+    // mini-batches), and the least-squares line through the fastest epochs against the number
+    // of mini-batches, recomputed here from the rows.
+    let sweep = &ml["batch_sweep"];
+    let runs = sweep["runs"].as_array().unwrap();
+    let sizes: Vec<u64> = runs.iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [25, 50, 100, 256, 500, 1000], "{sweep}");
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for run in runs {
+        let b = run["batch"].as_u64().unwrap();
+        assert_eq!(run["batches"].as_u64(), Some(60u64.div_ceil(b)), "{sweep}");
+        let fastest = run["fastest_epoch_seconds"].as_f64().unwrap();
+        assert!(fastest > 0.0 && fastest <= run["epoch_seconds"].as_f64().unwrap());
+        xs.push(run["batches"].as_f64().unwrap());
+        ys.push(fastest);
+    }
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    let slope = sweep["per_batch_seconds"].as_f64().unwrap();
+    let intercept = sweep["batch_independent_seconds"].as_f64().unwrap();
+    assert!(
+        (slope - cov / var).abs() <= 1e-9 * (cov / var).abs().max(1e-6),
+        "{sweep}"
+    );
+    assert!((intercept - (my - cov / var * mx)).abs() <= 1e-9, "{sweep}");
     std::fs::remove_dir_all(&dir).ok();
 }
