@@ -223,6 +223,23 @@ fn generated_binary_ratings_feed_every_reader() {
     assert!(train_peak > 0 && train_peak <= predict_peak, "{j}");
     let rate = j["netflix_ratings_per_sec"].as_f64().unwrap();
     assert!((rate * epochs[1] / 4000.0 - 1.0).abs() < 1e-9, "{j}");
+    // Its work per epoch (KM + 6M per rating, 6(KM + K) per unit and mini-batch), GFLOP/s from
+    // the median epoch, and the share of the GEMM peak, measured here although the binary cases
+    // (which measure it otherwise) were skipped.
+    let (units, batches) = (
+        j["netflix_units"].as_f64().unwrap(),
+        j["netflix_batches"].as_f64().unwrap(),
+    );
+    let flops = j["netflix_flops_per_epoch"].as_f64().unwrap();
+    assert_eq!(flops, 4000.0 * 1100.0 + units * batches * 3030.0, "{j}");
+    let gflops = j["netflix_gflops"].as_f64().unwrap();
+    assert!((gflops * 1e9 * epochs[1] / flops - 1.0).abs() < 1e-9, "{j}");
+    let peak = j["gemm_peak_gflops"].as_f64().unwrap();
+    let fraction = j["netflix_peak_fraction"].as_f64().unwrap();
+    assert!(
+        peak > 0.0 && (fraction * peak / gflops - 1.0).abs() < 1e-9,
+        "{j}"
+    );
     // A truncated file is a typed error naming the byte offset.
     let bytes = std::fs::read(&file).unwrap();
     let bad = dir.join("bad.rbmr");
@@ -268,6 +285,24 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
     assert!((rate * secs / ratings - 1.0).abs() < 1e-9, "{r}");
     let user = common::sorted_floats(&ml["user_epochs"]);
     assert_eq!(user.len(), 3);
+    // The work counted per epoch, by hand for K = 5 and M = 100: KM + 6M = 1,100 per rating,
+    // and 6(KM + K) = 3,030 per unit (the file's 30 items) in each of the epoch's mini-batches
+    // (one: 60 users); GFLOP/s from the median epoch, and its share of the run's GEMM peak.
+    assert_eq!(
+        (ml["k"].as_u64(), ml["units"].as_u64()),
+        (Some(5), Some(30))
+    );
+    assert_eq!(ml["batches"].as_u64(), Some(1), "{r}");
+    let flops = ml["flops_per_epoch"].as_f64().unwrap();
+    assert_eq!(flops, ratings * 1100.0 + 30.0 * 3030.0, "{r}");
+    let gflops = r["ml100k_gflops"].as_f64().unwrap();
+    assert!((gflops * 1e9 * secs / flops - 1.0).abs() < 1e-9, "{r}");
+    let peak = r["gemm_peak_gflops"].as_f64().unwrap();
+    let fraction = r["ml100k_peak_fraction"].as_f64().unwrap();
+    assert!(
+        peak > 0.0 && (fraction * peak / gflops - 1.0).abs() < 1e-9,
+        "{r}"
+    );
     // The like-for-like run at the dense reference's batch of 256: its median of three epochs.
     let b256 = common::sorted_floats(&ml["batch256_user_epochs"]);
     assert_eq!(
