@@ -31,7 +31,8 @@ pub struct BenchArgs {
     /// $RBM_CACHE or ~/.cache/rbm; the case is skipped with a note if neither exists).
     #[arg(long)]
     ratings: Option<PathBuf>,
-    /// Epochs timed for the MovieLens-100K case (the median epoch is reported).
+    /// Epochs timed for each MovieLens-100K configuration (the median epoch is reported), taken
+    /// five at a time from fresh fits of the configurations in turn.
     #[arg(long, default_value_t = 5)]
     cf_epochs: usize,
     /// Netflix-shaped binary rating file (`rbm cf generate`); default: generate it in memory.
@@ -196,6 +197,29 @@ fn rating_epoch_flops(ratings: usize, units: usize, batches: usize, k: usize, m:
     ratings as f64 * (k * m + 6.0 * m) + (batches * units) as f64 * 6.0 * (k * m + k)
 }
 
+/// `epochs` timed epochs of each configuration (cases, visible units, mini-batch size), taken
+/// round after round: in each round a fresh fit of every configuration in turn, of `per_fit`
+/// timed epochs after one untimed (which also pays for the fresh model's page faults and its
+/// first index). On a shared host the configurations then meet the same minutes: run one after
+/// another, 30 epochs of one took a third of a second, and the same binary's medians ranged
+/// 6–12 ms with whatever the other tenants did in it (interleaved: 6.1–7.1 ms).
+fn interleaved_fits(
+    configs: &[(&Csr, usize, usize)],
+    values: &[f32],
+    epochs: usize,
+    per_fit: usize,
+) -> Result<Vec<Vec<EpochReport>>> {
+    let mut out = vec![Vec::new(); configs.len()];
+    while out[0].len() < epochs {
+        let take = per_fit.min(epochs - out[0].len());
+        for (&(cases, d, batch), reports) in configs.iter().zip(&mut out) {
+            let fit = rating_fit(cases, d, values, batch, take + 1)?.0;
+            reports.extend(fit.into_iter().skip(1));
+        }
+    }
+    Ok(out)
+}
+
 /// The MovieLens-100K epoch, user- and item-based (and with `sweep`, user-based at more
 /// mini-batch sizes).
 fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
@@ -203,12 +227,20 @@ fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
     let ratings = read_ratings(path, RatingFormat::Auto, &mut users, &mut items)?;
     let scale = RatingScale::infer(&ratings)?;
     let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
-    let user_reports = rating_fit(&m.by_user, m.n_items, scale.values(), 100, epochs)?.0;
+    let values = scale.values();
+    // User-based at batch 100 (the headline), item-based, and user-based at the dense reference
+    // code's own mini-batch (its `fit` defaults to batch_sz=256), for a like-for-like comparison
+    // with its epoch time.
+    let configs = [
+        (&m.by_user, m.n_items, 100),
+        (&m.by_item, m.n_users, 100),
+        (&m.by_user, m.n_items, 256),
+    ];
+    let [user_reports, item_reports, user256_reports] =
+        <[_; 3]>::try_from(interleaved_fits(&configs, values, epochs, 5)?)
+            .expect("one list of reports per configuration");
     let user = epoch_seconds(&user_reports);
-    let item = epoch_seconds(&rating_fit(&m.by_item, m.n_users, scale.values(), 100, epochs)?.0);
-    // The dense reference code's own mini-batch (its `fit` defaults to batch_sz=256), for a
-    // like-for-like comparison with its epoch time.
-    let user256_reports = rating_fit(&m.by_user, m.n_items, scale.values(), 256, epochs)?.0;
+    let item = epoch_seconds(&item_reports);
     let user256 = epoch_seconds(&user256_reports);
     let (us, is) = (median(user.clone()), median(item.clone()));
     // The fastest epoch beside the median: on a shared host, other tenants slow some epochs
@@ -235,20 +267,11 @@ fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
         "user_phases_per_batch": phases_per_batch(&user_reports),
     });
     if sweep {
-        // Round by round, a fresh two-epoch fit of each size in turn, so that every size meets
-        // the same mix of quiet and busy minutes on a shared host (timed one after another, the
-        // fastest of 40 epochs of one size varied by 2× between runs). Only the second epoch
-        // counts: the first also pays for the fresh model's page faults and its first index.
-        let mut runs: Vec<(usize, Vec<EpochReport>)> = ML100K_SWEEP_BATCHES
-            .iter()
-            .map(|&b| (b, Vec::new()))
-            .collect();
-        for _ in 0..epochs {
-            for (b, reports) in &mut runs {
-                let fit = rating_fit(&m.by_user, m.n_items, scale.values(), *b, 2)?.0;
-                reports.extend(fit.into_iter().skip(1));
-            }
-        }
+        // One timed epoch per fit: timed one size after another, the fastest of 40 epochs of
+        // one size had varied by 2× between runs.
+        let configs = ML100K_SWEEP_BATCHES.map(|b| (&m.by_user, m.n_items, b));
+        let reports = interleaved_fits(&configs, values, epochs, 1)?;
+        let runs: Vec<_> = ML100K_SWEEP_BATCHES.into_iter().zip(reports).collect();
         out["batch_sweep"] = batch_sweep(&runs);
     }
     Ok(out)
