@@ -142,7 +142,7 @@ fn phases_per_batch(reports: &[EpochReport]) -> Value {
     })
 }
 
-/// Mini-batch sizes of the MovieLens-100K sweep besides the two always timed (100 and 256).
+/// Mini-batch sizes of the MovieLens-100K sweep (`--sweep`).
 const ML100K_SWEEP_BATCHES: [usize; 6] = [25, 50, 100, 256, 500, 1000];
 
 /// The least-squares line `y = slope·x + intercept` through the points, if the x are not all
@@ -210,8 +210,8 @@ fn interleaved_fits(
     per_fit: usize,
 ) -> Result<Vec<Vec<EpochReport>>> {
     let mut out = vec![Vec::new(); configs.len()];
-    while out[0].len() < epochs {
-        let take = per_fit.min(epochs - out[0].len());
+    while let Some(done) = out.first().map(Vec::len).filter(|&n| n < epochs) {
+        let take = per_fit.clamp(1, epochs - done);
         for (&(cases, d, batch), reports) in configs.iter().zip(&mut out) {
             let fit = rating_fit(cases, d, values, batch, take + 1)?.0;
             reports.extend(fit.into_iter().skip(1));
@@ -246,7 +246,7 @@ fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
     // The fastest epoch beside the median: on a shared host, other tenants slow some epochs
     // down and none up, so the fastest is the code's own speed and the median what a run got.
     let fastest = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let k = scale.values().len();
+    let k = values.len();
     let flops = |reports: &[EpochReport]| {
         let batches = reports.first().map_or(0, |r| r.phases.batches);
         rating_epoch_flops(ratings.len(), m.n_items, batches, k, 100)
