@@ -108,6 +108,11 @@ fn print_phases(what: &str, p: &Value) {
     );
 }
 
+/// Mini-batches per epoch of a fit (each of its epochs has the same number).
+fn batches_per_epoch(reports: &[EpochReport]) -> usize {
+    reports.first().map_or(0, |r| r.phases.batches)
+}
+
 /// The epochs' training seconds.
 fn epoch_seconds(reports: &[EpochReport]) -> Vec<f64> {
     reports.iter().map(|r| r.seconds).collect()
@@ -155,19 +160,18 @@ fn line_fit(xs: &[f64], ys: &[f64]) -> Option<(f64, f64)> {
     (xs.len() == ys.len() && sxx > 0.0).then(|| (sxy / sxx, my - sxy / sxx * mx))
 }
 
-/// The user-based epoch at several mini-batch sizes (`runs`: batch size and its epochs), and
+/// The user-based epoch at several mini-batch sizes (`runs`: batch size and its epochs, one row
+/// each in that order), and
 /// the line through the fastest epochs against the number of mini-batches: its slope is what
 /// each mini-batch costs whatever its size (the momentum step sweeps all of W and its velocity,
 /// and the team synchronizes a few times), its intercept the work that scales with the ratings.
 fn batch_sweep(runs: &[(usize, Vec<EpochReport>)]) -> Value {
     let mut rows: Vec<Value> = Vec::new();
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let mut runs: Vec<_> = runs.iter().collect();
-    runs.sort_by_key(|r| r.0);
     for (batch, reports) in runs {
         let secs = epoch_seconds(reports);
-        let batches = reports.first().map_or(0, |r| r.phases.batches);
-        let fastest = secs.iter().copied().fold(f64::INFINITY, f64::min);
+        let batches = batches_per_epoch(reports);
+        let fastest = fastest(&secs);
         xs.push(batches as f64);
         ys.push(fastest);
         rows.push(json!({
@@ -243,26 +247,23 @@ fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
     let item = epoch_seconds(&item_reports);
     let user256 = epoch_seconds(&user256_reports);
     let (us, is) = (median(user.clone()), median(item.clone()));
-    // The fastest epoch beside the median: on a shared host, other tenants slow some epochs
-    // down and none up, so the fastest is the code's own speed and the median what a run got.
-    let fastest = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
     let k = values.len();
     let flops = |reports: &[EpochReport]| {
-        let batches = reports.first().map_or(0, |r| r.phases.batches);
-        rating_epoch_flops(ratings.len(), m.n_items, batches, k, 100)
+        rating_epoch_flops(ratings.len(), m.n_items, batches_per_epoch(reports), k, 100)
     };
     let (uf, f256) = (flops(&user_reports), flops(&user256_reports));
+    let s256 = median(user256.clone());
     let mut out = json!({
         "path": path.display().to_string(), "ratings": ratings.len(), "hidden": 100, "cd": 1,
-        "k": k, "units": m.n_items, "batches": user_reports.first().map_or(0, |r| r.phases.batches),
+        "k": k, "units": m.n_items, "batches": batches_per_epoch(&user_reports),
         "flops_per_epoch": uf, "gflops": uf / us / 1e9,
         "batch256_flops_per_epoch": f256,
-        "batch256_gflops": f256 / median(user256.clone()) / 1e9,
+        "batch256_gflops": f256 / s256 / 1e9,
         "batch": 100, "user_epoch_seconds": us, "item_epoch_seconds": is,
         "ratings_per_sec": ratings.len() as f64 / us, "item_ratings_per_sec": ratings.len() as f64 / is,
         "user_epochs": user, "item_epochs": item,
         "user_fastest_epoch_seconds": fastest(&user),
-        "batch256_user_epoch_seconds": median(user256.clone()),
+        "batch256_user_epoch_seconds": s256,
         "batch256_user_fastest_epoch_seconds": fastest(&user256), "batch256_user_epochs": user256,
         "user_phases_per_batch": phases_per_batch(&user_reports),
     });
@@ -307,7 +308,7 @@ fn netflix_case(file: Option<&Path>, epochs: usize) -> Result<Value> {
     // The epoch's peak, before prediction adds its own buffers.
     let train_peak = peak_rss_bytes();
     let s = median(secs.clone());
-    let batches = reports.first().map_or(0, |r| r.phases.batches);
+    let batches = batches_per_epoch(&reports);
     let flops = rating_epoch_flops(
         set.by_user.nnz(),
         set.n_items,
@@ -427,6 +428,12 @@ fn product_gflops(m: usize, k: usize, n: usize, split: bool) -> f64 {
         }
     });
     2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// The fastest epoch, beside the median: on a shared host other tenants slow some epochs down
+/// and none up, so the fastest is the code's own speed and the median what a run got.
+fn fastest(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -3099,7 +3099,12 @@ impl RatingRbm {
                 // ran at half speed on two threads. Its units are claimed (`UnitClaims`), so
                 // their negative units and errors are reached through pointers.
                 claims.reset(chunk_bounds);
-                help_acc.resize(team.threads() * nb * m, 0.0);
+                // Grown only (`train` allocates it at full size before the first epoch), so a
+                // short last batch does not shrink it for the next to zero again.
+                let need = team.threads() * nb * m;
+                if help_acc.len() < need {
+                    help_acc.resize(need, 0.0);
+                }
                 // One slot per unit (allocated with the buffers): written through a pointer.
                 assert!(unit_err.len() >= self.d, "BatchGrad made for fewer units");
                 let (zp, ep, hp) = (
