@@ -33,7 +33,7 @@
 use crate::error::{RbmError, Result};
 #[cfg(target_arch = "x86_64")]
 use crate::linalg::store_lanes;
-use crate::linalg::{all_finite, gemm_team, prefetch_bytes, sigmoid};
+use crate::linalg::{all_finite, gemm_team, prefetch_bytes, sigmoid, zeros_now};
 use crate::random::{Purpose, Stream, StreamKey};
 use crate::ratings::Csr;
 use crate::team::{
@@ -415,8 +415,8 @@ struct Slot {
 impl Slot {
     fn new(n: usize, adam: bool) -> Self {
         Slot {
-            m1: vec![0.0; n],
-            m2: if adam { vec![0.0; n] } else { Vec::new() },
+            m1: zeros_now(n),
+            m2: if adam { zeros_now(n) } else { Vec::new() },
         }
     }
 }

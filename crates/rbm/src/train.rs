@@ -367,7 +367,7 @@ impl Trainer {
     /// A trainer for a model of `visible × cfg.hidden` units.
     pub fn new(cfg: TrainConfig, visible: usize) -> Self {
         let sizes = [visible * cfg.hidden, visible, cfg.hidden];
-        let zeros = || sizes.map(|n| vec![0.0f32; n]);
+        let zeros = || sizes.map(linalg::zeros_now);
         Trainer {
             opt: OptState {
                 m: zeros(),
