@@ -265,7 +265,7 @@ pub fn with_team<R>(threads: usize, body: impl FnOnce(&Team<'_>) -> R) -> R {
 }
 
 /// Where a new team's threads start. Linux starts a new thread on its parent's core and moves
-/// it when it sees fit: on this 2-vCPU VM, in about one fresh process in ten, a training run's
+/// it when it sees fit: on this 2-vCPU VM, in 5 of 61 fresh processes, a training run's
 /// helper stayed on the caller's core for its first steps. The two members then took turns on
 /// one core, the caller waited ~1 ms for the helper in each step, and after three such steps
 /// the team went solo (see [`Team::run`]) for 100 ms: the first seven ML-100K epochs ran at
