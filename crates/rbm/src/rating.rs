@@ -3467,13 +3467,12 @@ impl RatingRbm {
         with_team(training_threads(), |team| -> Result<()> {
             // A gradient block per member for the units it steps for others (`UnitClaims`).
             let mut help_scratch = vec![0.0f32; team.threads() * (k * m + k)];
-            // The members' throwaway sums of the negative pass, at full size now: grown in the
-            // first pass that used each set of buffers, they cost a big batch ~0.4 ms of page
-            // faults inside a timed epoch (the second, at one batch per epoch).
+            // The members' throwaway sums of the negative pass, at full size and mapped now
+            // (`zeros_now`): grown in the first pass that used each set of buffers, they cost a
+            // big batch ~0.4 ms of page faults inside a timed epoch (the second, at one batch
+            // per epoch).
             for buffers in [&mut g, &mut gn] {
-                buffers
-                    .help_acc
-                    .resize(team.threads() * buffers.p0.len(), 0.0);
+                buffers.help_acc = zeros_now(team.threads() * buffers.p0.len());
             }
             let order = |epoch: usize| {
                 Stream::new(params.seed, Purpose::Shuffle, epoch as u64, 0, 0)
