@@ -434,6 +434,91 @@ const OPT_CHUNK: usize = 4096;
 /// count, so results are too).
 const N_CHUNKS: usize = 8;
 
+/// Chunks per group: the per-case sums of a group's chunks are folded into its first chunk's
+/// block by the member that finishes the group's last chunk ([`ChunkFolds`]), so a p(h|v)
+/// pass reads two rows per case instead of eight. With two threads each member runs one
+/// group, so it folds its own rows (in its own caches) and the pass reads one row written on
+/// the other core instead of four.
+const CHUNK_GROUP: usize = 4;
+const _: () = assert!(N_CHUNKS.is_multiple_of(CHUNK_GROUP));
+
+/// Counts the finished chunks of each group of [`CHUNK_GROUP`] in one item-major pass; the
+/// member that finishes a group's last chunk folds the group's per-case sums (N_CHUNKS blocks
+/// of `len` floats from `acc`) into the group's first block, always as ((a₀ + a₁) + a₂) + a₃
+/// per element: the same bits whichever member gets there, and for any thread count.
+struct ChunkFolds {
+    done: [AtomicUsize; N_CHUNKS / CHUNK_GROUP],
+    acc: SyncPtr<f32>,
+    len: usize,
+}
+
+impl ChunkFolds {
+    /// Folds for a pass whose chunk `c` sums into `acc[c·len..(c + 1)·len]`.
+    fn new(acc: &mut [f32], len: usize) -> Self {
+        assert!(acc.len() >= N_CHUNKS * len, "a block per chunk");
+        ChunkFolds {
+            done: std::array::from_fn(|_| AtomicUsize::new(0)),
+            acc: SyncPtr(acc.as_mut_ptr()),
+            len,
+        }
+    }
+
+    /// Chunk `c`'s block, for the member running chunk `c`.
+    ///
+    /// # Safety
+    /// Only the member running chunk `c` may hold it, and only until it calls
+    /// [`Self::finished`] for `c`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn block(&self, c: usize) -> &mut [f32] {
+        assert!(c < N_CHUNKS);
+        // SAFETY: within `acc` (asserted in `new`); exclusive per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.acc.0.add(c * self.len), self.len) }
+    }
+
+    /// Chunk `c` is done; the last of its group folds the group.
+    ///
+    /// # Safety
+    /// Called once per chunk and pass, after every write to chunk `c`'s block, with no
+    /// reference to any block of the group left.
+    unsafe fn finished(&self, c: usize) {
+        let g = c / CHUNK_GROUP;
+        // AcqRel: each chunk's runner publishes its block; the last one sees them all.
+        if self.done[g].fetch_add(1, Ordering::AcqRel) + 1 == CHUNK_GROUP {
+            let len = self.len;
+            // SAFETY: every block of the group is complete and no longer referenced (the
+            // callers' contract), so this member alone reaches them now.
+            let (first, rest) = unsafe {
+                let p = self.acc.0.add(g * CHUNK_GROUP * len);
+                (
+                    std::slice::from_raw_parts_mut(p, len),
+                    std::slice::from_raw_parts(p.add(len), (CHUNK_GROUP - 1) * len),
+                )
+            };
+            fold_group(first, rest);
+        }
+    }
+}
+
+/// `first[x] = ((first[x] + rest₀[x]) + rest₁[x]) + …` over the group's other blocks (`rest`
+/// holds them one after another), element by element, so the bits do not depend on the SIMD
+/// width.
+#[inline(always)]
+fn fold_group_body(first: &mut [f32], rest: &[f32]) {
+    let len = first.len();
+    if len == 0 {
+        return;
+    }
+    const STRIP: usize = 256;
+    for s in (0..len).step_by(STRIP) {
+        let e = (s + STRIP).min(len);
+        for r in rest.chunks_exact(len) {
+            for (x, &y) in first[s..e].iter_mut().zip(&r[s..e]) {
+                *x += y;
+            }
+        }
+    }
+}
+
 /// Defines `fn $name(args) -> ret` that calls `$body(args)` compiled for AVX-512, for AVX2 or
 /// as plain code, whichever [`crate::linalg::simd`] allows: `$body` must be `#[inline(always)]`
 /// so its loops are compiled inside each variant.
@@ -1131,19 +1216,24 @@ fn opt_step(p: &mut [f32], g: &[f32], s: &mut Slot, cfg: &StepCfg, adam: bool, t
     }
 }
 
-/// `p = σ(base + Σ_c acc[c][n])`: case `n`'s hidden probabilities from the fixed chunks'
-/// accumulators (`acc` is N_CHUNKS × nb × M), added in chunk order.
+/// `p = σ(base + Σ_g acc[g·CHUNK_GROUP][n])`: case `n`'s hidden probabilities from the fixed
+/// chunks' accumulators (`acc` is N_CHUNKS × nb × M), each group of chunks already folded into
+/// its first block ([`ChunkFolds`]), added in group order.
 #[inline(always)]
 fn hidden_probs_body(p: &mut [f32], base: &[f32], acc: &[f32], n: usize, nb: usize) {
     let m = p.len();
     p.copy_from_slice(base);
-    for c in 0..N_CHUNKS {
+    for c in (0..N_CHUNKS).step_by(CHUNK_GROUP) {
         add(p, &acc[(c * nb + n) * m..(c * nb + n + 1) * m]);
     }
     for x in p.iter_mut() {
         *x = sigmoid(*x);
     }
 }
+
+simd_fn!(
+    /// [`fold_group_body`] at the widest SIMD allowed.
+    fn fold_group(first: &mut [f32], rest: &[f32]) -> () => fold_group_body);
 
 simd_fn!(
     /// [`hidden_probs_body`] at the widest SIMD allowed (a closure passed to [`with_simd`] is
@@ -2989,12 +3079,14 @@ impl RatingRbm {
         {
             // The momentum step's chunks: it sums the positive phase of the batch after it.
             let (by_item, by_item_ptr, bounds) = (&by_item[..], &by_item_ptr[..], &step_bounds[..]);
-            team.for_each(
-                acc[..N_CHUNKS * nb * m].chunks_mut(nb * m).enumerate(),
-                |(c, acc)| {
-                    simd_chunk_positive(model, bounds[c], bounds[c + 1], by_item, by_item_ptr, acc);
-                },
-            );
+            let folds = ChunkFolds::new(acc, nb * m);
+            team.for_each(0..N_CHUNKS, |c| {
+                // SAFETY: chunk c runs once, on this member, and is finished after its sums.
+                let acc = unsafe { folds.block(c) };
+                simd_chunk_positive(model, bounds[c], bounds[c + 1], by_item, by_item_ptr, acc);
+                // SAFETY: its block is complete and `acc` is not used after this.
+                unsafe { folds.finished(c) };
+            });
         }
     }
 
@@ -3080,11 +3172,9 @@ impl RatingRbm {
         for t in 0..t_steps {
             let last = t + 1 == t_steps;
             {
-                let jobs = acc[..N_CHUNKS * nb * m]
-                    .chunks_mut(nb * m)
-                    .enumerate()
-                    .zip(err_item.iter_mut())
-                    .map(|((c, a), e)| (c, a, e));
+                let folds = ChunkFolds::new(acc, nb * m);
+                let folds = &folds;
+                let jobs = err_item[..N_CHUNKS].iter_mut().enumerate();
                 let (h, by_item, by_item_ptr, chunk_bounds) = (
                     &p1[..nb * m],
                     &by_item[..],
@@ -3120,7 +3210,10 @@ impl RatingRbm {
                     std::slice::from_raw_parts_mut(zp.0.add(a * k), (b - a) * k)
                 };
                 let extra = extra.take();
-                let chunk_job = |(c, a, e): (usize, &mut [f32], &mut f64)| {
+                let chunk_job = |(c, e): (usize, &mut f64)| {
+                    // SAFETY: chunk c runs once in this pass, on this member, and is finished
+                    // at the end of this job.
+                    let a = unsafe { folds.block(c) };
                     a.fill(0.0);
                     let mut err = 0.0f64;
                     while let Some(r) = claims.front(c) {
@@ -3159,6 +3252,8 @@ impl RatingRbm {
                         negative_sums(&by_item[lo..hi], zi, wi, a, m, negative);
                     }
                     *e = err;
+                    // SAFETY: chunk c's sums are complete and `a` is not used after this.
+                    unsafe { folds.finished(c) };
                 };
                 // A member with no chunk left does units from the back of the others': their
                 // negative units and errors; its own sums of their rows are thrown away (the
@@ -3582,16 +3677,15 @@ impl RatingRbm {
                         } else {
                             &g.step_bounds[..]
                         };
-                        let mut racc: &mut [f32] = &mut nacc[..N_CHUNKS * nbn * m];
+                        let folds = ChunkFolds::new(nacc, nbn * m);
+                        let folds = &folds;
                         let mut scratch = step_scratch.chunks_mut(k * m + k);
                         let jobs = (0..N_CHUNKS).map(|c| {
-                            let (a, r) = std::mem::take(&mut racc).split_at_mut(nbn * m);
-                            racc = r;
                             let (gwi, gbi) = scratch
                                 .next()
                                 .expect("a block per chunk")
                                 .split_at_mut(k * m);
-                            (c, a, gwi, gbi)
+                            (c, gwi, gbi)
                         });
                         let claims = &g.claims;
                         claims.reset(bounds);
@@ -3658,7 +3752,10 @@ impl RatingRbm {
                         team.timed(PHASE_STEP, || {
                             team.for_each_static_and(
                                 jobs,
-                                |(c, a, gwi, gbi)| {
+                                |(c, gwi, gbi)| {
+                                    // SAFETY: chunk c runs once in this step, on this member,
+                                    // and is finished at the end of this job.
+                                    let a = unsafe { folds.block(c) };
                                     a.fill(0.0);
                                     while let Some(r) = claims.front(c) {
                                         for i in r {
@@ -3693,6 +3790,9 @@ impl RatingRbm {
                                             next_positive(&nents[nptr[i]..nptr[i + 1]], wi, a, m);
                                         }
                                     }
+                                    // SAFETY: chunk c's sums are complete and `a` is not used
+                                    // after this.
+                                    unsafe { folds.finished(c) };
                                 },
                                 || {},
                                 &idle,
@@ -5053,6 +5153,51 @@ pub(crate) mod tests {
             .build()
             .unwrap()
             .install(training_threads)
+    }
+
+    #[test]
+    fn chunk_groups_are_folded_once_after_their_last_chunk_in_any_order() {
+        // Chunks finish in shuffled orders on three threads; each group must end up folded
+        // exactly once, from complete blocks, as ((a₀ + a₁) + a₂) + a₃ element by element (the
+        // expected sums are computed here one element at a time), and the other blocks left.
+        let len = 301; // not a multiple of any SIMD width, nor of the fold's strip
+        let orig: Vec<f32> = (0..N_CHUNKS * len)
+            .map(|x| ((x * 7919) % 1013) as f32 * 1.3e-3 - 0.61)
+            .collect();
+        let mut want = orig.clone();
+        for g in (0..N_CHUNKS).step_by(CHUNK_GROUP) {
+            for x in 0..len {
+                let mut s = orig[g * len + x];
+                for c in g + 1..g + CHUNK_GROUP {
+                    s += orig[c * len + x];
+                }
+                want[g * len + x] = s;
+            }
+        }
+        for seed in 0..24u64 {
+            let order = Stream::new(seed, Purpose::Data, 0, 0, 0).permutation(N_CHUNKS);
+            let mut acc = vec![f32::NAN; N_CHUNKS * len];
+            let folds = ChunkFolds::new(&mut acc, len);
+            let next = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        loop {
+                            let q = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&c) = order.get(q) else { break };
+                            // SAFETY: chunk c is taken once, by this thread.
+                            let b = unsafe { folds.block(c) };
+                            b.copy_from_slice(&orig[c * len..(c + 1) * len]);
+                            // SAFETY: its block is complete and `b` is not used after this.
+                            unsafe { folds.finished(c) };
+                        }
+                    });
+                }
+            });
+            drop(folds);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&acc), bits(&want), "order {order:?}");
+        }
     }
 
     #[test]
