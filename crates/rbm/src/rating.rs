@@ -508,6 +508,7 @@ fn fold_group_body(first: &mut [f32], rest: &[f32]) {
     if len == 0 {
         return;
     }
+    // In strips, so a strip of `first` stays in L1 while the group's blocks are added to it.
     const STRIP: usize = 256;
     for s in (0..len).step_by(STRIP) {
         let e = (s + STRIP).min(len);
