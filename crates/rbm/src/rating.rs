@@ -5195,7 +5195,6 @@ pub(crate) mod tests {
                     });
                 }
             });
-            drop(folds);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&acc), bits(&want), "order {order:?}");
         }
