@@ -505,17 +505,13 @@ impl ChunkFolds {
 #[inline(always)]
 fn fold_group_body(first: &mut [f32], rest: &[f32]) {
     let len = first.len();
-    if len == 0 {
-        return;
-    }
     // In strips, so a strip of `first` stays in L1 while the group's blocks are added to it.
+    // (An empty block has no strips: `chunks_exact(0)` is never reached.)
     const STRIP: usize = 256;
     for s in (0..len).step_by(STRIP) {
         let e = (s + STRIP).min(len);
         for r in rest.chunks_exact(len) {
-            for (x, &y) in first[s..e].iter_mut().zip(&r[s..e]) {
-                *x += y;
-            }
+            add(&mut first[s..e], &r[s..e]);
         }
     }
 }
@@ -2312,9 +2308,11 @@ const PREDICT_PREFETCH_PAIRS: usize = 4;
 /// MovieLens-100K epoch at 4,096; the result is the same either way).
 const PAR_INDEX_MIN: usize = 1 << 15;
 
-/// A raw pointer that may cross threads, for writes the caller proves disjoint.
+/// A raw pointer that may cross threads, for writes the caller proves disjoint (and, in
+/// [`ChunkFolds`], reads of blocks whose writers are done, ordered by its counters).
 struct SyncPtr<T>(*mut T);
-// SAFETY: only used for writes to disjoint elements (see the use sites).
+// SAFETY: only used for writes to disjoint elements, and reads ordered after them (see the
+// use sites).
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 /// Runs `f` on every item, on the team if there is one, else in order here.
