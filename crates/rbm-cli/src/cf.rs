@@ -111,8 +111,8 @@ pub struct DataArgs {
 /// Model hyperparameters; unset values come from the preset.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Preset: `default` (fast U-RBM) or `best` (the configuration that measured best on
-    /// validation data; see docs/cf.md).
+    /// Preset: `default` (one item-based RBM) or `best` (an ensemble of item- and user-based
+    /// RBMs, the configuration that measured best on validation data; see docs/cf.md).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Hidden units M.
@@ -690,7 +690,15 @@ fn evaluate(
         "fallback_predictions": pred.fallbacks,
         "test_ratings": test.len(),
     });
-    if with_topn {
+    if with_topn && f.model.implicit_targets {
+        // The implicit sets held the test pairs in training and prediction. An item-based
+        // member's case q then gets D_u exactly when (u, q) is held out, so a ranking would
+        // be told which items are the answers.
+        common.status(
+            "top-N skipped: with --implicit-targets the model knows which pairs are held out",
+        );
+        out["topn_skipped"] = json!("implicit targets: the model knows which pairs are held out");
+    } else if with_topn {
         let t0 = Instant::now();
         let (rbm_top, base_top) = common.in_pool(|| topn_metrics(f, test))?;
         out["precision_at_10"] = json!(rbm_top.precision);
@@ -716,20 +724,10 @@ fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
             .flat_map(|&u| (0..ni as u32).map(move |i| (u, i)))
             .collect()
     };
-    // The implicit sets (conditional model with targets) are all the test pairs, as for rating
-    // prediction: an item-based member's case (an item) has test users from every chunk.
-    let test_pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
+    // Never told the test pairs (see `evaluate`): conditional members use training sets only.
     let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
         let pairs = pairs_of(users);
-        let mut model = f.model.clone();
-        if model.implicit_targets {
-            model.implicit_targets = false;
-            model
-                .predict_with_extra(&f.matrix, &pairs, &test_pairs)
-                .ratings
-        } else {
-            model.predict(&f.matrix, &pairs).ratings
-        }
+        f.model.predict_with_extra(&f.matrix, &pairs, &[]).ratings
     };
     let base_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
         pairs_of(users)

@@ -74,6 +74,22 @@ fn train_predict_recommend() {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["fallback_predictions"], 1, "the newcomer falls back");
+    assert!(v["precision_at_10"].as_f64().is_some(), "{v}");
+    // A model told which pairs are held out (implicit targets) gets no ranking metrics.
+    let out = rbm()
+        .args(["--json", "cf", "train", "--hidden", "4", "--epochs", "2"])
+        .args(["--conditional", "--implicit-targets", "--ratings"])
+        .arg(dir.join("train.tsv"))
+        .arg("--test")
+        .arg(dir.join("test.tsv"))
+        .arg("-o")
+        .arg(dir.join("cond.safetensors"))
+        .output()
+        .unwrap();
+    let c = common::json(&out);
+    assert!(c["rmse"].as_f64().is_some(), "{c}");
+    assert!(c.get("precision_at_10").is_none(), "{c}");
+    assert!(c["topn_skipped"].as_str().is_some(), "{c}");
     assert!(
         v["rmse"].as_f64().unwrap() < v["baseline_rmse"].as_f64().unwrap(),
         "{v}"

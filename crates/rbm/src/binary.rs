@@ -323,7 +323,12 @@ impl BinaryRbm {
                         self.visible
                     )));
                 }
-                d.select_cols(&(0..n).map(|i| i % d.cols().max(1)).collect::<Vec<_>>())
+                if d.cols() == 0 && n > 0 {
+                    return Err(RbmError::Shape(
+                        "no start examples to begin the chains from".into(),
+                    ));
+                }
+                d.select_cols(&(0..n).map(|i| i % d.cols()).collect::<Vec<_>>())
             }
             ChainStart::Random | ChainStart::Biases => {
                 let mut v = Matrix::zeros(self.visible, n);
@@ -525,6 +530,24 @@ mod tests {
         // v = (1,1), h = (1,0): −(W00 + W10) − (b0 + b1) − c0 = −1.5 + 0.1 − 0.3.
         let e = rbm.energy(&[1.0, 1.0], &[1.0, 0.0]);
         assert!((e - (-1.5 + 0.1 - 0.3)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn generate_from_data_cycles_the_examples_and_rejects_none() {
+        let rbm = tiny(4, 3, 3);
+        let start = Matrix::from_fn(4, 2, |i, j| ((i + j) % 2) as f32);
+        // Zero Gibbs steps return the start states: examples 0, 1, 0.
+        let (_, v) = rbm.generate(3, 0, ChainStart::Data(&start), 1).unwrap();
+        let cols: Vec<Vec<f32>> = v.cols_iter().map(|c| c.to_vec()).collect();
+        assert_eq!(
+            cols,
+            [start.col(0), start.col(1), start.col(0)].map(|c| c.to_vec())
+        );
+        let empty = Matrix::zeros(4, 0);
+        assert!(matches!(
+            rbm.generate(3, 5, ChainStart::Data(&empty), 1),
+            Err(RbmError::Shape(_))
+        ));
     }
 
     #[test]

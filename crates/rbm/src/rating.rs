@@ -90,14 +90,23 @@ impl CdSchedule {
         CdSchedule(vec![(0, t)])
     }
 
-    /// The paper's 1 → 3 → 5 → 9, switching at 40%, 60% and 80% of the epochs.
+    /// The paper's 1 → 3 → 5 → 9, switching at 40%, 60% and 80% of the epochs (rounded
+    /// down). The first epoch is always T = 1; in runs too short for every step, switches that
+    /// fall on the same epoch keep the last T, so the schedule stays strictly increasing.
     pub fn paper(epochs: usize) -> Self {
-        CdSchedule(vec![
-            (0, 1),
+        let mut steps = vec![(0, 1)];
+        for (e, t) in [
             (epochs * 2 / 5, 3),
             (epochs * 3 / 5, 5),
             (epochs * 4 / 5, 9),
-        ])
+        ] {
+            match steps.last_mut() {
+                _ if e == 0 => {}
+                Some(last) if last.0 == e => last.1 = t,
+                _ => steps.push((e, t)),
+            }
+        }
+        CdSchedule(steps)
     }
 
     /// T for `epoch` (0-based).
@@ -5310,6 +5319,19 @@ pub(crate) mod tests {
             (s.t_at(0), s.t_at(19), s.t_at(20), s.t_at(30), s.t_at(49)),
             (1, 1, 3, 5, 9)
         );
+        // Short runs: switches on the same epoch collapse to the last T, none lands on epoch 0.
+        assert_eq!(CdSchedule::paper(1).0, vec![(0, 1)]);
+        assert_eq!(CdSchedule::paper(2).0, vec![(0, 1), (1, 9)]);
+        assert_eq!(CdSchedule::paper(3).0, vec![(0, 1), (1, 5), (2, 9)]);
+        assert_eq!(
+            CdSchedule::paper(30).0,
+            vec![(0, 1), (12, 3), (18, 5), (24, 9)]
+        );
+        for epochs in 1..=80 {
+            let cd = CdSchedule::paper(epochs);
+            let params = RatingRbmParams::new().epochs(epochs).cd(cd.clone()).check();
+            assert!(params.is_ok(), "paper({epochs}) = {cd:?} is rejected");
+        }
         let p = CdSchedule::parse("0:1,10:3", 20).unwrap();
         assert_eq!((p.t_at(9), p.t_at(10)), (1, 3));
         assert!(CdSchedule::parse("x", 5).is_err());

@@ -649,11 +649,15 @@ impl Trainer {
         }
         if cfg.persistent
             && let Some(chains) = self.chains.as_mut()
-            && chains.cols() == b
         {
-            chains
-                .as_mut_slice()
-                .copy_from_slice(&buf.v.as_slice()[d * b..]);
+            // Every chain this batch used moves on to its new state; a short last batch's
+            // chains are the first b (cycled chains end at the last column that used them).
+            let cols = chains.cols();
+            let (states, new) = (chains.as_mut_slice(), &buf.v.as_slice()[d * b..]);
+            for (i, col) in new.chunks_exact(d).enumerate() {
+                let c = i % cols;
+                states[c * d..(c + 1) * d].copy_from_slice(col);
+            }
         }
 
         self.update(model, b, (epoch, batch), momenta, lr_scale, team);
@@ -1345,6 +1349,26 @@ mod tests {
                 "{name}: mean log-likelihood {before:.3} → {after:.3}"
             );
         }
+    }
+
+    #[test]
+    fn pcd_advances_the_chains_a_short_last_batch_uses() {
+        // 70 examples in batches of 32: the last batch has 6 and runs on chains 0..6, which
+        // must hold its negative states afterwards (not the second batch's any more).
+        let data = planted(12, 70, 4);
+        let cfg = TrainParams::new()
+            .hidden(5)
+            .epochs(1)
+            .batch_size(32)
+            .persistent(true)
+            .check()
+            .unwrap();
+        let (_, t) = run(cfg, &data);
+        let chains = t.chains.as_ref().unwrap();
+        assert_eq!(chains.cols(), 32);
+        let last = t.last_negative_states();
+        assert_eq!(last.cols(), 6);
+        assert_eq!(&chains.as_slice()[..12 * 6], last.as_slice());
     }
 
     #[test]
