@@ -2,7 +2,7 @@
 //! so figures are comparable across machines and runs (the fraction of peak is the honest one).
 
 use crate::common::{Common, print_json};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use faer::Accum;
 use rbm::Matrix;
 use rbm::linalg::{self, current_par};
@@ -476,6 +476,21 @@ fn binary_case(
 
 /// Runs `rbm bench`.
 pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
+    for (flag, n) in [
+        ("--epochs", args.epochs),
+        ("--cf-epochs", args.cf_epochs),
+        ("--netflix-epochs", args.netflix_epochs),
+    ] {
+        if n == 0 {
+            bail!("{flag} must be at least 1 (the median of the timed epochs is reported)");
+        }
+    }
+    // A file named on the command line must be there; only the default cache may be absent.
+    if let Some(p) = &args.ratings
+        && !p.is_file()
+    {
+        bail!("--ratings {}: no such file", p.display());
+    }
     let ml_path = ml100k_path(args.ratings.as_deref());
     let report = common.in_pool(|| -> Result<Value> {
         let mut report = serde_json::Map::new();
@@ -534,7 +549,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
         report.insert("cases".into(), json!(cases));
         let mut notes = Vec::new();
         match &ml_path {
-            Some(p) => match ml100k_case(p, args.cf_epochs.max(1), args.sweep) {
+            Some(p) => match ml100k_case(p, args.cf_epochs, args.sweep) {
                 Ok(c) => {
                     // The headline figures at the top level, under the names the issue gives.
                     for (key, from) in [
@@ -554,6 +569,8 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                     }
                     report.insert("ml100k".into(), c);
                 }
+                // A file the user named must be usable; a broken cache is only noted.
+                Err(e) if args.ratings.is_some() => return Err(e),
                 Err(e) => {
                     report.insert("ml100k_epoch_seconds".into(), Value::Null);
                     notes.push(format!("MovieLens-100K case skipped: {e:#}"));
@@ -573,7 +590,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
             report.insert("netflix_epoch_seconds".into(), Value::Null);
             notes.push("Netflix-scale case skipped (--skip-netflix)".to_string());
         } else {
-            let c = netflix_case(args.netflix.as_deref(), args.netflix_epochs.max(1))?;
+            let c = netflix_case(args.netflix.as_deref(), args.netflix_epochs)?;
             for (k, v) in c.as_object().into_iter().flatten() {
                 report.insert(k.clone(), v.clone());
             }
@@ -617,7 +634,7 @@ pub fn bench(args: BenchArgs, common: &Common) -> Result<()> {
                 out.insert("binary_seconds_per_epoch_1thread".into(), json!(s1));
             }
             if let Some(p) = &ml_path {
-                let c = ml100k_case(p, args.cf_epochs.max(1), false)?;
+                let c = ml100k_case(p, args.cf_epochs, false)?;
                 out.insert(
                     "ml100k_epoch_seconds_1thread".into(),
                     c["user_epoch_seconds"].clone(),

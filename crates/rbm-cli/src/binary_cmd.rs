@@ -1,11 +1,11 @@
 //! The binary-RBM subcommands: `train`, `sample`, `transform`, `filters` and `walkthrough`.
 
-use crate::common::{Common, MetricsFile, print_json};
+use crate::common::{Common, MetricsFile, check_outputs, print_json};
 use anyhow::{Context, Result, bail};
 use rbm::BinaryRbm;
 use rbm::binary::ChainStart;
 use rbm::data::{self, Binarize, Dataset, LoadOptions};
-use rbm::train::{Momentum, Optimizer, TrainParams, Trainer};
+use rbm::train::{Momentum, Optimizer, TrainConfig, TrainParams, Trainer};
 use rbm::walkthrough::{WalkthroughInput, walkthrough};
 use rbm::{modelfile, picture};
 use serde_json::json;
@@ -169,7 +169,11 @@ fn momentum_of(args: &TrainArgs) -> Result<Momentum> {
 }
 
 /// Hyperparameters recorded in the model file's metadata.
-fn hyper_metadata(args: &TrainArgs, epochs_run: usize) -> BTreeMap<String, String> {
+fn hyper_metadata(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+    epochs_run: usize,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         m.insert(k.to_string(), v);
@@ -191,6 +195,25 @@ fn hyper_metadata(args: &TrainArgs, epochs_run: usize) -> BTreeMap<String, Strin
         if args.adam { "adam" } else { "sgd" }.to_string(),
     );
     put("seed", args.seed.to_string());
+    put("init_std", args.init_std.to_string());
+    put("lr_decay", args.lr_decay.to_string());
+    put("sample_visible", args.sample_visible.to_string());
+    // As `--momentum-schedule` takes it: INITIAL,FINAL,SWITCH_EPOCH.
+    let mo = &cfg.momentum;
+    put(
+        "momentum",
+        format!("{},{},{}", mo.initial, mo.final_value, mo.switch_epoch),
+    );
+    if let Some(t) = args.sparsity {
+        put("sparsity", t.to_string());
+        put("sparsity_cost", args.sparsity_cost.to_string());
+    }
+    if let Some(b) = &args.data.binarize {
+        put("binarize", b.clone());
+    }
+    if let Some(s) = args.data.shuffle {
+        put("shuffle", s.to_string());
+    }
     m
 }
 
@@ -216,6 +239,48 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
         params = params.optimizer(Optimizer::adam());
     }
     let cfg = params.check()?;
+    check_outputs(
+        &[
+            ("--out", Some(args.out.as_path())),
+            ("--filters", args.filters.as_deref()),
+            ("--samples", args.samples.as_deref()),
+            ("--curves", args.curves.as_deref()),
+            ("--metrics", args.metrics.as_deref()),
+        ],
+        &[Path::new(&args.data.data)]
+            .into_iter()
+            .chain(args.heldout.as_deref().map(Path::new))
+            .collect::<Vec<_>>(),
+    )?;
+    if let Some(every) = args.ais_every
+        && every > args.epochs
+    {
+        bail!(
+            "--ais-every {every} is more than --epochs {}: the log-likelihood would never be estimated",
+            args.epochs
+        );
+    }
+    // Held-out rows of the training file must not be training rows too, or the free-energy
+    // gap and held-out error would measure the training data.
+    if args.heldout.as_ref().is_none_or(|h| *h == args.data.data)
+        && let Some(hr) = &args.heldout_rows
+    {
+        let held = data::parse_rows(hr)?;
+        let train = match &args.data.rows {
+            Some(r) => data::parse_rows(r)?,
+            None => 0..usize::MAX,
+        };
+        if held.start < train.end && train.start < held.end {
+            bail!(
+                "--heldout-rows {hr} overlap the training rows ({}) of the same data; pick \
+                 disjoint ranges, e.g. --rows 0..4000 --heldout-rows 4000..5000",
+                args.data
+                    .rows
+                    .as_deref()
+                    .unwrap_or("all rows, as --rows is not given")
+            );
+        }
+    }
     let train_set = args.data.load(Binarize::None, args.seed)?;
     let heldout = match (&args.heldout, &args.heldout_rows) {
         (None, None) => None,
@@ -324,7 +389,11 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
                 .map(|h| model.reconstruction_mse(&h.examples)),
         )
     })?;
-    modelfile::save_binary(&args.out, &model, &hyper_metadata(&args, summary.epochs))?;
+    modelfile::save_binary(
+        &args.out,
+        &model,
+        &hyper_metadata(&args, &cfg, summary.epochs),
+    )?;
     let shape = train_set.image_shape;
     if let Some(p) = &args.filters {
         write_filters(p, &model, shape, None)?;
@@ -455,6 +524,16 @@ pub struct SampleArgs {
 
 /// Runs `rbm sample`.
 pub fn sample(args: SampleArgs, common: &Common) -> Result<()> {
+    if args.n == 0 {
+        bail!("-n must be at least 1 (the number of samples to draw)");
+    }
+    check_outputs(
+        &[
+            ("--out", Some(args.out.as_path())),
+            ("--csv", args.csv.as_deref()),
+        ],
+        &[args.model.as_path(), Path::new(&args.data.data)],
+    )?;
     let (model, _) = modelfile::load_binary(&args.model)?;
     let shape = match &args.shape {
         Some(s) => Some(parse_shape(s)?),
@@ -505,6 +584,10 @@ pub struct TransformArgs {
 
 /// Runs `rbm transform`.
 pub fn transform(args: TransformArgs, common: &Common) -> Result<()> {
+    check_outputs(
+        &[("--out", Some(args.out.as_path()))],
+        &[args.model.as_path(), Path::new(&args.data.data)],
+    )?;
     let (model, _) = modelfile::load_binary(&args.model)?;
     let set = args.data.load(Binarize::None, 0)?;
     if set.dim() != model.visible() {
@@ -561,6 +644,10 @@ pub struct FiltersArgs {
 
 /// Runs `rbm filters`.
 pub fn filters(args: FiltersArgs, common: &Common) -> Result<()> {
+    check_outputs(
+        &[("--out", Some(args.out.as_path()))],
+        &[args.model.as_path()],
+    )?;
     let (model, _) = modelfile::load_binary(&args.model)?;
     let shape = args.shape.as_deref().map(parse_shape).transpose()?;
     write_filters(&args.out, &model, shape, args.max_tiles)?;

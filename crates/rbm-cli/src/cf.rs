@@ -1,7 +1,7 @@
 //! `rbm cf ...`: the rating RBM for collaborative filtering — train, evaluate (holdout or
 //! k-fold), predict, recommend, write reproducible splits, and fetch MovieLens-100K.
 
-use crate::common::{Common, MetricsFile, print_json};
+use crate::common::{Common, MetricsFile, check_outputs, print_json};
 use anyhow::{Context, Result, bail};
 use rbm::cf_eval::{BiasBaseline, TopN, mae, rmse, topn_chunked};
 use rbm::cf_model::{CfMember, CfModel, Orientation, train_member};
@@ -563,6 +563,7 @@ fn fit(
     let (train, valid) = if cfg.validation > 0.0 {
         let split = holdout(&all, cfg.validation, cfg.params.seed ^ 0x5eed)?;
         drop(all);
+        check_parts("--validation", split.0.len(), split.1.len())?;
         split
     } else {
         (all, Vec::new())
@@ -773,6 +774,16 @@ fn load_data(d: &DataArgs, common: &Common) -> Result<(PathBuf, IdMap, IdMap, Ve
 
 fn train(a: TrainArgs, common: &Common) -> Result<()> {
     let cfg = config(&a.model)?;
+    check_outputs(
+        &[
+            ("--out", Some(a.out.as_path())),
+            ("--metrics", a.model.metrics.as_deref()),
+        ],
+        &[Some(Path::new(&a.data.ratings)), a.test.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+    )?;
     let (path, mut users, mut items, all) = load_data(&a.data, common)?;
     let (train, test) = match (&a.test, a.test_fraction) {
         (Some(_), Some(_)) => bail!("give --test or --test-fraction, not both"),
@@ -788,6 +799,13 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         }
         (None, None) => (all, None),
     };
+    if let Some(test) = &test {
+        let name = match &a.test {
+            Some(t) => t.display().to_string(),
+            None => "--test-fraction".to_string(),
+        };
+        check_parts(&name, train.len(), test.len())?;
+    }
     let scale = parse_scale(&a.data, &train)?;
     let data = Data {
         users,
@@ -869,9 +887,31 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
     Ok(())
 }
 
+/// A split with an empty part would report a mean over nothing (RMSE 0 or NaN) or train on
+/// nothing; refuse it with the sizes.
+fn check_parts(name: &str, train: usize, test: usize) -> Result<()> {
+    if test == 0 {
+        bail!("{name}: the test part is empty ({train} training ratings): use a larger fraction");
+    }
+    if train == 0 {
+        bail!(
+            "{name}: no training ratings are left ({test} in the test part): use a smaller fraction"
+        );
+    }
+    Ok(())
+}
+
 fn eval(a: EvalArgs, common: &Common) -> Result<()> {
     let cfg = config(&a.model)?;
     let (_, users, items, all) = load_data(&a.data, common)?;
+    if let Some(k) = a.folds
+        && !(2..=all.len()).contains(&k)
+    {
+        bail!(
+            "--folds {k}: need at least 2 folds and at most one per rating ({} ratings)",
+            all.len()
+        );
+    }
     let splits: Vec<(String, Vec<Rating>, Vec<Rating>)> = match a.folds {
         Some(k) => (0..k)
             .map(|f| kfold(&all, k, f, a.model.seed).map(|(tr, te)| (format!("fold {f}"), tr, te)))
@@ -889,6 +929,9 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
+    for (name, train, test) in &splits {
+        check_parts(name, train.len(), test.len())?;
+    }
     let mut metrics = MetricsFile::create(a.model.metrics.as_deref())?;
     let mut rows = Vec::new();
     for (name, train, test) in splits {
@@ -1013,6 +1056,8 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
     if let Some(p) = &a.pairs {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        // A byte-order mark would otherwise join the first user id.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         for (n, line) in text.lines().enumerate() {
             let f: Vec<&str> = line
                 .split(|c: char| c == ',' || c.is_whitespace())
@@ -1030,6 +1075,9 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
     }
     for c in a.ids.chunks(2) {
         toks.push((c[0].clone(), c[1].clone()));
+    }
+    if toks.is_empty() {
+        bail!("no pairs to predict: give USER ITEM pairs or --pairs FILE");
     }
     // Unknown tokens map past the known ids so they fall back to the baseline.
     let unknown_u = m.users.len() as u32;
@@ -1066,6 +1114,9 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
 }
 
 fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
+    if a.n == 0 {
+        bail!("-n must be at least 1 (the number of items to recommend)");
+    }
     let (m, matrix) = load_model(&a.model, &a.data, common)?;
     let u = m
         .users
@@ -1122,8 +1173,16 @@ fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
 }
 
 fn split(a: SplitArgs, common: &Common) -> Result<()> {
+    check_outputs(
+        &[
+            ("--out-train", Some(a.out_train.as_path())),
+            ("--out-test", Some(a.out_test.as_path())),
+        ],
+        &[Path::new(&a.data.ratings)],
+    )?;
     let (_, users, items, all) = load_data(&a.data, common)?;
     let (train, test) = holdout(&all, a.test_fraction, a.seed)?;
+    check_parts("the split", train.len(), test.len())?;
     let write = |path: &Path, rs: &[Rating]| -> Result<()> {
         rbm::atomic::write_atomic(path, |w| {
             use std::io::Write;

@@ -1,7 +1,7 @@
 //! Conventions shared by every subcommand: the thread pool, progress display (a bar with ETA on a
 //! terminal, plain lines otherwise), JSON output and the per-epoch metrics file.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// Worker threads (default: all cores). Results are identical run to run for a given count.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Print one JSON object with the results instead of a human-readable report.
     #[arg(long, global = true)]
@@ -19,6 +19,16 @@ pub struct Common {
     /// No progress display.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+}
+
+/// Most threads `--threads` accepts: far past any core count, short of spawning forever.
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a thread count from 1 to {MAX_THREADS}")),
+    }
 }
 
 impl Common {
@@ -104,6 +114,48 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Refuses, before any work starts, output paths that name a directory, the same file as
+/// another output, or an input file: otherwise a run would fail at its end with some outputs
+/// written, or overwrite its own data. `outputs` are `(flag, path)`; absent options are `None`.
+pub fn check_outputs(outputs: &[(&str, Option<&Path>)], inputs: &[&Path]) -> Result<()> {
+    // The file as it will be opened: its parent resolved (it may not exist yet), so that
+    // `out/./m` and `out/m` compare equal.
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        let name = p.file_name()?;
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        Some(match parent.canonicalize() {
+            Ok(dir) => dir.join(name),
+            Err(_) => p.to_path_buf(),
+        })
+    };
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for &(flag, path) in outputs {
+        let Some(path) = path else { continue };
+        let Some(file) = resolved(path).filter(|_| !path.is_dir()) else {
+            bail!("{flag} {}: is a directory, not a file", path.display());
+        };
+        if let Some((other, _)) = seen.iter().find(|(_, f)| *f == file) {
+            bail!(
+                "{flag} and {other} both name {}: give each output its own file",
+                path.display()
+            );
+        }
+        if let Some(input) = inputs
+            .iter()
+            .find(|i| i.is_file() && resolved(i).is_some_and(|f| f == file))
+        {
+            bail!(
+                "{flag} {} would overwrite the input file {}",
+                path.display(),
+                input.display()
+            );
+        }
+        seen.push((flag, file));
+    }
+    Ok(())
 }
 
 /// Prints a JSON value as one line on stdout.

@@ -2,7 +2,7 @@
 //! the intractability timing) and `rbm import-sklearn` (scikit-learn BernoulliRBM → model file).
 
 use crate::binary_cmd::DataArgs;
-use crate::common::{Common, print_json};
+use crate::common::{Common, check_outputs, print_json};
 use anyhow::{Context, Result, bail};
 use rbm::data::Binarize;
 use rbm::eval::{self, AisParams, BetaSchedule};
@@ -346,6 +346,18 @@ pub struct ImportArgs {
 
 /// Runs `rbm import-sklearn`.
 pub fn run_import(args: ImportArgs, common: &Common) -> Result<()> {
+    check_outputs(
+        &[("--out", Some(args.out.as_path()))],
+        &[
+            &args.components,
+            &args.intercept_visible,
+            &args.intercept_hidden,
+            &args.safetensors,
+        ]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+        .collect::<Vec<_>>(),
+    )?;
     let (model, source) = match (&args.safetensors, &args.components) {
         (Some(st), None) => (
             npy::import_sklearn_safetensors(st)?,

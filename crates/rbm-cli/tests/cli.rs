@@ -55,6 +55,68 @@ fn train_reports_metrics_and_same_seed_gives_identical_bytes() {
     );
 }
 
+/// The `__metadata__` of a safetensors file (8-byte little-endian header length, JSON header).
+fn safetensors_metadata(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header["__metadata__"].clone()
+}
+
+#[test]
+fn model_metadata_records_every_training_setting() {
+    let d = tmpdir("metadata");
+    let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    let base = [
+        "train", "--rows", "0..200", "--hidden", "6", "--epochs", "2", "-q",
+    ];
+    let out = rbm(&[
+        &base[..],
+        &[
+            "--lr-decay",
+            "--momentum-schedule",
+            "0.4,0.8,3",
+            "--sparsity",
+            "0.05",
+            "--binarize",
+            "0.5",
+            "--init-std",
+            "0.02",
+            "--out",
+            s(&a),
+        ],
+    ]
+    .concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = safetensors_metadata(&a);
+    for (key, want) in [
+        ("momentum", "0.4,0.8,3"),
+        ("lr_decay", "true"),
+        ("sparsity", "0.05"),
+        ("sparsity_cost", "0.01"),
+        ("binarize", "0.5"),
+        ("init_std", "0.02"),
+        ("epochs", "2"),
+    ] {
+        assert_eq!(m[key], want, "{key} in {m}");
+    }
+    // Defaults are recorded too: Hinton's momentum schedule, no decay, no sparsity.
+    let out = rbm(&[&base[..], &["--out", s(&b)]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = safetensors_metadata(&b);
+    assert_eq!(m["momentum"], "0.5,0.9,5", "{m}");
+    assert_eq!(m["lr_decay"], "false", "{m}");
+    assert!(m.get("sparsity").is_none(), "{m}");
+}
+
 #[test]
 fn walkthrough_json_matches_hand_computation() {
     let j = json(&rbm(&["walkthrough", "--json"]));

@@ -239,6 +239,9 @@ impl TrainParams {
         if c.batch_size == 0 {
             return Err(RbmError::param("batch", "must be at least 1"));
         }
+        if c.epochs == 0 {
+            return Err(RbmError::param("epochs", "must be at least 1"));
+        }
         if c.cd_k == 0 || c.cd_k > 10_000 {
             return Err(RbmError::param(
                 "cd",
@@ -521,7 +524,7 @@ impl Trainer {
                 return Err(RbmError::param(
                     "lr",
                     format!(
-                        "training diverged at epoch {} (non-finite parameters): lower the learning rate",
+                        "training diverged at epoch {} (non-finite parameters): lower the learning rate (or the weight decay)",
                         epoch + 1
                     ),
                 ));
@@ -1419,6 +1422,7 @@ mod tests {
     #[test]
     fn params_are_validated() {
         assert!(TrainParams::new().batch_size(0).check().is_err());
+        assert!(TrainParams::new().epochs(0).check().is_err());
         assert!(TrainParams::new().lr(-1.0).check().is_err());
         assert!(TrainParams::new().lr(f32::NAN).check().is_err());
         assert!(

@@ -118,6 +118,28 @@ pub fn walkthrough(input: &WalkthroughInput) -> Result<WalkthroughTrace> {
     if input.v0.len() != d {
         return Err(RbmError::param("v", format!("must have {d} values")));
     }
+    for (name, values) in [
+        ("w", input.w.concat()),
+        ("b", input.b.clone()),
+        ("c", input.c.clone()),
+    ] {
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            return Err(RbmError::param(name, format!("must be finite, got {v}")));
+        }
+    }
+    // v⁰ is data: binary states or grey values used as probabilities.
+    if let Some(v) = input.v0.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(RbmError::param("v", format!("values must lie in [0, 1], got {v}")));
+    }
+    for (name, lr) in [
+        ("lr-w", input.lr_w),
+        ("lr-b", input.lr_b),
+        ("lr-c", input.lr_c),
+    ] {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(RbmError::param(name, format!("must be finite and > 0, got {lr}")));
+        }
+    }
     let w = &input.w;
     let up = |v: &[f64]| -> Vec<f64> {
         (0..m)
@@ -267,6 +289,46 @@ mod tests {
             })
             .is_err()
         );
+        let bad = [
+            WalkthroughInput {
+                w: vec![vec![0.0, f64::NAN], vec![0.0, 0.0]],
+                ..base.clone()
+            },
+            WalkthroughInput {
+                b: vec![f64::INFINITY, 0.0],
+                ..base.clone()
+            },
+            WalkthroughInput {
+                c: vec![0.0, f64::NAN],
+                ..base.clone()
+            },
+            WalkthroughInput {
+                v0: vec![2.0, 0.0],
+                ..base.clone()
+            },
+            WalkthroughInput {
+                v0: vec![f64::NAN, 0.0],
+                ..base.clone()
+            },
+            WalkthroughInput {
+                lr_w: -1.0,
+                ..base.clone()
+            },
+            WalkthroughInput {
+                lr_b: f64::NAN,
+                ..base.clone()
+            },
+            WalkthroughInput {
+                lr_c: f64::INFINITY,
+                ..base.clone()
+            },
+        ];
+        for (n, input) in bad.iter().enumerate() {
+            assert!(
+                matches!(walkthrough(input), Err(RbmError::InvalidParam { .. })),
+                "case {n}"
+            );
+        }
         let t = walkthrough(&base).unwrap();
         assert!(t.hidden_draws.iter().all(|u| (0.0..1.0).contains(u)));
     }

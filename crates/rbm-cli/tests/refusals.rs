@@ -1,0 +1,255 @@
+//! Commands refuse bad requests before doing any work: outputs that collide with each other, an
+//! input or a directory; empty or degenerate evaluation sets; counts of zero; non-finite numbers.
+//! Each refusal must exit non-zero with a message naming the problem and write nothing.
+
+mod common;
+
+use common::{assert_refused, rbm, s, tmpdir};
+
+/// A small tab-separated rating file: 30 users × 12 items, ratings 1–5.
+fn ratings(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut text = String::new();
+    for u in 0..30u32 {
+        for i in 0..12u32 {
+            if (u + 2 * i) % 3 != 0 {
+                text.push_str(&format!("u{u}\ti{i}\t{}\n", 1 + (u * i) % 5));
+            }
+        }
+    }
+    let p = dir.join("r.tsv");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn colliding_or_directory_outputs_are_refused_before_training() {
+    let dir = tmpdir("refuse-outputs");
+    let model = dir.join("m.safetensors");
+    let base = [
+        "train", "--rows", "0..200", "--hidden", "8", "--epochs", "1",
+    ];
+    // Two outputs naming one file (the second spelled through `./`).
+    let same = dir.join(".").join("m.safetensors");
+    let out = rbm(&[&base[..], &["--out", s(&model), "--filters", s(&same)]].concat());
+    assert_refused(&out, &["--filters", "--out", "both name"], &model);
+    // An output that is a directory: refused before the model is written.
+    let out = rbm(&[&base[..], &["--out", s(&model), "--curves", s(&dir)]].concat());
+    assert_refused(&out, &["--curves", "is a directory"], &model);
+    // An output that is the input data.
+    let csv = dir.join("d.csv");
+    std::fs::write(&csv, "0,1,0,1\n1,0,1,0\n").unwrap();
+    let out = rbm(&[
+        "train",
+        "--data",
+        s(&csv),
+        "--hidden",
+        "2",
+        "--out",
+        s(&csv),
+    ]);
+    assert_refused(&out, &["would overwrite the input"], &model);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "0,1,0,1\n1,0,1,0\n");
+    // `sample` with its PNG and CSV on one path.
+    let png = dir.join("s.png");
+    let out = rbm(&[
+        "sample",
+        "--model",
+        s(&model),
+        "--out",
+        s(&png),
+        "--csv",
+        s(&png),
+    ]);
+    assert_refused(&out, &["both name"], &png);
+    // `cf split` with both parts on one path.
+    let r = ratings(&dir);
+    let part = dir.join("part.tsv");
+    let out = rbm(&[
+        "cf",
+        "split",
+        "--ratings",
+        s(&r),
+        "--out-train",
+        s(&part),
+        "--out-test",
+        s(&part),
+    ]);
+    assert_refused(&out, &["both name"], &part);
+}
+
+#[test]
+fn zero_counts_and_overlapping_rows_are_refused() {
+    let dir = tmpdir("refuse-counts");
+    let model = dir.join("m.safetensors");
+    let out = rbm(&["train", "--epochs", "0", "--out", s(&model)]);
+    assert_refused(&out, &["epochs", "at least 1"], &model);
+    // Held-out rows inside the training rows (all rows when --rows is absent).
+    let out = rbm(&["train", "--heldout-rows", "0..10", "--out", s(&model)]);
+    assert_refused(&out, &["--heldout-rows 0..10 overlap"], &model);
+    let out = rbm(&[
+        "train",
+        "--rows",
+        "0..100",
+        "--heldout-rows",
+        "50..150",
+        "--out",
+        s(&model),
+    ]);
+    assert_refused(&out, &["overlap"], &model);
+    let out = rbm(&[
+        "train",
+        "--rows",
+        "0..100",
+        "--heldout-rows",
+        "100..120",
+        "--ais-every",
+        "5",
+        "--epochs",
+        "2",
+        "--out",
+        s(&model),
+    ]);
+    assert_refused(&out, &["--ais-every 5", "never"], &model);
+    let nothing = dir.join("nothing");
+    for args in [
+        &["bench", "--epochs", "0", "--skip-netflix"][..],
+        &[
+            "bench",
+            "--cf-epochs",
+            "0",
+            "--skip-binary",
+            "--skip-netflix",
+        ],
+        &["bench", "--netflix-epochs", "0", "--skip-binary"],
+    ] {
+        assert_refused(&rbm(args), &["at least 1"], &nothing);
+    }
+    let out = rbm(&["--threads", "0", "walkthrough"]);
+    assert_refused(&out, &["thread count from 1"], &nothing);
+    let missing = dir.join("missing.inter");
+    let out = rbm(&[
+        "bench",
+        "--ratings",
+        s(&missing),
+        "--skip-binary",
+        "--skip-netflix",
+    ]);
+    assert_refused(&out, &["missing.inter", "no such file"], &nothing);
+}
+
+#[test]
+fn degenerate_rating_evaluations_are_refused() {
+    let dir = tmpdir("refuse-cf");
+    let r = ratings(&dir);
+    let model = dir.join("m.safetensors");
+    let small = ["--hidden", "4", "--epochs", "1", "--no-topn"];
+    for (folds, needle) in [("0", "--folds 0"), ("100000", "at most one per rating")] {
+        let out = rbm(&[
+            &["cf", "eval", "--ratings", s(&r), "--folds", folds][..],
+            &small,
+        ]
+        .concat());
+        assert_refused(&out, &[needle], &model);
+    }
+    // A test fraction that leaves no test ratings, and one that leaves no training ratings.
+    let out = rbm(&[
+        &[
+            "cf",
+            "eval",
+            "--ratings",
+            s(&r),
+            "--test-fraction",
+            "0.0001",
+        ][..],
+        &small,
+    ]
+    .concat());
+    assert_refused(&out, &["test part is empty"], &model);
+    let train = dir.join("train.tsv");
+    let out = rbm(&[
+        "cf",
+        "split",
+        "--ratings",
+        s(&r),
+        "--test-fraction",
+        "0.0001",
+        "--out-train",
+        s(&train),
+        "--out-test",
+        s(&dir.join("test.tsv")),
+    ]);
+    assert_refused(&out, &["test part is empty"], &train);
+    let empty = dir.join("empty.tsv");
+    std::fs::write(&empty, "").unwrap();
+    let out = rbm(&[
+        &[
+            "cf",
+            "train",
+            "--ratings",
+            s(&r),
+            "--test",
+            s(&empty),
+            "-o",
+            s(&model),
+        ][..],
+        &small,
+    ]
+    .concat());
+    assert_refused(&out, &["empty.tsv", "test part is empty"], &model);
+    let out = rbm(&[
+        &[
+            "cf",
+            "train",
+            "--ratings",
+            s(&r),
+            "--validation",
+            "0.9999",
+            "-o",
+            s(&model),
+        ][..],
+        &small,
+    ]
+    .concat());
+    assert_refused(&out, &["--validation", "no training ratings"], &model);
+    // Predicting nothing, recommending nothing.
+    let ok = rbm(&[
+        &["cf", "train", "--ratings", s(&r), "-o", s(&model)][..],
+        &small,
+    ]
+    .concat());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let nothing = dir.join("nothing");
+    let out = rbm(&["cf", "predict", "--model", s(&model), "--ratings", s(&r)]);
+    assert_refused(&out, &["no pairs"], &nothing);
+    let out = rbm(&[
+        "cf",
+        "recommend",
+        "--model",
+        s(&model),
+        "--ratings",
+        s(&r),
+        "--user",
+        "u1",
+        "-n",
+        "0",
+    ]);
+    assert_refused(&out, &["-n must be at least 1"], &nothing);
+}
+
+#[test]
+fn walkthrough_refuses_non_finite_or_out_of_range_numbers() {
+    let nothing = std::env::temp_dir().join("rbm-walkthrough-nothing");
+    for (args, needle) in [
+        (&["walkthrough", "--lr", "nan"][..], "lr-w"),
+        (&["walkthrough", "--lr-b=-1"], "lr-b"),
+        (&["walkthrough", "--w", "nan,1;1,1"], "`w`"),
+        (&["walkthrough", "--c", "inf,0"], "`c`"),
+        (&["walkthrough", "--v", "2,0"], "[0, 1]"),
+    ] {
+        assert_refused(&rbm(args), &[needle], &nothing);
+    }
+}
