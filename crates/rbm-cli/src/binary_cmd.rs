@@ -1,6 +1,6 @@
 //! The binary-RBM subcommands: `train`, `sample`, `transform`, `filters` and `walkthrough`.
 
-use crate::common::{Common, MetricsFile, check_outputs, print_json};
+use crate::common::{Common, MetricsFile, check_memory, check_outputs, print_json};
 use anyhow::{Context, Result, bail};
 use rbm::BinaryRbm;
 use rbm::binary::ChainStart;
@@ -123,7 +123,8 @@ pub struct TrainArgs {
     /// Where to write the model (safetensors).
     #[arg(long, default_value = "model.safetensors")]
     out: PathBuf,
-    /// Per-epoch metrics as JSON lines.
+    /// Per-epoch metrics as JSON lines, written as training goes so they can be followed; a run
+    /// that fails (say, diverges) keeps the epochs it finished.
     #[arg(long)]
     metrics: Option<PathBuf>,
     /// Also write the weight filters as a PNG.
@@ -282,6 +283,12 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
         }
     }
     let train_set = args.data.load(Binarize::None, args.seed)?;
+    // W, its velocity (or Adam's two moments) and the update's scratch: f32 each.
+    let state = if args.adam { 4.0 } else { 3.0 };
+    check_memory(
+        &format!("a {} × {} model", train_set.dim(), args.hidden),
+        4.0 * state * train_set.dim() as f64 * args.hidden as f64,
+    )?;
     let heldout = match (&args.heldout, &args.heldout_rows) {
         (None, None) => None,
         (spec, rows) => Some(
@@ -291,7 +298,8 @@ pub fn train(args: TrainArgs, common: &Common) -> Result<()> {
                 binarize: args.data.binarize.clone(),
                 shuffle: args.data.shuffle,
             }
-            .load(Binarize::None, args.seed)?,
+            .load(Binarize::None, args.seed)
+            .context("held-out data (--heldout, --heldout-rows)")?,
         ),
     };
     let ais = match (args.ais_every, &heldout) {
@@ -487,7 +495,14 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
     let (a, b) = s
         .split_once(['x', 'X'])
         .with_context(|| format!("--shape wants ROWSxCOLS, got `{s}`"))?;
-    Ok((a.trim().parse()?, b.trim().parse()?))
+    let dim = |t: &str| -> Result<usize> {
+        t.trim()
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("--shape wants ROWSxCOLS with positive sizes, got `{s}`"))
+    };
+    Ok((dim(a)?, dim(b)?))
 }
 
 /// `rbm sample`: generate data by Gibbs sampling from a trained model.

@@ -1,7 +1,7 @@
 //! `rbm cf ...`: the rating RBM for collaborative filtering — train, evaluate (holdout or
 //! k-fold), predict, recommend, write reproducible splits, and fetch MovieLens-100K.
 
-use crate::common::{Common, MetricsFile, check_outputs, print_json};
+use crate::common::{Common, MetricsFile, check_memory, check_outputs, print_json};
 use anyhow::{Context, Result, bail};
 use rbm::cf_eval::{BiasBaseline, TopN, mae, rmse, topn_chunked};
 use rbm::cf_model::{CfMember, CfModel, Orientation, train_member};
@@ -180,7 +180,8 @@ pub struct ModelArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Per-epoch metrics file (JSON lines).
+    /// Per-epoch metrics file (JSON lines), written as training goes so it can be followed;
+    /// a run that fails keeps the epochs it finished.
     #[arg(long)]
     pub metrics: Option<PathBuf>,
 }
@@ -487,6 +488,11 @@ fn config(a: &ModelArgs) -> Result<Config> {
     if ensemble == 0 {
         bail!("--ensemble must be at least 1");
     }
+    if implicit_targets && !conditional {
+        bail!(
+            "--implicit-targets adds to the conditional RBM's implicit sets: it needs --conditional"
+        );
+    }
     let predict = match a.predict.as_deref() {
         None | Some("mean-field") => PredictMethod::MeanField,
         Some("exact") => PredictMethod::Exact,
@@ -568,6 +574,25 @@ fn fit(
     } else {
         (all, Vec::new())
     };
+    // Every member's W is kept; the one in training also has its velocity (or two moments).
+    let w_floats = |o: Orientation| {
+        let visible = match o {
+            Orientation::User => ni,
+            Orientation::Item => nu,
+        };
+        (visible * scale.k()) as f64 * cfg.params.hidden as f64
+    };
+    let kept: f64 =
+        cfg.orientations.iter().map(|&o| w_floats(o)).sum::<f64>() * cfg.ensemble as f64;
+    let largest = cfg
+        .orientations
+        .iter()
+        .map(|&o| w_floats(o))
+        .fold(0.0, f64::max);
+    check_memory(
+        &format!("{label}the model ({} hidden units)", cfg.params.hidden),
+        4.0 * (kept + 2.0 * largest),
+    )?;
     let matrix = RatingMatrix::from_ratings(nu, ni, &train, &scale)?;
     // Validation pairs are "to be predicted" too: with implicit targets they join the sets.
     let mut implicit_extra = implicit_extra.to_vec();

@@ -158,6 +158,32 @@ pub fn check_outputs(outputs: &[(&str, Option<&Path>)], inputs: &[&Path]) -> Res
     Ok(())
 }
 
+/// Refuses a run whose model cannot fit in memory: `bytes` (an estimate of what training
+/// allocates) against what the system reports available (Linux; elsewhere not checked), so a
+/// typo such as `--hidden 4000000000` gets an error, not an allocation abort minutes later.
+pub fn check_memory(what: &str, bytes: f64) -> Result<()> {
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if bytes > available as f64 {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        bail!(
+            "{what} needs about {:.1} GiB, more than the {:.1} GiB of memory available",
+            gib(bytes),
+            gib(available as f64)
+        );
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 /// Prints a JSON value as one line on stdout.
 pub fn print_json(value: &serde_json::Value) {
     println!("{value}");

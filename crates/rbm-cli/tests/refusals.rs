@@ -126,6 +126,17 @@ fn zero_counts_and_overlapping_rows_are_refused() {
     }
     let out = rbm(&["--threads", "0", "walkthrough"]);
     assert_refused(&out, &["thread count from 1"], &nothing);
+    // A model that cannot fit in memory: refused up front, not an allocation abort.
+    let out = rbm(&[
+        "train",
+        "--rows",
+        "0..10",
+        "--hidden",
+        "4000000000",
+        "--out",
+        s(&model),
+    ]);
+    assert_refused(&out, &["784 × 4000000000", "GiB"], &model);
     let missing = dir.join("missing.inter");
     let out = rbm(&[
         "bench",
@@ -211,6 +222,37 @@ fn degenerate_rating_evaluations_are_refused() {
     ]
     .concat());
     assert_refused(&out, &["--validation", "no training ratings"], &model);
+    let out = rbm(&[
+        &[
+            "cf",
+            "train",
+            "--ratings",
+            s(&r),
+            "--hidden",
+            "65536",
+            "--ensemble",
+            "10000000",
+            "-o",
+            s(&model),
+        ][..],
+        &small[2..],
+    ]
+    .concat());
+    assert_refused(&out, &["65536 hidden units", "GiB"], &model);
+    let out = rbm(&[
+        &[
+            "cf",
+            "train",
+            "--ratings",
+            s(&r),
+            "--implicit-targets",
+            "-o",
+            s(&model),
+        ][..],
+        &small,
+    ]
+    .concat());
+    assert_refused(&out, &["needs --conditional"], &model);
     // Predicting nothing, recommending nothing.
     let ok = rbm(&[
         &["cf", "train", "--ratings", s(&r), "-o", s(&model)][..],

@@ -79,6 +79,14 @@ impl BetaSchedule {
             Some((k, n)) => (k, Some(n.trim().parse::<usize>().map_err(|_| bad())?)),
             None => (s, None),
         };
+        if let Some(n) = count
+            && !(1..=MAX_AIS_STEPS).contains(&n)
+        {
+            return Err(RbmError::param(
+                "schedule",
+                format!("`{s}`: STEPS must be in 1..={MAX_AIS_STEPS}"),
+            ));
+        }
         match (kind.trim(), count) {
             ("sm", None) => Ok(BetaSchedule::SalakhutdinovMurray),
             ("sm", Some(n)) => Ok(BetaSchedule::SmShaped(n)),
@@ -88,6 +96,10 @@ impl BetaSchedule {
         }
     }
 }
+
+/// Most steps a parsed schedule may have: 700 times Salakhutdinov & Murray's 14,500, already
+/// hours per run at MNIST size; more would only exhaust memory for the β list.
+const MAX_AIS_STEPS: usize = 10_000_000;
 
 /// `a` steps of equal size up to 0.5, `b` up to 0.9, `c` up to 1.
 fn phases(a: usize, b: usize, c: usize) -> Vec<f64> {
@@ -473,6 +485,13 @@ mod tests {
             BetaSchedule::SmShaped(300)
         );
         assert!(BetaSchedule::parse("linear").is_err() && BetaSchedule::parse("x:3").is_err());
+        // A step count that would only exhaust memory is refused; the largest allowed parses.
+        assert!(BetaSchedule::parse("linear:99999999999999").is_err());
+        assert!(BetaSchedule::parse("geometric:0").is_err());
+        assert_eq!(
+            BetaSchedule::parse("linear:10000000").unwrap(),
+            BetaSchedule::Linear(MAX_AIS_STEPS)
+        );
     }
 
     #[test]
