@@ -199,9 +199,10 @@ pub struct TrainArgs {
     /// Or hold out this fraction of --ratings as the test set.
     #[arg(long)]
     test_fraction: Option<f64>,
-    /// Seed of the holdout split.
-    #[arg(long, default_value_t = 0)]
-    split_seed: u64,
+    /// Seed of the holdout split; `numpy:S` takes the first ratings of NumPy's
+    /// `default_rng(S).permutation` instead (REFERENCE's split is `numpy:0` at 0.1).
+    #[arg(long, default_value = "0")]
+    split_seed: SplitSeed,
     /// Where to save the model (safetensors).
     #[arg(long, short, default_value = "model.safetensors")]
     out: PathBuf,
@@ -223,7 +224,8 @@ pub struct EvalArgs {
     /// Holdout fraction for each split.
     #[arg(long, default_value_t = 0.1)]
     test_fraction: f64,
-    /// Split seeds (comma-separated), one holdout per seed.
+    /// Split seeds (comma-separated), one holdout per seed; `numpy:S` takes the first ratings
+    /// of NumPy's `default_rng(S).permutation` (REFERENCE's split is `numpy:0`).
     #[arg(long, default_value = "0")]
     split_seeds: String,
     /// Skip the top-N metrics.
@@ -270,9 +272,10 @@ pub struct RecommendArgs {
 pub struct SplitArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed; `numpy:S` takes the first ratings of NumPy's `default_rng(S).permutation`
+    /// (REFERENCE's split is `numpy:0`).
+    #[arg(long, default_value = "0")]
+    seed: SplitSeed,
     /// Test fraction.
     #[arg(long, default_value_t = 0.1)]
     test_fraction: f64,
@@ -817,7 +820,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
             (all, Some(test))
         }
         (None, Some(f)) => {
-            let (tr, te) = holdout(&all, f, a.split_seed)?;
+            let (tr, te) = a.split_seed.holdout(&all, f)?;
             // Freed as soon as it is split (at 10⁸ ratings it is 1.2 GB).
             drop(all);
             (tr, Some(te))
@@ -912,6 +915,73 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
     Ok(())
 }
 
+/// Which random holdout: this crate's (a seed for its streams), or NumPy's `default_rng`
+/// permutation, for splits published that way.
+#[derive(Clone, Copy, Debug)]
+pub enum SplitSeed {
+    /// [`holdout`] with this seed.
+    Rbm(u64),
+    /// The first round(f·n) places of `numpy.random.default_rng(seed).permutation(n)` are the
+    /// test part (in that order); the rest, in file order, the training part.
+    Numpy(u64),
+}
+
+impl std::str::FromStr for SplitSeed {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .with_context(|| format!("`{s}`: expected a seed (e.g. 3) or numpy:SEED"))
+        };
+        match s.strip_prefix("numpy:") {
+            Some(t) => Ok(SplitSeed::Numpy(num(t)?)),
+            None => Ok(SplitSeed::Rbm(num(s)?)),
+        }
+    }
+}
+
+impl std::fmt::Display for SplitSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SplitSeed::Rbm(s) => write!(f, "{s}"),
+            SplitSeed::Numpy(s) => write!(f, "numpy:{s}"),
+        }
+    }
+}
+
+impl SplitSeed {
+    /// (training, test) parts of `all` with `fraction` of the ratings held out.
+    fn holdout(self, all: &[Rating], fraction: f64) -> Result<(Vec<Rating>, Vec<Rating>)> {
+        let seed = match self {
+            SplitSeed::Rbm(seed) => return Ok(holdout(all, fraction, seed)?),
+            SplitSeed::Numpy(seed) => seed,
+        };
+        if !(fraction > 0.0 && fraction < 1.0) {
+            bail!("--test-fraction must be in (0, 1), got {fraction}");
+        }
+        let n_test = (fraction * all.len() as f64).round() as usize;
+        let perm = rbm::random::numpy::permutation(all.len(), seed);
+        let mut in_test = vec![false; all.len()];
+        let test = perm[..n_test]
+            .iter()
+            .map(|&i| {
+                in_test[i] = true;
+                all[i]
+            })
+            .collect();
+        let train = all
+            .iter()
+            .zip(&in_test)
+            .filter(|&(_, &t)| !t)
+            .map(|(r, _)| *r)
+            .collect();
+        Ok((train, test))
+    }
+}
+
 /// A split with an empty part would report a mean over nothing (RMSE 0 or NaN) or train on
 /// nothing; refuse it with the sizes.
 fn check_parts(name: &str, train: usize, test: usize) -> Result<()> {
@@ -945,11 +1015,8 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
             .split_seeds
             .split(',')
             .map(|s| -> Result<_> {
-                let seed: u64 = s
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("--split-seeds: `{s}`"))?;
-                let (tr, te) = holdout(&all, a.test_fraction, seed)?;
+                let seed: SplitSeed = s.parse().context("--split-seeds")?;
+                let (tr, te) = seed.holdout(&all, a.test_fraction)?;
                 Ok((format!("seed {seed}"), tr, te))
             })
             .collect::<Result<_>>()?,
@@ -1206,7 +1273,7 @@ fn split(a: SplitArgs, common: &Common) -> Result<()> {
         &[Path::new(&a.data.ratings)],
     )?;
     let (_, users, items, all) = load_data(&a.data, common)?;
-    let (train, test) = holdout(&all, a.test_fraction, a.seed)?;
+    let (train, test) = a.seed.holdout(&all, a.test_fraction)?;
     check_parts("the split", train.len(), test.len())?;
     let write = |path: &Path, rs: &[Rating]| -> Result<()> {
         rbm::atomic::write_atomic(path, |w| {

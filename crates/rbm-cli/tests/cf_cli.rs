@@ -383,3 +383,55 @@ fn bench_reports_the_rating_case_and_thread_speedups() {
     assert!((intercept - (my - cov / var * mx)).abs() <= 1e-9, "{sweep}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn numpy_split_takes_the_first_places_of_numpys_permutation() {
+    // NumPy 2.4.6: `default_rng(7).permutation(10)` = [8, 0, 7, 1, 3, 6, 2, 4, 5, 9], so a 0.3
+    // holdout of ten ratings tests lines 8, 0 and 7 (0-based), in that order, and trains on
+    // the other seven in file order.
+    let dir = std::env::temp_dir().join(format!("rbm-cf-numpy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<String> = (0..10)
+        .map(|n| format!("u{}\ti{}\t{}", n % 4, n, 1 + n % 5))
+        .collect();
+    std::fs::write(dir.join("r.tsv"), lines.join("\n") + "\n").unwrap();
+    let (train, test) = (dir.join("train.tsv"), dir.join("test.tsv"));
+    let out = rbm()
+        .args(["cf", "split", "--seed", "numpy:7", "--test-fraction", "0.3"])
+        .arg("--ratings")
+        .arg(dir.join("r.tsv"))
+        .arg("--out-train")
+        .arg(&train)
+        .arg("--out-test")
+        .arg(&test)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let pick = |idx: &[usize]| -> Vec<String> { idx.iter().map(|&i| lines[i].clone()).collect() };
+    assert_eq!(read(&test), pick(&[8, 0, 7]));
+    assert_eq!(read(&train), pick(&[1, 2, 3, 4, 5, 6, 9]));
+    // A malformed seed is refused with the flag's name.
+    let out = rbm()
+        .args(["cf", "split", "--seed", "numpy:x", "--ratings"])
+        .arg(dir.join("r.tsv"))
+        .arg("--out-train")
+        .arg(&train)
+        .arg("--out-test")
+        .arg(&test)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("numpy:SEED"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,7 +2,8 @@
 //! `(seed, epoch, batch, row)`, so a run's randomness does not depend on how work is split across
 //! threads: the same seed gives the same draws whatever the scheduling. [`Stream`] is one such
 //! stream; [`Lanes`] advances eight of them together for the long runs of Bernoulli draws in the
-//! binary Gibbs passes.
+//! binary Gibbs passes. [`numpy`] rebuilds NumPy's `default_rng` permutations, only so that
+//! splits published that way can be reproduced.
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
@@ -414,6 +415,136 @@ impl Lanes {
     }
 }
 
+/// NumPy's `numpy.random.default_rng(seed)` (PCG64 seeded through `SeedSequence`) and its
+/// `permutation(n)`, bit for bit, so that a split published as "the first 10,000 of a
+/// `default_rng(0)` permutation" (REFERENCE §4) can be rebuilt without Python. Nothing else in
+/// the crate draws from it.
+pub mod numpy {
+    const MULT: u128 = (2_549_297_995_355_413_924u128 << 64) | 4_865_540_595_714_422_341;
+
+    /// `SeedSequence(seed).generate_state(4, uint64)`: NumPy's hash of the seed's 32-bit words
+    /// into a pool of four, then four 64-bit words drawn from the pool.
+    fn seed_words(seed: u64) -> [u64; 4] {
+        let entropy: Vec<u32> = match (seed as u32, (seed >> 32) as u32) {
+            (lo, 0) => vec![lo],
+            (lo, hi) => vec![lo, hi],
+        };
+        let mut hash = 0x43b0_d7e5u32;
+        let mut hashmix = |v: u32| {
+            let mut v = v ^ hash;
+            hash = hash.wrapping_mul(0x931e_8875);
+            v = v.wrapping_mul(hash);
+            v ^ (v >> 16)
+        };
+        let mix = |x: u32, y: u32| {
+            let r = 0xca01_f9ddu32
+                .wrapping_mul(x)
+                .wrapping_sub(0x4973_f715u32.wrapping_mul(y));
+            r ^ (r >> 16)
+        };
+        let mut pool = [0u32; 4];
+        for (i, p) in pool.iter_mut().enumerate() {
+            *p = hashmix(entropy.get(i).copied().unwrap_or(0));
+        }
+        for src in 0..4 {
+            for dst in 0..4 {
+                if src != dst {
+                    let h = hashmix(pool[src]);
+                    pool[dst] = mix(pool[dst], h);
+                }
+            }
+        }
+        // (At most two entropy words: none is left over for the pool's second pass.)
+        let mut hash_b = 0x8b51_f9ddu32;
+        let mut words = [0u32; 8];
+        for (i, w) in words.iter_mut().enumerate() {
+            let mut v = pool[i % 4] ^ hash_b;
+            hash_b = hash_b.wrapping_mul(0x58f3_8ded);
+            v = v.wrapping_mul(hash_b);
+            *w = v ^ (v >> 16);
+        }
+        std::array::from_fn(|i| u64::from(words[2 * i]) | u64::from(words[2 * i + 1]) << 32)
+    }
+
+    /// NumPy's PCG64 (XSL-RR output on a 128-bit LCG), with its buffered 32-bit draws.
+    pub struct Pcg64 {
+        state: u128,
+        inc: u128,
+        spare: Option<u32>,
+    }
+
+    impl Pcg64 {
+        /// The generator of `numpy.random.default_rng(seed)`.
+        pub fn new(seed: u64) -> Self {
+            let w = seed_words(seed);
+            let (init_state, init_seq) = (
+                u128::from(w[0]) << 64 | u128::from(w[1]),
+                u128::from(w[2]) << 64 | u128::from(w[3]),
+            );
+            let mut g = Pcg64 {
+                state: 0,
+                inc: init_seq << 1 | 1,
+                spare: None,
+            };
+            g.step();
+            g.state = g.state.wrapping_add(init_state);
+            g.step();
+            g
+        }
+
+        fn step(&mut self) {
+            self.state = self.state.wrapping_mul(MULT).wrapping_add(self.inc);
+        }
+
+        /// `bit_generator.random_raw()`.
+        pub fn next_u64(&mut self) -> u64 {
+            self.step();
+            let x = (self.state >> 64) as u64 ^ self.state as u64;
+            x.rotate_right((self.state >> 122) as u32)
+        }
+
+        /// NumPy's 32-bit draw: the low half of a 64-bit draw, then its high half.
+        fn next_u32(&mut self) -> u32 {
+            if let Some(v) = self.spare.take() {
+                return v;
+            }
+            let v = self.next_u64();
+            self.spare = Some((v >> 32) as u32);
+            v as u32
+        }
+
+        /// NumPy's `random_interval`: uniform on `0..=max` by masked rejection.
+        fn interval(&mut self, max: u64) -> u64 {
+            if max == 0 {
+                return 0;
+            }
+            let mask = u64::MAX >> max.leading_zeros();
+            loop {
+                let v = if max <= u64::from(u32::MAX) {
+                    u64::from(self.next_u32()) & mask
+                } else {
+                    self.next_u64() & mask
+                };
+                if v <= max {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// `numpy.random.default_rng(seed).permutation(n)`: a Fisher–Yates shuffle of `0..n` from
+    /// the last place down.
+    pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+        let mut g = Pcg64::new(seed);
+        let mut a: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = g.interval(i as u64) as usize;
+            a.swap(i, j);
+        }
+        a
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +711,37 @@ mod tests {
         }
         // Nothing was drawn.
         assert_eq!(s.uniform(), before);
+    }
+
+    #[test]
+    fn numpy_default_rng_permutations_match_numpy() {
+        // Values printed by NumPy 2.4.6: `default_rng(0).bit_generator.random_raw()` three
+        // times, `default_rng(s).permutation(n)`, and Σ i·p[i] over the 100,000-place
+        // permutation of seed 0 (the size of MovieLens-100K).
+        let mut g = numpy::Pcg64::new(0);
+        assert_eq!(
+            [g.next_u64(), g.next_u64(), g.next_u64()],
+            [
+                0xa30f_ebcf_d9c2_825f,
+                0x4510_bdf8_82d9_d721,
+                0x0a7d_3da9_4ecd_e8b8
+            ]
+        );
+        assert_eq!(numpy::permutation(10, 0), [4, 6, 2, 7, 3, 5, 9, 0, 8, 1]);
+        assert_eq!(numpy::permutation(10, 7), [8, 0, 7, 1, 3, 6, 2, 4, 5, 9]);
+        assert_eq!(&numpy::permutation(10, 1)[..5], [8, 4, 7, 0, 1]);
+        assert_eq!(
+            &numpy::permutation(1000, 12345)[..5],
+            [279, 568, 569, 583, 55]
+        );
+        // A seed of more than 32 bits (two entropy words).
+        assert_eq!(
+            &numpy::permutation(1000, (1 << 40) + 7)[..5],
+            [795, 479, 354, 691, 160]
+        );
+        let p = numpy::permutation(100_000, 0);
+        assert_eq!(&p[..6], [18836, 43996, 91795, 93254, 38314, 54783]);
+        let weighted: u64 = p.iter().enumerate().map(|(i, &x)| (i * x) as u64).sum();
+        assert_eq!(weighted, 249_970_423_334_886);
     }
 }
