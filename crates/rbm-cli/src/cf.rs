@@ -730,19 +730,50 @@ fn evaluate(
     } else if with_topn {
         let t0 = Instant::now();
         let (rbm_top, base_top) = common.in_pool(|| topn_metrics(f, test))?;
-        out["precision_at_10"] = json!(rbm_top.precision);
-        out["recall_at_10"] = json!(rbm_top.recall);
-        out["ndcg_at_10"] = json!(rbm_top.ndcg);
-        out["baseline_precision_at_10"] = json!(base_top.precision);
-        out["baseline_recall_at_10"] = json!(base_top.recall);
-        out["baseline_ndcg_at_10"] = json!(base_top.ndcg);
+        for (prefix, t) in [("", rbm_top), ("baseline_", base_top)] {
+            for (name, value) in topn_figures(&t) {
+                out[format!("{prefix}{name}_at_10")] = json!(value);
+            }
+        }
         out["topn_users"] = json!(rbm_top.users);
         out["topn_seconds"] = json!(t0.elapsed().as_secs_f64());
     }
     Ok(out)
 }
 
-/// Precision/recall/NDCG@10 (relevant: test ratings ≥ 4) for the model and the baseline. Every
+/// The ranking figures by their JSON names (`{name}_at_10`), in the order reports print them.
+fn topn_figures(t: &TopN) -> [(&'static str, f64); 5] {
+    [
+        ("precision", t.precision),
+        ("recall", t.recall),
+        ("ndcg", t.ndcg),
+        ("map", t.map),
+        ("hit_rate", t.hit_rate),
+    ]
+}
+
+/// "precision … recall … NDCG … MAP … hit rate … (baseline a / b / c / d / e)" from a report
+/// whose keys are `{prefix}{name}_at_10` and `{prefix}baseline_{name}_at_10`; `None` without
+/// ranking figures.
+fn topn_line(report: &serde_json::Value, prefix: &str) -> Option<String> {
+    let get = |base: &str, name: &str| report.get(format!("{prefix}{base}{name}_at_10"))?.as_f64();
+    let names = topn_figures(&TopN::default()).map(|(n, _)| n);
+    let labels = ["precision", "recall", "NDCG", "MAP", "hit rate"];
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for (name, label) in names.iter().zip(labels) {
+        ours.push(format!("{label} {:.4}", get("", name)?));
+        base.push(format!("{:.4}", get("baseline_", name)?));
+    }
+    Some(format!(
+        "{}  (baseline {})",
+        ours.join(" "),
+        base.join(" / ")
+    ))
+}
+
+/// Precision/recall/NDCG/MAP/hit rate@10 (relevant: test ratings ≥ 4) for the model and the
+/// baseline. Every
 /// item is scored for a chunk of users at a time (about [`TOPN_PAIRS`] pairs), so memory stays
 /// bounded on Netflix-sized data.
 fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
@@ -898,16 +929,8 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
                 report["fallback_predictions"],
                 report["test_ratings"],
             );
-            if let Some(p) = report.get("precision_at_10") {
-                println!(
-                    "top-10 (ratings >= 4 relevant): precision {:.4} recall {:.4} NDCG {:.4}  (baseline {:.4} / {:.4} / {:.4})",
-                    p.as_f64().unwrap_or(0.0),
-                    report["recall_at_10"].as_f64().unwrap_or(0.0),
-                    report["ndcg_at_10"].as_f64().unwrap_or(0.0),
-                    report["baseline_precision_at_10"].as_f64().unwrap_or(0.0),
-                    report["baseline_recall_at_10"].as_f64().unwrap_or(0.0),
-                    report["baseline_ndcg_at_10"].as_f64().unwrap_or(0.0),
-                );
+            if let Some(line) = topn_line(&report, "") {
+                println!("top-10 (ratings >= 4 relevant): {line}");
             }
         }
         println!("model saved to {}", a.out.display());
@@ -1077,14 +1100,13 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
         "baseline_rmse",
         "baseline_mae",
         "seconds_per_epoch",
-        "precision_at_10",
-        "recall_at_10",
-        "ndcg_at_10",
-        "baseline_precision_at_10",
-        "baseline_recall_at_10",
-        "baseline_ndcg_at_10",
-    ] {
-        if let Some(m) = mean(key) {
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(["", "baseline_"].iter().flat_map(|prefix| {
+        topn_figures(&TopN::default()).map(|(name, _)| format!("{prefix}{name}_at_10"))
+    })) {
+        if let Some(m) = mean(&key) {
             summary[format!("mean_{key}")] = json!(m);
         }
     }
@@ -1105,20 +1127,8 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
             summary["mean_baseline_rmse"].as_f64().unwrap_or(f64::NAN),
             summary["mean_baseline_mae"].as_f64().unwrap_or(f64::NAN),
         );
-        if let Some(p) = summary.get("mean_precision_at_10") {
-            println!(
-                "top-10: precision {:.4} recall {:.4} NDCG {:.4} (baseline {:.4} / {:.4} / {:.4})",
-                p.as_f64().unwrap_or(0.0),
-                summary["mean_recall_at_10"].as_f64().unwrap_or(0.0),
-                summary["mean_ndcg_at_10"].as_f64().unwrap_or(0.0),
-                summary["mean_baseline_precision_at_10"]
-                    .as_f64()
-                    .unwrap_or(0.0),
-                summary["mean_baseline_recall_at_10"]
-                    .as_f64()
-                    .unwrap_or(0.0),
-                summary["mean_baseline_ndcg_at_10"].as_f64().unwrap_or(0.0),
-            );
+        if let Some(line) = topn_line(&summary, "mean_") {
+            println!("top-10: {line}");
         }
     }
     Ok(())

@@ -74,7 +74,15 @@ fn train_predict_recommend() {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["fallback_predictions"], 1, "the newcomer falls back");
-    assert!(v["precision_at_10"].as_f64().is_some(), "{v}");
+    for key in ["precision", "recall", "ndcg", "map", "hit_rate"] {
+        for prefix in ["", "baseline_"] {
+            let x = v[format!("{prefix}{key}_at_10")].as_f64();
+            assert!(
+                x.is_some_and(|x| (0.0..=1.0).contains(&x)),
+                "{prefix}{key} in {v}"
+            );
+        }
+    }
     // A model told which pairs are held out (implicit targets) gets no ranking metrics.
     let out = rbm()
         .args(["--json", "cf", "train", "--hidden", "4", "--epochs", "2"])

@@ -108,7 +108,7 @@ pub fn mae(pred: &[f32], truth: &[f32]) -> f64 {
 }
 
 /// Top-N ranking quality, averaged over the users with at least one relevant test item.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TopN {
     /// Mean precision@N.
     pub precision: f64,
@@ -116,33 +116,69 @@ pub struct TopN {
     pub recall: f64,
     /// Mean NDCG@N (binary relevance).
     pub ndcg: f64,
+    /// Mean average precision@N: per user, the precision at each hit's rank, summed and
+    /// divided by min(relevant items, N).
+    pub map: f64,
+    /// Share of users with at least one relevant item in their top N.
+    pub hit_rate: f64,
     /// Users averaged over.
     pub users: usize,
 }
 
+impl TopN {
+    /// Adds `other`'s figures weighted by its users (see [`TopN::mean`]).
+    fn add(&mut self, other: &TopN) {
+        let w = other.users as f64;
+        self.precision += other.precision * w;
+        self.recall += other.recall * w;
+        self.ndcg += other.ndcg * w;
+        self.map += other.map * w;
+        self.hit_rate += other.hit_rate * w;
+        self.users += other.users;
+    }
+
+    /// The sums collected by [`TopN::add`] divided by the users.
+    fn mean(mut self) -> TopN {
+        let users = self.users.max(1) as f64;
+        for x in [
+            &mut self.precision,
+            &mut self.recall,
+            &mut self.ndcg,
+            &mut self.map,
+            &mut self.hit_rate,
+        ] {
+            *x /= users;
+        }
+        self
+    }
+}
+
 /// Ranking metrics for one user: `ranked` is the recommended list (best first, only items the
 /// user had not rated in training), `relevant` the held-out items rated at or above the
-/// threshold. Returns (precision@n, recall@n, ndcg@n).
-pub fn topn_user(ranked: &[u32], relevant: &[u32], n: usize) -> (f64, f64, f64) {
+/// threshold. A user with no relevant item counts for nothing (`users` 0).
+pub fn topn_user(ranked: &[u32], relevant: &[u32], n: usize) -> TopN {
     if relevant.is_empty() || n == 0 {
-        return (0.0, 0.0, 0.0);
+        return TopN::default();
     }
-    let mut hits = 0usize;
-    let mut dcg = 0.0;
+    let (mut hits, mut dcg, mut ap) = (0usize, 0.0, 0.0);
     for (pos, it) in ranked.iter().take(n).enumerate() {
         if relevant.contains(it) {
             hits += 1;
             dcg += 1.0 / ((pos + 2) as f64).log2();
+            ap += hits as f64 / (pos + 1) as f64;
         }
     }
     let ideal: f64 = (0..relevant.len().min(n))
         .map(|p| 1.0 / ((p + 2) as f64).log2())
         .sum();
-    (
-        hits as f64 / n as f64,
-        hits as f64 / relevant.len() as f64,
-        dcg / ideal,
-    )
+    TopN {
+        precision: hits as f64 / n as f64,
+        recall: hits as f64 / relevant.len() as f64,
+        ndcg: dcg / ideal,
+        map: ap / relevant.len().min(n) as f64,
+        hit_rate: f64::from(u8::from(hits > 0)),
+        users: 1,
+    }
 }
 
 /// Ranks every item not in the user's training row by `score(user, items) -> scores` and averages
@@ -163,7 +199,7 @@ pub fn topn(
         }
     }
     let users: Vec<(u32, Vec<u32>)> = rel.into_iter().collect();
-    let per_user: Vec<(f64, f64, f64)> = users
+    let per_user: Vec<TopN> = users
         .par_iter()
         .map(|(u, relevant)| {
             let seen: &[u32] = if (*u as usize) < train.rows() {
@@ -182,13 +218,11 @@ pub fn topn(
             topn_user(&ranked, relevant, n)
         })
         .collect();
-    let cnt = per_user.len().max(1) as f64;
-    TopN {
-        precision: per_user.iter().map(|x| x.0).sum::<f64>() / cnt,
-        recall: per_user.iter().map(|x| x.1).sum::<f64>() / cnt,
-        ndcg: per_user.iter().map(|x| x.2).sum::<f64>() / cnt,
-        users: per_user.len(),
+    let mut total = TopN::default();
+    for t in &per_user {
+        total.add(t);
     }
+    total.mean()
 }
 
 /// A scorer for [`topn_chunked`]: given a chunk of users and their test ratings, the scores of
@@ -217,15 +251,7 @@ pub fn topn_chunked(
         .map(|r| r.user)
         .collect();
     users.dedup();
-    let mut totals = vec![
-        TopN {
-            precision: 0.0,
-            recall: 0.0,
-            ndcg: 0.0,
-            users: 0,
-        };
-        scorers.len()
-    ];
+    let mut totals = vec![TopN::default(); scorers.len()];
     for chunk in users.chunks(users_per_chunk.max(1)) {
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
         let sub = &by_user[by_user.partition_point(|r| r.user < first)
@@ -236,21 +262,10 @@ pub fn topn_chunked(
                 let row = chunk.binary_search(&u).expect("user of this chunk") * n_items;
                 cands.iter().map(|&i| scores[row + i as usize]).collect()
             };
-            let part = topn(train, n_items, sub, threshold, n, &score);
-            let w = part.users as f64;
-            total.precision += part.precision * w;
-            total.recall += part.recall * w;
-            total.ndcg += part.ndcg * w;
-            total.users += part.users;
+            total.add(&topn(train, n_items, sub, threshold, n, &score));
         }
     }
-    for t in &mut totals {
-        let users = t.users.max(1) as f64;
-        t.precision /= users;
-        t.recall /= users;
-        t.ndcg /= users;
-    }
-    totals
+    totals.into_iter().map(TopN::mean).collect()
 }
 
 #[cfg(test)]
@@ -268,12 +283,24 @@ mod tests {
     #[test]
     fn topn_by_hand() {
         // Hits at positions 1 and 3 of 3; 4 relevant items.
-        let (p, r, n) = topn_user(&[5, 1, 7], &[5, 7, 8, 9], 3);
-        assert!((p - 2.0 / 3.0).abs() < 1e-12);
-        assert!((r - 0.5).abs() < 1e-12);
+        let t = topn_user(&[5, 1, 7], &[5, 7, 8, 9], 3);
+        assert!((t.precision - 2.0 / 3.0).abs() < 1e-12);
+        assert!((t.recall - 0.5).abs() < 1e-12);
         let dcg = 1.0 + 1.0 / 4f64.log2();
         let idcg = 1.0 + 1.0 / 3f64.log2() + 1.0 / 4f64.log2();
-        assert!((n - dcg / idcg).abs() < 1e-12);
+        assert!((t.ndcg - dcg / idcg).abs() < 1e-12);
+        // AP@3: precisions 1/1 and 2/3 at the hits, over min(4, 3) = 3.
+        assert!((t.map - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+        assert_eq!((t.hit_rate, t.users), (1.0, 1));
+        // One hit at rank 2 of 4, two relevant: AP = (1/2) / 2; no hit: all zero but counted.
+        let t = topn_user(&[3, 9, 4, 6], &[9, 5], 4);
+        assert!((t.map - 0.25).abs() < 1e-12 && t.hit_rate == 1.0);
+        let t = topn_user(&[3, 4], &[9], 2);
+        assert_eq!(
+            (t.map, t.hit_rate, t.precision, t.users),
+            (0.0, 0.0, 0.0, 1)
+        );
+        assert_eq!(topn_user(&[3, 4], &[], 2).users, 0);
     }
 
     #[test]
@@ -341,6 +368,8 @@ mod tests {
                 (got[0].precision, one.precision),
                 (got[0].recall, one.recall),
                 (got[0].ndcg, one.ndcg),
+                (got[0].map, one.map),
+                (got[0].hit_rate, one.hit_rate),
             ] {
                 assert!((a - b).abs() < 1e-12, "chunks of {per}: {a} vs {b}");
             }
