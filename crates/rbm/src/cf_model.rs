@@ -4,7 +4,7 @@
 
 use crate::cf_eval::BiasBaseline;
 use crate::error::{RbmError, Result};
-use crate::modelfile::{check_format, read_tensors, write_tensors};
+use crate::modelfile::{TensorFile, check_format, read_tensors, write_tensors};
 use crate::rating::{
     EpochReport, FitSummary, PredictMethod, RatingRbm, RatingReadout, TrainData,
     ValidRatingRbmParams,
@@ -308,59 +308,108 @@ impl CfModel {
     }
 
     /// Loads a model written by [`CfModel::save`].
+    ///
+    /// Everything read from the file is checked before it is used, so a damaged or hand-edited
+    /// file is an [`RbmError::Format`] naming the file and the field, never a panic or silently
+    /// wrong predictions: the rating values (finite, strictly increasing, K of them, 2 ≤ K ≤ 255),
+    /// the baseline's clamp range (finite, low ≤ high, within the values), every member's
+    /// orientation, sizes and tensor shapes against the id maps (predictions index the weights by
+    /// user or item id), every tensor value and the baseline mean (finite), and the option
+    /// values (only those [`CfModel::save`] writes).
     pub fn load(path: &Path) -> Result<Self> {
         let mut f = read_tensors(path)?;
-        let bad = |reason: String| RbmError::format(path, 0, reason);
         check_format(&f, RATING_FORMAT, RATING_FORMAT_VERSION)?;
-        let parse_json = |s: &str, what: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(s).map_err(|e| bad(format!("metadata `{what}`: {e}")))
-        };
-        let num = |s: &str, what: &str| -> Result<usize> {
-            s.parse()
-                .map_err(|_| bad(format!("metadata `{what}` is not a number")))
-        };
-        let values: Vec<f32> = serde_json::from_value(parse_json(f.meta("values")?, "values")?)
-            .map_err(|e| bad(e.to_string()))?;
+
+        let values: Vec<f32> = meta_json(&f, "values", "a JSON list of numbers")?;
         let k = values.len();
-        let tokens = |key: &str, f: &crate::modelfile::TensorFile| -> Result<IdMap> {
-            let v: Vec<String> = serde_json::from_value(parse_json(f.meta(key)?, key)?)
-                .map_err(|e| bad(e.to_string()))?;
-            IdMap::from_tokens(v)
-        };
-        let users = tokens("users", &f)?;
-        let items = tokens("items", &f)?;
-        let range: Vec<f32> = serde_json::from_value(parse_json(f.meta("range")?, "range")?)
-            .map_err(|e| bad(e.to_string()))?;
-        if range.len() != 2 {
-            return Err(bad("metadata `range` needs two values".into()));
+        if !(2..=255).contains(&k) {
+            return Err(f.err(format!(
+                "metadata `values` has {k} rating values; a model needs 2 to 255"
+            )));
         }
-        let nmem = num(f.meta("members")?, "members")?;
-        if nmem == 0 || values.len() < 2 {
-            return Err(bad(
-                "a rating model needs at least one RBM and two rating values".into(),
-            ));
+        // Predictions read the values as an ordered scale (class k is the k-th smallest, as the
+        // training ratings are classed): a reversed or non-finite one would invert them or make
+        // them NaN.
+        if !(values.iter().all(|v| v.is_finite()) && values.windows(2).all(|w| w[0] < w[1])) {
+            return Err(f.err(format!(
+                "metadata `values` {values:?} must be finite and strictly increasing"
+            )));
         }
-        let mut members = Vec::with_capacity(nmem);
+        let k_meta = f.meta_usize("K")?;
+        if k_meta != k {
+            return Err(f.err(format!(
+                "metadata `K` = {k_meta} but `values` lists {k} rating values"
+            )));
+        }
+        // The baseline clamps to the range (`f32::clamp` panics on low > high or NaN).
+        let range: Vec<f32> = meta_json(&f, "range", "a JSON list of two numbers")?;
+        let (lo, hi) = (values[0], values[k - 1]);
+        match range[..] {
+            [a, b] if a.is_finite() && b.is_finite() && lo <= a && a <= b && b <= hi => {}
+            _ => {
+                return Err(f.err(format!(
+                    "metadata `range` {range:?} must be two finite values, low then high, \
+                     within the rating values [{lo}, {hi}]"
+                )));
+            }
+        }
+        let users = id_map(&f, "users")?;
+        let items = id_map(&f, "items")?;
+
+        let nmem = f.meta_usize("members")?;
+        if nmem == 0 {
+            return Err(f.err("metadata `members` = 0: a rating model needs at least one RBM"));
+        }
+        // No allocation sized by `nmem`: a forged count fails at the first missing member.
+        let mut members = Vec::new();
         for n in 0..nmem {
-            let orientation: Orientation = f.meta(&format!("m{n}.orientation"))?.parse()?;
-            let m = num(f.meta(&format!("m{n}.M"))?, "M")?;
-            let d = num(f.meta(&format!("m{n}.D"))?, "D")?;
-            let w = f.take(&format!("m{n}.W"), &[d, k, m])?;
-            let b = f.take(&format!("m{n}.b"), &[d, k])?;
-            let c = f.take(&format!("m{n}.c"), &[m])?;
+            let key = format!("m{n}.orientation");
+            let orientation = match f.meta(&key)? {
+                "user" => Orientation::User,
+                "item" => Orientation::Item,
+                other => {
+                    return Err(f.err(format!(
+                        "metadata `{key}` = `{other}`: expected user or item"
+                    )));
+                }
+            };
+            let m = f.meta_usize(&format!("m{n}.M"))?;
+            let d = f.meta_usize(&format!("m{n}.D"))?;
+            if m == 0 {
+                return Err(f.err(format!("metadata `m{n}.M` = 0: an RBM needs hidden units")));
+            }
+            // The member's visible units are the items (user-based) or users (item-based) of
+            // the id maps; predictions index W, b and D by those ids.
+            let (visible, what) = match orientation {
+                Orientation::User => (items.len(), "items"),
+                Orientation::Item => (users.len(), "users"),
+            };
+            if d != visible {
+                return Err(f.err(format!(
+                    "member {n} is {}-based with {d} visible units, but the model has {visible} {what}",
+                    orientation.name()
+                )));
+            }
+            let w = f.take_finite(&format!("m{n}.W"), &[d, k, m])?;
+            let b = f.take_finite(&format!("m{n}.b"), &[d, k])?;
+            let c = f.take_finite(&format!("m{n}.c"), &[m])?;
             let dmat = if f.tensors.contains_key(&format!("m{n}.D")) {
-                Some(f.take(&format!("m{n}.D"), &[d, m])?)
+                Some(f.take_finite(&format!("m{n}.D"), &[d, m])?)
             } else {
                 None
             };
-            let factors = match f.metadata.get(&format!("m{n}.C")).cloned() {
-                Some(cs) => {
-                    let cf = num(&cs, "C")?;
-                    let a = f.take(&format!("m{n}.A"), &[d, k, cf])?;
-                    let bb = f.take(&format!("m{n}.B"), &[cf, m])?;
-                    Some((cf, a, bb))
+            let factors = if f.metadata.contains_key(&format!("m{n}.C")) {
+                let cf = f.meta_usize(&format!("m{n}.C"))?;
+                if cf == 0 {
+                    return Err(f.err(format!(
+                        "metadata `m{n}.C` = 0: a factored RBM needs at least one factor"
+                    )));
                 }
-                None => None,
+                let a = f.take_finite(&format!("m{n}.A"), &[d, k, cf])?;
+                let bb = f.take_finite(&format!("m{n}.B"), &[cf, m])?;
+                Some((cf, a, bb))
+            } else {
+                None
             };
             let rbm = RatingRbm {
                 d,
@@ -372,24 +421,43 @@ impl CfModel {
                 dmat,
                 factors,
             };
-            rbm.validate()?;
+            rbm.validate()
+                .map_err(|e| f.err(format!("member {n}: {e}")))?;
             members.push(CfMember { orientation, rbm });
         }
-        let ub = f.take("baseline_user", &[users.len()])?;
-        let ib = f.take("baseline_item", &[items.len()])?;
-        let mean: f32 = f
-            .meta("baseline_mean")?
-            .parse()
-            .map_err(|_| bad("metadata `baseline_mean` is not a number".into()))?;
+        let user_bias = f.take_finite("baseline_user", &[users.len()])?;
+        let item_bias = f.take_finite("baseline_item", &[items.len()])?;
+        let mean: f32 = f.meta_parse("baseline_mean")?;
+        if !mean.is_finite() {
+            return Err(f.err(format!("metadata `baseline_mean` = {mean}: must be finite")));
+        }
         let predict = match f.meta("predict")? {
             "exact" => PredictMethod::Exact,
-            _ => PredictMethod::MeanField,
+            "mean-field" => PredictMethod::MeanField,
+            other => {
+                return Err(f.err(format!(
+                    "metadata `predict` = `{other}`: expected exact or mean-field"
+                )));
+            }
         };
         let readout = match f.meta("readout")? {
+            "expected" => RatingReadout::Expected,
             "argmax" => RatingReadout::Argmax,
-            _ => RatingReadout::Expected,
+            other => {
+                return Err(f.err(format!(
+                    "metadata `readout` = `{other}`: expected expected or argmax"
+                )));
+            }
         };
-        let implicit_targets = f.meta("implicit_targets")? == "true";
+        let implicit_targets = match f.meta("implicit_targets")? {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(f.err(format!(
+                    "metadata `implicit_targets` = `{other}`: expected true or false"
+                )));
+            }
+        };
         f.ensure_all_taken()?;
         Ok(CfModel {
             members,
@@ -398,8 +466,8 @@ impl CfModel {
             readout,
             baseline: BiasBaseline {
                 mean,
-                user_bias: ub,
-                item_bias: ib,
+                user_bias,
+                item_bias,
                 range: (range[0], range[1]),
             },
             users,
@@ -407,6 +475,18 @@ impl CfModel {
             implicit_targets,
         })
     }
+}
+
+/// Metadata `key` of `f` parsed as JSON into a `T` (`what` describes it for the error).
+fn meta_json<T: serde::de::DeserializeOwned>(f: &TensorFile, key: &str, what: &str) -> Result<T> {
+    serde_json::from_str(f.meta(key)?)
+        .map_err(|e| f.err(format!("metadata `{key}` is not {what}: {e}")))
+}
+
+/// The id map stored as metadata `key` (a JSON list of distinct strings).
+fn id_map(f: &TensorFile, key: &str) -> Result<IdMap> {
+    let tokens: Vec<String> = meta_json(f, key, "a JSON list of strings")?;
+    IdMap::from_tokens(tokens).map_err(|e| f.err(format!("metadata `{key}`: {e}")))
 }
 
 #[cfg(test)]
@@ -477,6 +557,395 @@ mod tests {
         assert_eq!(back.predict(&train, &pairs), model.predict(&train, &pairs));
         std::fs::write(&path, b"not a model").unwrap();
         assert!(matches!(CfModel::load(&path), Err(RbmError::Format { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh directory for one test's files.
+    fn tmpdir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("rbm-cf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Splits a safetensors file into its header (JSON) and its data bytes.
+    fn split(bytes: &[u8]) -> (serde_json::Value, &[u8]) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (
+            serde_json::from_slice(&bytes[8..8 + n]).unwrap(),
+            &bytes[8 + n..],
+        )
+    }
+
+    /// Writes `out`: the safetensors file `path` with its header rewritten by `edit` (the
+    /// data bytes are kept).
+    fn forge(path: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let bytes = std::fs::read(path).unwrap();
+        let (mut header, data) = split(&bytes);
+        edit(&mut header);
+        let mut text = header.to_string().into_bytes();
+        text.resize(text.len().next_multiple_of(8), b' ');
+        let mut file = (text.len() as u64).to_le_bytes().to_vec();
+        file.extend(text);
+        file.extend(data);
+        std::fs::write(out, file).unwrap();
+    }
+
+    /// Writes `out`: `path` with metadata `key` set to `value`.
+    fn forge_meta(path: &Path, out: &Path, key: &str, value: &str) {
+        forge(path, out, |h| {
+            h["__metadata__"][key] = serde_json::json!(value)
+        });
+    }
+
+    /// Writes `out`: `path` with value `index` of tensor `name` overwritten by `v` (header
+    /// untouched); returns that value's byte offset in the file.
+    fn poke(path: &Path, out: &Path, name: &str, index: usize, v: f32) -> u64 {
+        let mut bytes = std::fs::read(path).unwrap();
+        let (header, data) = split(&bytes);
+        let start = bytes.len() - data.len()
+            + header[name]["data_offsets"][0].as_u64().unwrap() as usize
+            + 4 * index;
+        bytes[start..start + 4].copy_from_slice(&v.to_le_bytes());
+        std::fs::write(out, bytes).unwrap();
+        start as u64
+    }
+
+    /// Asserts that loading `out` is a Format error naming `out` whose message contains every
+    /// one of `needles`; returns the error's byte offset.
+    fn refused(out: &Path, needles: &[&str]) -> u64 {
+        match CfModel::load(out) {
+            Err(e @ RbmError::Format { .. }) => {
+                let text = e.to_string();
+                for needle in needles {
+                    assert!(text.contains(needle), "`{text}` lacks `{needle}`");
+                }
+                let RbmError::Format { path, offset, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(path, out);
+                offset
+            }
+            Err(e) => panic!("expected a Format error naming {needles:?}, got {e:?}"),
+            Ok(_) => panic!("a forged model ({needles:?}) loaded without error"),
+        }
+    }
+
+    /// The small model saved in a fresh directory: (directory, file, model).
+    fn saved(name: &str) -> (std::path::PathBuf, std::path::PathBuf, CfModel) {
+        let (model, _) = small_model();
+        let dir = tmpdir(name);
+        let path = dir.join("m.safetensors");
+        model.save(&path).unwrap();
+        (dir, path, model)
+    }
+
+    #[test]
+    fn valid_model_round_trips_bit_for_bit() {
+        let (dir, path, model) = saved("bits");
+        let back = CfModel::load(&path).unwrap();
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(back.members.len(), model.members.len());
+        for (a, b) in back.members.iter().zip(&model.members) {
+            assert_eq!(a.orientation, b.orientation);
+            let (ra, rb) = (&a.rbm, &b.rbm);
+            assert_eq!((ra.d, ra.k, ra.m), (rb.d, rb.k, rb.m));
+            assert_eq!(bits(&ra.w), bits(&rb.w));
+            assert_eq!(bits(&ra.b), bits(&rb.b));
+            assert_eq!(bits(&ra.c), bits(&rb.c));
+            assert_eq!(ra.dmat.as_deref().map(bits), rb.dmat.as_deref().map(bits));
+            assert_eq!(
+                ra.factors.as_ref().map(|(c, x, y)| (*c, bits(x), bits(y))),
+                rb.factors.as_ref().map(|(c, x, y)| (*c, bits(x), bits(y)))
+            );
+        }
+        assert!(model.members[0].rbm.dmat.is_some() && model.members[1].rbm.factors.is_some());
+        assert_eq!(bits(&back.values), bits(&model.values));
+        let (bb, mb) = (&back.baseline, &model.baseline);
+        assert_eq!(bb.mean.to_bits(), mb.mean.to_bits());
+        assert_eq!(bits(&bb.user_bias), bits(&mb.user_bias));
+        assert_eq!(bits(&bb.item_bias), bits(&mb.item_bias));
+        assert_eq!(
+            bits(&[bb.range.0, bb.range.1]),
+            bits(&[mb.range.0, mb.range.1])
+        );
+        assert_eq!(back, model);
+        // Saving what was loaded writes the same bytes.
+        let again = dir.join("again.safetensors");
+        back.save(&again).unwrap();
+        assert_eq!(
+            std::fs::read(&again).unwrap(),
+            std::fs::read(&path).unwrap()
+        );
+        // The forging helpers change nothing by themselves: an untouched rewrite of the header
+        // (keys reordered) and a value poked with itself both load as the original.
+        let out = dir.join("same.safetensors");
+        forge(&path, &out, |_| {});
+        assert_eq!(CfModel::load(&out).unwrap(), model);
+        poke(&path, &out, "m0.W", 3, model.members[0].rbm.w[3]);
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&path).unwrap());
+        // Other option values and models without a baseline range of the full scale load too.
+        let mut other = model.clone();
+        other.predict = PredictMethod::MeanField;
+        other.readout = RatingReadout::Argmax;
+        other.implicit_targets = false;
+        other.baseline.range = (2.0, 4.5);
+        other.save(&out).unwrap();
+        assert_eq!(CfModel::load(&out).unwrap(), other);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reversed_or_out_of_scale_range_is_refused() {
+        // `range` = [5,1] made `cf predict` panic in `f32::clamp`.
+        let (dir, path, _) = saved("range");
+        let out = dir.join("forged.safetensors");
+        for (range, needles) in [
+            (
+                "[5.0,1.0]",
+                &["metadata `range` [5.0, 1.0]", "low then high"][..],
+            ),
+            ("[1.0,1e300]", &["metadata `range` [1.0, inf]", "finite"]),
+            (
+                "[0.0,5.0]",
+                &["metadata `range`", "within the rating values [1, 5]"],
+            ),
+            (
+                "[1.0,5.5]",
+                &["metadata `range`", "within the rating values [1, 5]"],
+            ),
+            ("[3.0]", &["metadata `range` [3.0]", "two finite values"]),
+            ("[1.0,2.0,5.0]", &["metadata `range`", "two finite values"]),
+            (
+                "NaN",
+                &["metadata `range` is not a JSON list of two numbers"],
+            ),
+            (
+                "[1,\"5\"]",
+                &["metadata `range` is not a JSON list of two numbers"],
+            ),
+        ] {
+            forge_meta(&path, &out, "range", range);
+            refused(&out, needles);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unordered_or_inconsistent_values_are_refused() {
+        // Decreasing values were accepted and silently inverted every prediction.
+        let (dir, path, _) = saved("values");
+        let out = dir.join("forged.safetensors");
+        for (values, needles) in [
+            (
+                "[5.0,4.0,3.0,2.0,1.0]",
+                &[
+                    "metadata `values` [5.0, 4.0, 3.0, 2.0, 1.0] must be finite and strictly increasing",
+                ][..],
+            ),
+            (
+                "[1.0,2.0,2.0,4.0,5.0]",
+                &["`values`", "strictly increasing"],
+            ),
+            ("[1.0,2.0,3.0,4.0,1e300]", &["`values`", "inf", "finite"]),
+            (
+                "[3.0]",
+                &["metadata `values` has 1 rating values; a model needs 2 to 255"],
+            ),
+            ("[]", &["metadata `values` has 0 rating values"]),
+            (
+                "{\"a\":1}",
+                &["metadata `values` is not a JSON list of numbers"],
+            ),
+        ] {
+            forge_meta(&path, &out, "values", values);
+            refused(&out, needles);
+        }
+        // K must agree with the values and the values with the tensors' K dimension.
+        forge_meta(&path, &out, "K", "4");
+        refused(
+            &out,
+            &["metadata `K` = 4 but `values` lists 5 rating values"],
+        );
+        forge_meta(&path, &out, "K", "five");
+        refused(&out, &["metadata `K` = `five` is not a valid usize"]);
+        forge(&path, &out, |h| {
+            h["__metadata__"]["values"] = serde_json::json!("[1.0,2.0,3.0,4.0]");
+            h["__metadata__"]["K"] = serde_json::json!("4");
+            h["__metadata__"]["range"] = serde_json::json!("[1.0,4.0]");
+        });
+        refused(
+            &out,
+            &["tensor `m0.W` has shape [16, 5, 5], expected [16, 4, 5]"],
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_naming_the_tensor() {
+        // NaN weights printed NaN predictions and NaN scores ranked recommendations; an
+        // infinite baseline bias was silently clamped.
+        let (dir, path, model) = saved("finite");
+        let out = dir.join("forged.safetensors");
+        let r0 = &model.members[0].rbm;
+        let r1 = &model.members[1].rbm;
+        let cf = r1.factors.as_ref().unwrap().0;
+        for (name, len) in [
+            ("m0.W", r0.w.len()),
+            ("m0.b", r0.b.len()),
+            ("m0.c", r0.c.len()),
+            ("m0.D", r0.d * r0.m),
+            ("m1.W", r1.w.len()),
+            ("m1.b", r1.b.len()),
+            ("m1.c", r1.c.len()),
+            ("m1.A", r1.d * r1.k * cf),
+            ("m1.B", cf * r1.m),
+            ("baseline_user", model.users.len()),
+            ("baseline_item", model.items.len()),
+        ] {
+            for (index, v) in [
+                (0, f32::NAN),
+                (len / 2, f32::INFINITY),
+                (len - 1, f32::NEG_INFINITY),
+            ] {
+                let at = poke(&path, &out, name, index, v);
+                let offset = refused(
+                    &out,
+                    &[&format!(
+                        "tensor `{name}` holds NaN or infinity (value {index} of {len} is {v})"
+                    )],
+                );
+                assert_eq!(offset, at, "{name}[{index}]");
+            }
+        }
+        for mean in ["NaN", "inf", "-inf", "1e39"] {
+            forge_meta(&path, &out, "baseline_mean", mean);
+            refused(&out, &["metadata `baseline_mean`", "must be finite"]);
+        }
+        forge_meta(&path, &out, "baseline_mean", "middle");
+        refused(
+            &out,
+            &["metadata `baseline_mean` = `middle` is not a valid f32"],
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn member_shapes_are_checked_against_the_id_maps() {
+        // A user-based member relabelled `item` made `cf predict` index W out of bounds.
+        let (dir, path, _) = saved("orient");
+        let out = dir.join("forged.safetensors");
+        forge_meta(&path, &out, "m0.orientation", "item");
+        refused(
+            &out,
+            &["member 0 is item-based with 16 visible units, but the model has 41 users"],
+        );
+        forge_meta(&path, &out, "m1.orientation", "user");
+        refused(
+            &out,
+            &["member 1 is user-based with 41 visible units, but the model has 16 items"],
+        );
+        // Relabelled with its D to match: the tensors are then the wrong shape.
+        forge(&path, &out, |h| {
+            h["__metadata__"]["m0.orientation"] = serde_json::json!("item");
+            h["__metadata__"]["m0.D"] = serde_json::json!("41");
+        });
+        refused(
+            &out,
+            &["tensor `m0.W` has shape [16, 5, 5], expected [41, 5, 5]"],
+        );
+        // Id maps that disagree with the members or the baseline.
+        let mut tokens: Vec<String> = (0..41).map(|u| format!("u{u}")).collect();
+        tokens.pop();
+        forge_meta(&path, &out, "users", &serde_json::json!(tokens).to_string());
+        refused(
+            &out,
+            &["member 1 is item-based with 41 visible units, but the model has 40 users"],
+        );
+        // Tensors reshaped by hand (same data): the conditional D with rows for the cases.
+        forge(&path, &out, |h| {
+            h["m0.D"]["shape"] = serde_json::json!([5, 16]);
+        });
+        refused(&out, &["tensor `m0.D` has shape [5, 16], expected [16, 5]"]);
+        forge(&path, &out, |h| {
+            h["m1.B"]["shape"] = serde_json::json!([4, 2]);
+        });
+        refused(&out, &["tensor `m1.B` has shape [4, 2], expected [2, 4]"]);
+        forge(&path, &out, |h| {
+            h["baseline_item"]["shape"] = serde_json::json!([4, 4]);
+        });
+        refused(
+            &out,
+            &["tensor `baseline_item` has shape [4, 4], expected [16]"],
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn counts_and_options_from_the_file_are_checked() {
+        let (dir, path, _) = saved("meta");
+        let out = dir.join("forged.safetensors");
+        for (key, value, needles) in [
+            ("members", "0", &["metadata `members` = 0"][..]),
+            // Too many members: no allocation of that size, an error at the first missing one.
+            (
+                "members",
+                "18446744073709551615",
+                &["metadata key `m2.orientation` is missing"],
+            ),
+            ("members", "1", &["unexpected tensors", "m1.W"]),
+            (
+                "m0.orientation",
+                "sideways",
+                &["metadata `m0.orientation` = `sideways`"],
+            ),
+            ("m0.M", "0", &["metadata `m0.M` = 0"]),
+            (
+                "m0.M",
+                "-5",
+                &["metadata `m0.M` = `-5` is not a valid usize"],
+            ),
+            ("m1.C", "0", &["metadata `m1.C` = 0"]),
+            (
+                "m1.C",
+                "3",
+                &["tensor `m1.A` has shape [41, 5, 2], expected [41, 5, 3]"],
+            ),
+            ("m0.C", "2", &["tensor `m0.A` is missing"]),
+            ("predict", "bogus", &["metadata `predict` = `bogus`"]),
+            ("readout", "median", &["metadata `readout` = `median`"]),
+            (
+                "implicit_targets",
+                "yes",
+                &["metadata `implicit_targets` = `yes`"],
+            ),
+            (
+                "users",
+                "[\"a\",\"a\"]",
+                &["metadata `users`", "duplicate id token `a`"],
+            ),
+            (
+                "items",
+                "items",
+                &["metadata `items` is not a JSON list of strings"],
+            ),
+        ] {
+            forge_meta(&path, &out, key, value);
+            refused(&out, needles);
+        }
+        for key in [
+            "K",
+            "members",
+            "m1.orientation",
+            "m1.D",
+            "predict",
+            "implicit_targets",
+        ] {
+            forge(&path, &out, |h| {
+                h["__metadata__"].as_object_mut().unwrap().remove(key);
+            });
+            refused(&out, &[&format!("metadata key `{key}` is missing")]);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

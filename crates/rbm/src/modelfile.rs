@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 /// Byte offset of the safetensors JSON header (after its 8-byte length): where tensor names,
 /// dtypes, shapes and metadata are declared, so header-level problems are reported there.
-const HEADER_OFFSET: u64 = 8;
+pub(crate) const HEADER_OFFSET: u64 = 8;
 
 /// The `format` value of binary RBM files.
 pub const BINARY_FORMAT: &str = "rbm.binary";
@@ -41,11 +41,36 @@ pub struct TensorFile {
     pub other_dtypes: BTreeMap<String, (String, Vec<usize>)>,
     /// The string-to-string metadata of the header.
     pub metadata: BTreeMap<String, String>,
+    /// Byte offset in the file where each tensor's data starts (every dtype), so that a bad
+    /// value can be reported where it lies.
+    pub data_offsets: BTreeMap<String, u64>,
 }
 
 impl TensorFile {
-    fn err(&self, reason: impl Into<String>) -> RbmError {
+    /// A [`RbmError::Format`] naming the file, at the header (where names, shapes and metadata
+    /// are declared).
+    pub(crate) fn err(&self, reason: impl Into<String>) -> RbmError {
         RbmError::format(&self.path, HEADER_OFFSET, reason)
+    }
+
+    /// [`TensorFile::take`], and also an error if any value is NaN or infinite, naming the tensor
+    /// and reporting the byte offset of the first such value.
+    pub fn take_finite(&mut self, name: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
+        let offset = self.data_offsets.get(name).copied();
+        let values = self.take(name, expected_shape)?;
+        if let Some(n) = values.iter().position(|x| !x.is_finite()) {
+            let at = offset.map_or(HEADER_OFFSET, |o| o + 4 * n as u64);
+            return Err(RbmError::format(
+                &self.path,
+                at,
+                format!(
+                    "tensor `{name}` holds NaN or infinity (value {n} of {} is {})",
+                    values.len(),
+                    values[n]
+                ),
+            ));
+        }
+        Ok(values)
     }
 
     /// Removes and returns tensor `name`, checking that it exists, is F32 and has exactly
@@ -219,6 +244,14 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile> {
         .unwrap_or_default()
         .into_iter()
         .collect();
+    // Where the data starts: after the 8-byte length and the header it gives (both checked by
+    // `deserialize` above).
+    let data_start = HEADER_OFFSET + u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let data_offsets: BTreeMap<String, u64> = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, data_start + info.data_offsets.0 as u64))
+        .collect();
     let mut tensors = BTreeMap::new();
     let mut other_dtypes = BTreeMap::new();
     for (name, view) in st.tensors() {
@@ -239,6 +272,7 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile> {
         tensors,
         other_dtypes,
         metadata,
+        data_offsets,
     })
 }
 
@@ -296,15 +330,22 @@ pub fn check_format(file: &TensorFile, format: &str, version: &str) -> Result<()
 
 /// Loads a binary RBM saved by [`save_binary`], returning it and its hyperparameters (the
 /// metadata without the reserved keys). Every tensor's name, dtype and shape is checked against
-/// the metadata; a file of another kind (a rating RBM, say) is refused.
+/// the metadata and every value must be finite; a file of another kind (a rating RBM, say) is
+/// refused.
 pub fn load_binary(path: &Path) -> Result<(BinaryRbm, BTreeMap<String, String>)> {
     let mut f = read_tensors(path)?;
     check_format(&f, BINARY_FORMAT, BINARY_FORMAT_VERSION)?;
     let d = f.meta_usize("visible")?;
     let m = f.meta_usize("hidden")?;
-    let w = f.take("W", &[d, m])?;
-    let b = f.take("b", &[d])?;
-    let c = f.take("c", &[m])?;
+    if d == 0 || m == 0 {
+        return Err(f.err(format!(
+            "metadata `visible` = {d}, `hidden` = {m}: a model needs at least one visible and \
+             one hidden unit"
+        )));
+    }
+    let w = f.take_finite("W", &[d, m])?;
+    let b = f.take_finite("b", &[d])?;
+    let c = f.take_finite("c", &[m])?;
     f.ensure_all_taken()?;
     let rbm = BinaryRbm::from_parts(d, m, w, b, c).map_err(|e| f.err(e.to_string()))?;
     let mut hyper = f.metadata;
@@ -559,6 +600,66 @@ mod tests {
         )
         .unwrap();
         assert_format(load_binary(&p), &p, "NaN");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn non_finite_binary_parameters_are_named_where_they_lie() {
+        // Such values were refused, but as "shape mismatch: parameters contain NaN or infinity".
+        let dir = tmpdir("finite");
+        let p = dir.join("m.safetensors");
+        save_binary(&p, &model(), &hyper()).unwrap();
+        let good = std::fs::read(&p).unwrap();
+        let data = 8 + u64::from_le_bytes(good[..8].try_into().unwrap());
+        // Tensors are stored in name order: W (15 values), b (5), c (3).
+        let g = dir.join("forged.safetensors");
+        for (name, start, index, v) in [
+            ("W", 0u64, 7usize, f32::NAN),
+            ("W", 0, 14, f32::INFINITY),
+            ("b", 15, 2, f32::NEG_INFINITY),
+            ("c", 20, 0, f32::NAN),
+        ] {
+            let at = data + 4 * (start + index as u64);
+            let mut bytes = good.clone();
+            bytes[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
+            std::fs::write(&g, &bytes).unwrap();
+            let len = [("W", 15), ("b", 5), ("c", 3)]
+                .iter()
+                .find(|t| t.0 == name)
+                .unwrap()
+                .1;
+            let needle =
+                format!("tensor `{name}` holds NaN or infinity (value {index} of {len} is {v})");
+            match load_binary(&g) {
+                Err(RbmError::Format {
+                    path,
+                    offset,
+                    reason,
+                }) => {
+                    assert_eq!(path, g);
+                    assert_eq!(reason, needle);
+                    assert_eq!(offset, at, "{name}[{index}]");
+                }
+                other => panic!("{name}[{index}] = {v}: {other:?}"),
+            }
+        }
+        // No visible or no hidden units: said as such, not as a shape mismatch.
+        let z: Vec<f32> = Vec::new();
+        write_tensors(
+            &g,
+            &[
+                ("W", vec![0, 2], &z),
+                ("b", vec![0], &z),
+                ("c", vec![2], &[0.0, 0.0]),
+            ],
+            &binary_meta(0, 2),
+        )
+        .unwrap();
+        assert_format(
+            load_binary(&g),
+            &g,
+            "metadata `visible` = 0, `hidden` = 2: a model needs at least one visible and one hidden unit",
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
