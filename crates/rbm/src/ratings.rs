@@ -86,8 +86,8 @@ pub struct Rating {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RatingFormat {
     /// Guess: `.inter` → [`RatingFormat::Inter`]; a line with `::` → [`RatingFormat::Dat`];
-    /// otherwise the delimiter is a tab, a comma or spaces, and a first line whose rating field
-    /// is not a number is a header.
+    /// otherwise the delimiter is a tab, a comma or spaces, and a first line with no number in
+    /// it is a header naming the columns (as for [`RatingFormat::Csv`]).
     Auto,
     /// RecBole atomic file: a header line (`user_id:token item_id:token rating:float ...`), tabs.
     Inter,
@@ -95,9 +95,13 @@ pub enum RatingFormat {
     UData,
     /// MovieLens-1M/10M `ratings.dat`: `user::item::rating::timestamp`, no header.
     Dat,
-    /// `ratings.csv` or plain `user,item,rating[,...]`: commas, optional header line.
+    /// `ratings.csv` or plain `user,item,rating[,...]`: commas, optional header line. A header
+    /// (a first line with no number in it) places the columns by name, case-insensitively:
+    /// `user`/`userId`/`user_id`, `item`/`itemId`/`item_id`/`movieId`/`movie_id`,
+    /// `rating`/`score`; other columns are ignored.
     Csv,
-    /// Plain `user<TAB>item<TAB>rating[...]`, optional header line.
+    /// Plain `user<TAB>item<TAB>rating[...]`, optional header line (as for
+    /// [`RatingFormat::Csv`]).
     Tsv,
 }
 
@@ -154,11 +158,191 @@ fn parse_value(s: &str) -> Option<f32> {
     s.parse::<f32>().ok().filter(|v| v.is_finite())
 }
 
+/// `s` as it may appear in a message: control characters (a stray CR, a NUL, a terminal escape)
+/// escaped, and long text cut short.
+fn shown(s: &str) -> String {
+    const MAX: usize = 60;
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The UTF-8 byte-order mark some editors put at the start of a text file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One line of a text file as UTF-8 without its line ending (`\n`, `\r\n`; trailing `\r`s are
+/// dropped) and, on line 1, without a UTF-8 byte-order mark. Bytes that cannot be in a text
+/// rating file are errors naming the line: invalid UTF-8 (a binary file), a UTF-16 byte-order
+/// mark, a NUL (UTF-16 text without its mark), a CR inside the line (CR-only line endings,
+/// which would otherwise read the whole file as one line).
+fn text_line<'a>(bytes: &'a [u8], path: &Path, lineno: usize) -> Result<&'a str> {
+    let mut b = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    while let Some(rest) = b.strip_suffix(b"\r") {
+        b = rest;
+    }
+    if lineno == 1 {
+        if b.starts_with(b"\xFF\xFE") || b.starts_with(b"\xFE\xFF") {
+            return Err(RbmError::parse(
+                path,
+                lineno,
+                "the file is UTF-16 text (it starts with a UTF-16 byte-order mark); \
+                 save it as UTF-8",
+            ));
+        }
+        b = b.strip_prefix(UTF8_BOM).unwrap_or(b);
+    }
+    let line = std::str::from_utf8(b).map_err(|e| {
+        let at = e.valid_up_to();
+        RbmError::parse(
+            path,
+            lineno,
+            format!(
+                "not UTF-8 text (byte 0x{:02X} at column {}): rating files are UTF-8 text \
+                 or binary RBMR files; is this some other binary file?",
+                b[at],
+                at + 1
+            ),
+        )
+    })?;
+    if let Some(at) = line.find(['\r', '\0']) {
+        let reason = if line.as_bytes()[at] == b'\r' {
+            format!(
+                "carriage return (\\r) inside the line at column {}: lines must end in LF or \
+                 CRLF (CR-only line endings read the whole file as one line)",
+                at + 1
+            )
+        } else {
+            format!(
+                "NUL byte at column {}: not a UTF-8 text file (UTF-16 text, or binary data?)",
+                at + 1
+            )
+        };
+        return Err(RbmError::parse(path, lineno, reason));
+    }
+    Ok(line)
+}
+
+/// True when `fields` look like a header line: none of them is a number. A first line with a
+/// number in it is data, and an error if it is bad data (`1,2,x`), never a silently dropped
+/// header.
+fn looks_like_header(fields: &[&str]) -> bool {
+    fields.iter().all(|f| f.parse::<f64>().is_err())
+}
+
+/// Column names accepted in a CSV / TSV header, compared ignoring case, `_`, `-`, spaces and
+/// quotes, and a RecBole type suffix (`user_id:token`).
+const USER_NAMES: &[&str] = &["user", "userid"];
+const ITEM_NAMES: &[&str] = &["item", "itemid", "movie", "movieid"];
+const RATING_NAMES: &[&str] = &["rating", "score"];
+
+fn normalized_name(name: &str) -> String {
+    let name = name.trim().trim_matches('"');
+    let name = name.split_once(':').map_or(name, |(n, _)| n);
+    name.chars()
+        .filter(|c| !matches!(c, '_' | '-' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Positions of the user, item and rating columns named by a header line; other columns
+/// (a timestamp, tags) are ignored.
+fn header_columns(names: &[&str]) -> std::result::Result<[usize; 3], String> {
+    let roles = [
+        ("user", USER_NAMES, "user, userId, user_id"),
+        (
+            "item",
+            ITEM_NAMES,
+            "item, itemId, item_id, movieId, movie_id",
+        ),
+        ("rating", RATING_NAMES, "rating, score"),
+    ];
+    let norm: Vec<String> = names.iter().map(|n| normalized_name(n)).collect();
+    let mut cols = [0usize; 3];
+    let mut missing = Vec::new();
+    for (c, (role, accepted, spelled)) in cols.iter_mut().zip(roles) {
+        let mut at = norm
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| accepted.contains(&n.as_str()))
+            .map(|(p, _)| p);
+        match (at.next(), at.next()) {
+            (Some(p), None) => *c = p,
+            (Some(a), Some(b)) => {
+                return Err(format!(
+                    "header names the {role} column twice (`{}` in column {} and `{}` in \
+                     column {})",
+                    shown(names[a]),
+                    a + 1,
+                    shown(names[b]),
+                    b + 1
+                ));
+            }
+            (None, _) => missing.push(format!("{role} ({spelled})")),
+        }
+    }
+    if !missing.is_empty() {
+        let got: Vec<String> = names.iter().map(|n| format!("`{}`", shown(n))).collect();
+        return Err(format!(
+            "the first line looks like a header ({}) but names no {} column; name the \
+             columns, case-insensitively: {}",
+            got.join(", "),
+            roles
+                .iter()
+                .filter(|r| missing.iter().any(|m| m.starts_with(r.0)))
+                .map(|r| r.0)
+                .collect::<Vec<_>>()
+                .join(" or "),
+            missing.join("; ")
+        ));
+    }
+    Ok(cols)
+}
+
+/// Maps the index of a rating read from a text file to its line, from the places where the
+/// lines stop following the ratings one for one (a header, blank lines); a few words per skip.
+#[derive(Default)]
+struct LineIndex {
+    /// `(rating index, line)` at the start of each run of consecutive lines.
+    runs: Vec<(usize, usize)>,
+}
+
+impl LineIndex {
+    fn note(&mut self, index: usize, line: usize) {
+        if self
+            .runs
+            .last()
+            .is_none_or(|&(i, l)| l + (index - i) != line)
+        {
+            self.runs.push((index, line));
+        }
+    }
+
+    fn line(&self, index: usize) -> usize {
+        let (i, l) = self.runs[self.runs.partition_point(|r| r.0 <= index) - 1];
+        l + (index - i)
+    }
+}
+
 /// Reads a rating file, interning user and item tokens into `users` and `items` (shared between a
 /// training and a test file so both use the same indices). Blank lines are skipped; any other
 /// line that does not hold a user, an item and a finite numeric rating is an error naming the
-/// file and line. A binary rating file (see [`crate::synthetic`]) is recognised by its magic
+/// file and line, and so is a (user, item) pair rated twice in the file. A UTF-8 byte-order mark
+/// is skipped. A binary rating file (see [`crate::synthetic`]) is recognised by its magic
 /// whatever `format` says.
+///
+/// Where each distinct rating value first appeared is remembered on the calling thread, so that
+/// [`RatingScale::infer`] and [`RatingMatrix::from_ratings`] can name the file and line of a
+/// rating they reject.
 pub fn read_ratings(
     path: &Path,
     format: RatingFormat,
@@ -172,22 +356,55 @@ pub fn read_ratings(
     read_ratings_from(BufReader::new(file), path, format, users, items)
 }
 
+/// Byte offset of the item count in a binary rating file's header.
+const RBMR_ITEMS_AT: u64 = 16;
+/// Byte offset of the rating values in a binary rating file's header.
+const RBMR_VALUES_AT: u64 = 36;
+/// Items that no rating names (ids above the highest one used) that a binary rating file may
+/// declare even when it holds fewer ratings.
+const RBMR_SPARE_ITEMS: usize = 1 << 16;
+
 /// A binary (`RBMR`) rating file as rating records; its dense ids become the tokens `"0"`,
 /// `"1"`, ... For large files prefer [`crate::synthetic::read_binary`], which keeps the compact
 /// sparse form (5 bytes per rating instead of 12).
+///
+/// The item count is only a header field (no per-item data), so a corrupt header could
+/// declare billions of items and make the id maps (and a model) exhaust memory: a file may
+/// declare items beyond the highest id its ratings use, but not more of them than it holds
+/// ratings (or [`RBMR_SPARE_ITEMS`], whichever is larger). Users cost 8 bytes each in the file
+/// and need no such check; repeated items within a user are rejected by the reader.
 fn read_binary_as_ratings(
     path: &Path,
     users: &mut IdMap,
     items: &mut IdMap,
 ) -> Result<Vec<Rating>> {
     let set = crate::synthetic::read_binary(path)?;
+    let c = &set.by_user;
+    // Item ids ascend within each user (checked by the reader): the highest is a row's last.
+    let used = (0..set.n_users)
+        .filter_map(|u| c.row(u).0.last())
+        .max()
+        .map_or(0, |&i| i as usize + 1);
+    if set.n_items - used > c.nnz().max(RBMR_SPARE_ITEMS) {
+        return Err(RbmError::format(
+            path,
+            RBMR_ITEMS_AT,
+            format!(
+                "implausible item count {}: the {} ratings use item ids below {used} only \
+                 (a file may declare at most {} unrated items past those); is the header \
+                 corrupt?",
+                set.n_items,
+                c.nnz(),
+                c.nnz().max(RBMR_SPARE_ITEMS)
+            ),
+        ));
+    }
     let uid: Vec<u32> = (0..set.n_users)
         .map(|u| users.intern(&u.to_string()))
         .collect();
     let iid: Vec<u32> = (0..set.n_items)
         .map(|i| items.intern(&i.to_string()))
         .collect();
-    let c = &set.by_user;
     let mut out = Vec::with_capacity(c.nnz());
     for (u, &user) in uid.iter().enumerate() {
         let (its, cls) = c.row(u);
@@ -197,12 +414,17 @@ fn read_binary_as_ratings(
             value: set.values[k as usize],
         }));
     }
+    let mut seen = FirstSeen::default();
+    for (k, &v) in set.values.iter().enumerate() {
+        seen.note(v, RBMR_VALUES_AT + 4 * k as u64);
+    }
+    remember_origins(path, seen, Place::Offset);
     Ok(out)
 }
 
 /// [`read_ratings`] from any reader; `path` only names the source in errors.
 pub fn read_ratings_from<R: BufRead>(
-    reader: R,
+    mut reader: R,
     path: &Path,
     format: RatingFormat,
     users: &mut IdMap,
@@ -228,13 +450,24 @@ pub fn read_ratings_from<R: BufRead>(
     );
     let header_required = format == RatingFormat::Inter;
     let mut out = Vec::new();
+    let mut lines = LineIndex::default();
+    let mut seen = FirstSeen::default();
     let mut first = true;
     // Positions of the user, item and rating fields.
     let mut cols = [0usize, 1, 2];
-    for (n, line) in reader.lines().enumerate() {
-        let lineno = n + 1;
-        let line = line.map_err(|e| RbmError::io(path, e))?;
-        let line = line.trim_end_matches('\r');
+    let mut buf = Vec::new();
+    let mut lineno = 0usize;
+    loop {
+        buf.clear();
+        if reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| RbmError::io(path, e))?
+            == 0
+        {
+            break;
+        }
+        lineno += 1;
+        let line = text_line(&buf, path, lineno)?;
         if line.trim().is_empty() {
             continue;
         }
@@ -258,11 +491,12 @@ pub fn read_ratings_from<R: BufRead>(
             continue;
         }
         let fields = split_fields(line, d);
+        if is_first && header_allowed && looks_like_header(&fields) {
+            cols = header_columns(&fields).map_err(|e| RbmError::parse(path, lineno, e))?;
+            continue;
+        }
         let need = cols.iter().max().copied().unwrap_or(2) + 1;
         if fields.len() < need {
-            if is_first && header_allowed && fields.len() >= 2 {
-                continue;
-            }
             return Err(RbmError::parse(
                 path,
                 lineno,
@@ -273,27 +507,262 @@ pub fn read_ratings_from<R: BufRead>(
             ));
         }
         let (fu, fi, fr) = (fields[cols[0]], fields[cols[1]], fields[cols[2]]);
-        let value = match parse_value(fr) {
-            Some(v) => v,
-            None if is_first && header_allowed => continue,
-            None => {
-                return Err(RbmError::parse(
-                    path,
-                    lineno,
-                    format!("rating `{fr}` is not a finite number"),
-                ));
-            }
+        let Some(value) = parse_value(fr) else {
+            return Err(RbmError::parse(
+                path,
+                lineno,
+                format!("rating `{}` is not a finite number", shown(fr)),
+            ));
         };
         if fu.is_empty() || fi.is_empty() {
             return Err(RbmError::parse(path, lineno, "empty user or item id"));
         }
+        lines.note(out.len(), lineno);
+        seen.note(value, lineno);
         out.push(Rating {
             user: users.intern(fu),
             item: items.intern(fi),
             value,
         });
     }
+    if let Some((a, b)) = first_repeat(&out) {
+        let (ra, rb) = (out[a], out[b]);
+        return Err(RbmError::parse(
+            path,
+            lines.line(b),
+            format!(
+                "user `{}` rated item `{}` again (first at line {}, rating {} there and {} \
+                 here): each (user, item) pair may appear once",
+                shown(users.token(rb.user)),
+                shown(items.token(rb.item)),
+                lines.line(a),
+                ra.value,
+                rb.value
+            ),
+        ));
+    }
+    remember_origins(path, seen, Place::Line);
     Ok(out)
+}
+
+/// The first (user, item) pair in `ratings` that repeats an earlier one, as the indices of
+/// its first occurrence and of the repeat (the smallest such repeat index), or `None`.
+/// Groups the items by user with a counting sort (4 bytes per rating of scratch) and checks
+/// each user's items against a stamp per item, blocks of users in parallel: linear time.
+/// Only when some user has a repeat are the ratings scanned again for the earliest one.
+fn first_repeat(ratings: &[Rating]) -> Option<(usize, usize)> {
+    use rayon::prelude::*;
+    if ratings.len() < 2 {
+        return None;
+    }
+    let rows = ratings.iter().map(|r| r.user).max()? as usize + 1;
+    let n_items = ratings.iter().map(|r| r.item).max()? as usize + 1;
+    let mut start = vec![0usize; rows + 1];
+    for r in ratings {
+        start[r.user as usize + 1] += 1;
+    }
+    for u in 0..rows {
+        start[u + 1] += start[u];
+    }
+    // Stable: each user's items stay in file order.
+    let mut fill = start[..rows].to_vec();
+    let mut grouped = vec![0u32; ratings.len()];
+    for r in ratings {
+        let f = &mut fill[r.user as usize];
+        grouped[*f] = r.item;
+        *f += 1;
+    }
+    drop(fill);
+    // Blocks of users share one stamp array (the user's place in the block + 1 per item
+    // seen); each user with a repeat gives its first repeated pair, which is that user's
+    // earliest repeat in the file.
+    const BLOCK: usize = 4096;
+    let repeated: std::collections::HashSet<(u32, u32)> = (0..rows.div_ceil(BLOCK))
+        .into_par_iter()
+        .flat_map_iter(|b| {
+            let mut stamp = vec![0u32; n_items];
+            let mut found = Vec::new();
+            for u in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                let tag = (u - b * BLOCK) as u32 + 1;
+                for &item in &grouped[start[u]..start[u + 1]] {
+                    let s = &mut stamp[item as usize];
+                    if *s == tag {
+                        found.push((u as u32, item));
+                        break;
+                    }
+                    *s = tag;
+                }
+            }
+            found
+        })
+        .collect();
+    if repeated.is_empty() {
+        return None;
+    }
+    // The earliest repeat in the file is one of those.
+    let mut first = HashMap::new();
+    ratings.iter().enumerate().find_map(|(p, r)| {
+        let key = (r.user, r.item);
+        if !repeated.contains(&key) {
+            return None;
+        }
+        match first.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some((*e.get(), p)),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(p);
+                None
+            }
+        }
+    })
+}
+
+/// Where a rating value was read: a text file's line or a binary file's byte offset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Place {
+    Line(usize),
+    Offset(u64),
+}
+
+/// The map key of a rating value (`-0` and `0` are one value).
+fn value_key(v: f32) -> u32 {
+    (v + 0.0).to_bits()
+}
+
+/// A map from rating values (by [`value_key`]): a short list while there are few distinct
+/// values (the usual 5 or 10, looked up in a few nanoseconds), a hash map beyond.
+#[derive(Clone, Debug)]
+struct ValueMap<V> {
+    few: Vec<(u32, V)>,
+    many: HashMap<u32, V>,
+}
+
+impl<V> Default for ValueMap<V> {
+    fn default() -> Self {
+        ValueMap {
+            few: Vec::new(),
+            many: HashMap::new(),
+        }
+    }
+}
+
+impl<V> ValueMap<V> {
+    #[inline]
+    fn get_mut(&mut self, key: u32) -> Option<&mut V> {
+        if self.many.is_empty() {
+            self.few.iter_mut().find(|e| e.0 == key).map(|e| &mut e.1)
+        } else {
+            self.many.get_mut(&key)
+        }
+    }
+
+    /// Adds `key`, which must be absent.
+    fn insert_new(&mut self, key: u32, v: V) {
+        if self.many.is_empty() && self.few.len() < 32 {
+            self.few.push((key, v));
+        } else {
+            self.many.extend(self.few.drain(..));
+            self.many.insert(key, v);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.few.len() + self.many.len()
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = (u32, V)> {
+        self.few.into_iter().chain(self.many)
+    }
+}
+
+impl ValueMap<u64> {
+    /// Adds `n` to the count of `key`; false when `key` is new and [`MAX_COUNTED`] values are
+    /// already counted.
+    #[inline]
+    fn count(&mut self, key: u32, n: u64) -> bool {
+        if let Some(c) = self.get_mut(key) {
+            *c += n;
+        } else if self.len() < MAX_COUNTED {
+            self.insert_new(key, n);
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+/// Distinct rating values whose first places are remembered, per file and per thread.
+const MAX_ORIGINS: usize = 1 << 16;
+
+/// The place where each distinct rating value first appears in one file (at most
+/// [`MAX_ORIGINS`] values).
+type FirstSeen<P> = ValueMap<P>;
+
+impl<P> FirstSeen<P> {
+    #[inline]
+    fn note(&mut self, v: f32, place: P) {
+        let key = value_key(v);
+        if self.get_mut(key).is_none() && self.len() < MAX_ORIGINS {
+            self.insert_new(key, place);
+        }
+    }
+}
+
+/// Files whose places are remembered per rating value.
+const ORIGIN_FILES: usize = 4;
+
+/// Rating value → the files it was read from, with the place in each.
+type Origins = HashMap<u32, Vec<(std::rc::Rc<Path>, Place)>>;
+
+thread_local! {
+    /// Rating value → the files and places it was first read from on this thread (at most
+    /// [`ORIGIN_FILES`], in reading order), for errors about ratings found after reading: off
+    /// the inferred grid, or off a given scale.
+    static ORIGINS: std::cell::RefCell<Origins> = std::cell::RefCell::new(HashMap::new());
+}
+
+fn remember_origins<P>(path: &Path, seen: FirstSeen<P>, place: impl Fn(P) -> Place) {
+    let path: std::rc::Rc<Path> = path.into();
+    ORIGINS.with_borrow_mut(|m| {
+        for (key, p) in seen.into_iter() {
+            if m.len() >= MAX_ORIGINS && !m.contains_key(&key) {
+                continue;
+            }
+            let places = m.entry(key).or_default();
+            if let Some(e) = places.iter_mut().find(|e| e.0 == path) {
+                // The same file read again: its place now.
+                e.1 = place(p);
+            } else if places.len() < ORIGIN_FILES {
+                places.push((path.clone(), place(p)));
+            }
+        }
+    });
+}
+
+/// An error about rating `value`: at the file and line (or byte offset) it was first read
+/// from on this thread, if known (with the other files it was read from).
+fn rating_error(value: f32, reason: String) -> RbmError {
+    let places = ORIGINS.with_borrow(|m| m.get(&value_key(value)).cloned().unwrap_or_default());
+    let Some((path, place)) = places.first() else {
+        return RbmError::param("ratings", reason);
+    };
+    let mut reason = reason;
+    if places.len() > 1 {
+        let also: Vec<String> = places[1..]
+            .iter()
+            .map(|(p, at)| match at {
+                Place::Line(l) => format!("{}:{l}", p.display()),
+                Place::Offset(o) => format!("{} (byte offset {o})", p.display()),
+            })
+            .collect();
+        reason = format!(
+            "{reason} (rating {value} was also read from {})",
+            also.join(", ")
+        );
+    }
+    match *place {
+        Place::Line(line) => RbmError::parse(&**path, line, reason),
+        Place::Offset(at) => RbmError::format(&**path, at, reason),
+    }
 }
 
 /// Reads item titles from an item file (`ml-100k.item`: tab-separated with a header; MovieLens
@@ -319,6 +788,7 @@ pub fn read_item_titles(path: &Path, items: &IdMap) -> Result<HashMap<u32, Strin
 
 fn read_item_titles_lossy(path: &Path, items: &IdMap) -> Result<HashMap<u32, String>> {
     let bytes = std::fs::read(path).map_err(|e| RbmError::io(path, e))?;
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes);
     let text: String = bytes.iter().map(|&b| b as char).collect();
     let mut out = HashMap::new();
     let mut delim = None;
@@ -336,7 +806,10 @@ fn parse_title_line(
     items: &IdMap,
     out: &mut HashMap<u32, String>,
 ) -> Result<()> {
-    let line = line.trim_end_matches('\r');
+    let mut line = line.trim_end_matches('\r');
+    if lineno == 1 {
+        line = line.strip_prefix('\u{feff}').unwrap_or(line);
+    }
     if line.trim().is_empty() {
         return Ok(());
     }
@@ -387,7 +860,12 @@ impl RatingScale {
     /// Infers the scale from data: integer ratings spanning at most 100 steps give every integer
     /// from the minimum to the maximum (so 1..5 is K=5 even if no one gave a 2); values on a
     /// half-star grid give every half step (0.5..5 → K=10); anything else gives the distinct
-    /// values seen.
+    /// values seen, which must then lie on one evenly spaced grid: every value a whole number
+    /// of the smallest gap above the lowest (within 10⁻³ of a step; values within 10⁻⁴ count
+    /// as one, as in [`RatingScale::class_of`]), at most 254 steps in all (so at most 255
+    /// classes). A stray `1e9` or `3.7` among 1..5 is thus an error naming the rating (its file
+    /// and line, when it was read by [`read_ratings`] on this thread), not a scale of strange
+    /// classes; other scales can be given explicitly ([`RatingScale::from_values`]).
     pub fn infer(ratings: &[Rating]) -> Result<Self> {
         if ratings.is_empty() {
             return Err(RbmError::param(
@@ -406,12 +884,34 @@ impl RatingScale {
                 .all(|r| ((r.value / step).round() * step - r.value).abs() < 1e-4)
         };
         for step in [1.0f32, 0.5] {
-            if on_grid(step) && (hi - lo) / step <= 100.0 {
+            if on_grid(step) && (hi - lo) / step <= FILL_STEPS {
                 let n = ((hi - lo) / step).round() as usize + 1;
                 return Self::from_values((0..n).map(|k| lo + k as f32 * step).collect());
             }
         }
-        Self::from_values(ratings.iter().map(|r| r.value).collect())
+        let Some(counts) = distinct_counts(ratings) else {
+            return Err(too_many_values(ratings));
+        };
+        if counts.iter().any(|c| !c.0.is_finite()) {
+            return Err(RbmError::param("scale", "rating values must be finite"));
+        }
+        // Grid points: distinct values, those within class_of's tolerance of the point below
+        // merged into it; (lowest value, ratings).
+        let mut points: Vec<(f32, u64)> = Vec::with_capacity(counts.len());
+        for &(v, n) in &counts {
+            match points.last_mut() {
+                Some(p) if v - p.0 < 1e-4 => p.1 += n,
+                _ => points.push((v, n)),
+            }
+        }
+        if points.len() > MAX_K {
+            return Err(too_many_values(ratings));
+        }
+        let at: Vec<f64> = points.iter().map(|p| f64::from(p.0)).collect();
+        if grid_steps(&at).is_none() {
+            return Err(off_grid(&points));
+        }
+        Self::from_values(points.iter().map(|p| p.0).collect())
     }
 
     /// Number of classes K.
@@ -439,6 +939,189 @@ impl RatingScale {
             *self.values.last().expect("scale is non-empty"),
         )
     }
+}
+
+/// Most classes a scale can have.
+const MAX_K: usize = 255;
+
+/// Most steps of the integer or half-star grids that [`RatingScale::infer`] fills in.
+const FILL_STEPS: f32 = 100.0;
+
+/// How the ratings at `at` (ascending, distinct) are an acceptable inferred scale: 0 on the
+/// integer or half-star grid [`RatingScale::infer`] fills in, 1 on another evenly spaced grid,
+/// `None` not at all.
+fn acceptable(at: &[f64]) -> Option<u8> {
+    let (lo, hi) = (at[0], at[at.len() - 1]);
+    let fills = |step: f64| {
+        (hi - lo) / step <= f64::from(FILL_STEPS)
+            && at
+                .iter()
+                .all(|&v| ((v / step).round() * step - v).abs() < 1e-4)
+    };
+    if fills(1.0) || fills(0.5) {
+        Some(0)
+    } else {
+        grid_steps(at).map(|_| 1)
+    }
+}
+
+/// Distinct values [`RatingScale::infer`] counts before giving up (more merge to at most
+/// [`MAX_K`] only if nearly all are within 10⁻⁴ of another).
+const MAX_COUNTED: usize = 4096;
+
+/// The distinct rating values with their counts, ascending; `None` beyond [`MAX_COUNTED`]
+/// values. Counted in parallel blocks (a few nanoseconds per rating when values are few).
+fn distinct_counts(ratings: &[Rating]) -> Option<Vec<(f32, u64)>> {
+    use rayon::prelude::*;
+    let merged = ratings
+        .par_chunks(1 << 16)
+        .map(|block| {
+            let mut m = ValueMap::<u64>::default();
+            for r in block {
+                let key = value_key(r.value);
+                if !m.count(key, 1) {
+                    return None;
+                }
+            }
+            Some(m)
+        })
+        .try_reduce(ValueMap::default, |mut a, b| {
+            for (key, n) in b.into_iter() {
+                if !a.count(key, n) {
+                    return None;
+                }
+            }
+            Some(a)
+        })?;
+    let mut out: Vec<(f32, u64)> = merged
+        .into_iter()
+        .map(|(key, n)| (f32::from_bits(key), n))
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(out)
+}
+
+/// The number of steps of the evenly spaced grid through `at` (ascending, distinct), or `None`
+/// when a value is off it (by more than 10⁻³ of a step) or it has more than `MAX_K - 1` steps.
+/// The step is the smallest gap, refined to divide the range evenly.
+fn grid_steps(at: &[f64]) -> Option<usize> {
+    if at.len() < 2 {
+        return Some(0);
+    }
+    let (lo, hi) = (at[0], at[at.len() - 1]);
+    let gap = at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(f64::INFINITY, f64::min);
+    let steps = ((hi - lo) / gap).round();
+    if !(steps >= 1.0 && steps <= (MAX_K - 1) as f64) {
+        return None;
+    }
+    let step = (hi - lo) / steps;
+    at.iter()
+        .all(|&v| {
+            let m = (v - lo) / step;
+            (m - m.round()).abs() <= 1e-3
+        })
+        .then_some(steps as usize)
+}
+
+/// Values for a message: all of them, or the first and last few.
+fn value_list(values: &[f32]) -> String {
+    let s = |v: &[f32]| {
+        v.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if values.len() <= 12 {
+        s(values)
+    } else {
+        format!("{}, …, {}", s(&values[..6]), s(&values[values.len() - 3..]))
+    }
+}
+
+/// The error for grid `points` (value, ratings) that are not evenly spaced: it names the
+/// rating most likely wrong: a value without which the rest are on the integer or half-star
+/// grid, else on another evenly spaced grid, else any value; among those the rarest, then the
+/// farthest from the median rating.
+fn off_grid(points: &[(f32, u64)]) -> RbmError {
+    let total: u64 = points.iter().map(|p| p.1).sum();
+    let mut below = 0;
+    let median = points
+        .iter()
+        .find(|p| {
+            below += p.1;
+            2 * below >= total
+        })
+        .map_or(0.0, |p| f64::from(p.0));
+    let at: Vec<f64> = points.iter().map(|p| f64::from(p.0)).collect();
+    // How well the rest fits without value n.
+    let without = |n: usize| {
+        let rest: Vec<f64> = at
+            .iter()
+            .enumerate()
+            .filter(|&(m, _)| m != n)
+            .map(|(_, &v)| v)
+            .collect();
+        acceptable(&rest)
+    };
+    let fits: Vec<Option<u8>> = (0..points.len()).map(without).collect();
+    // Rank: leaving a common scale, then an evenly spaced one, then nothing; the rarest; the
+    // farthest from the median.
+    let rank = |n: &usize| {
+        (
+            fits[*n].unwrap_or(2),
+            points[*n].1,
+            std::cmp::Reverse((at[*n] - median).abs().to_bits()),
+        )
+    };
+    let culprit = (0..points.len())
+        .min_by_key(rank)
+        .expect("at least two grid points");
+    let v = points[culprit].0;
+    let others: Vec<f32> = points.iter().filter(|p| p.0 != v).map(|p| p.0).collect();
+    let all: Vec<f32> = points.iter().map(|p| p.0).collect();
+    let scale = if all.len() <= 20 {
+        all.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        "V1,V2,...".to_string()
+    };
+    rating_error(
+        v,
+        format!(
+            "rating {v} ({} of the ratings) is off the evenly spaced grid of the other rating \
+             values ({}): a rating scale is inferred only from values evenly spaced, at most \
+             {} steps from the lowest to the highest. Correct or remove it, or if these values \
+             are intended give the scale explicitly (rbm cf: --scale={scale})",
+            points[culprit].1,
+            value_list(&others),
+            MAX_K - 1
+        ),
+    )
+}
+
+/// The error for more distinct rating values than a scale can have: it names the first rating
+/// with the (`MAX_K` + 1)-th distinct value.
+fn too_many_values(ratings: &[Rating]) -> RbmError {
+    let mut seen = std::collections::HashSet::new();
+    let r = ratings
+        .iter()
+        .find(|r| seen.insert(value_key(r.value)) && seen.len() > MAX_K)
+        .unwrap_or(&ratings[0]);
+    rating_error(
+        r.value,
+        format!(
+            "more than {MAX_K} distinct rating values (the {}th is {}): these look like \
+             continuous scores, not ratings on a scale of at most {MAX_K} values; if only some \
+             values are valid ratings, give the scale explicitly (rbm cf: --scale=V1,V2,...)",
+            MAX_K + 1,
+            r.value
+        ),
+    )
 }
 
 /// Compressed sparse rows: row `r` holds the column indices and rating classes of
@@ -595,12 +1278,12 @@ impl RatingMatrix {
         let mut classes = Vec::with_capacity(ratings.len());
         for r in ratings {
             let k = scale.class_of(r.value).ok_or_else(|| {
-                RbmError::param(
-                    "ratings",
+                rating_error(
+                    r.value,
                     format!(
-                        "rating {} is not on the scale {:?}",
+                        "rating {} is not on the rating scale ({})",
                         r.value,
-                        scale.values()
+                        value_list(scale.values())
                     ),
                 )
             })?;
@@ -825,7 +1508,11 @@ mod tests {
             2,
         );
         assert_parse_error(
-            read("u,i,r\n1,2,3\n1,2,x\n", "r.csv", RatingFormat::Csv),
+            read(
+                "user,item,rating\n1,2,3\n1,3,x\n",
+                "r.csv",
+                RatingFormat::Csv,
+            ),
             "r.csv",
             3,
         );
@@ -995,5 +1682,424 @@ mod tests {
         }
         assert!(seen.iter().all(|&s| s == 1));
         assert!(holdout(&ratings, 1.0, 0).is_err());
+    }
+    /// The parse error of `res`: its line and message (the message checked free of raw
+    /// control characters).
+    fn parse_error<T: std::fmt::Debug>(res: Result<T>, name: &str) -> (usize, String) {
+        match res {
+            Err(e @ RbmError::Parse { .. }) => {
+                let msg = e.to_string();
+                let RbmError::Parse { path, line, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(path, Path::new(name), "{msg}");
+                assert!(!msg.chars().any(char::is_control), "raw control in {msg:?}");
+                (line, msg)
+            }
+            other => panic!("expected a parse error in {name}, got {other:?}"),
+        }
+    }
+
+    fn tmp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rbm-ratings-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped() {
+        let (r, u, i) = read("\u{feff}1,10,4\n1,11,3\n", "bom.csv", RatingFormat::Auto).unwrap();
+        assert_eq!((r.len(), u.len(), i.len()), (2, 1, 2));
+        assert_eq!(u.tokens(), ["1"]);
+        // A BOM before a header: the header is still recognised.
+        let csv = "\u{feff}userId,movieId,rating\n1,10,4\n";
+        let (r, u, _) = read(csv, "ratings.csv", RatingFormat::Auto).unwrap();
+        assert_eq!((r.len(), u.token(0)), (1, "1"));
+        let inter = "\u{feff}user_id:token\titem_id:token\trating:float\n1\t10\t4\n";
+        let (r, u, _) = read(inter, "x.inter", RatingFormat::Auto).unwrap();
+        assert_eq!((r.len(), u.token(0)), (1, "1"));
+        // Only at the start of the file.
+        let (_, u, _) = read("1,10,4\n\u{feff}2,10,4\n", "b.csv", RatingFormat::Csv).unwrap();
+        assert_eq!(u.token(1), "\u{feff}2");
+        // Item titles too.
+        let dir = tmp_dir("bom");
+        let f = dir.join("u.item");
+        std::fs::write(&f, "\u{feff}1|Toy Story (1995)|x\n").unwrap();
+        let mut items = IdMap::new();
+        items.intern("1");
+        assert_eq!(
+            read_item_titles(&f, &items).unwrap()[&0],
+            "Toy Story (1995)"
+        );
+        std::fs::write(&f, b"\xEF\xBB\xBF1|Caf\xe9|x\n").unwrap();
+        assert_eq!(read_item_titles(&f, &items).unwrap()[&0], "Caf\u{e9}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stray_control_bytes_are_errors_shown_escaped() {
+        // CR-only line endings: one long line, which read the first rating only (the rest
+        // hid in the ignored timestamp field).
+        let (line, msg) = parse_error(
+            read("1\t2\t3\t0\r4\t5\t1\t0\r", "mac.tsv", RatingFormat::Tsv),
+            "mac.tsv",
+        );
+        assert_eq!(line, 1);
+        assert!(msg.contains("carriage return"), "{msg}");
+        let (line, msg) = parse_error(
+            read("1,2,3\n1,3,4\0\n", "nul.csv", RatingFormat::Csv),
+            "nul.csv",
+        );
+        assert_eq!(line, 2);
+        assert!(msg.contains("NUL"), "{msg}");
+        // UTF-16 (with or without its byte-order mark).
+        let utf16: Vec<u8> = "1,2,3\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let mut bom = vec![0xFF, 0xFE];
+        bom.extend(&utf16);
+        for (bytes, what) in [(bom, "UTF-16"), (utf16, "NUL")] {
+            let (mut u, mut i) = (IdMap::new(), IdMap::new());
+            let res = read_ratings_from(
+                Cursor::new(bytes),
+                Path::new("w.csv"),
+                RatingFormat::Auto,
+                &mut u,
+                &mut i,
+            );
+            let (line, msg) = parse_error(res, "w.csv");
+            assert!(line <= 2 && msg.contains(what), "{msg}");
+        }
+        // Other control characters are shown escaped, and long fields cut short.
+        let (_, msg) = parse_error(
+            read("1,2,3\x1b[2J\n", "esc.csv", RatingFormat::Csv),
+            "esc.csv",
+        );
+        assert!(msg.contains("3\\u{1b}[2J"), "{msg}");
+        let long = format!("1,2,{}\n", "9x".repeat(500));
+        let (_, msg) = parse_error(read(&long, "long.csv", RatingFormat::Csv), "long.csv");
+        assert!(msg.len() < 300, "{msg}");
+    }
+
+    #[test]
+    fn binary_data_as_text_names_file_and_line() {
+        let dir = tmp_dir("bin");
+        let f = dir.join("model.csv");
+        std::fs::write(
+            &f,
+            b"1,2,3\n1,3,4\n\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8",
+        )
+        .unwrap();
+        let res = read_ratings(&f, RatingFormat::Auto, &mut IdMap::new(), &mut IdMap::new());
+        let (line, msg) = parse_error(res, f.to_str().unwrap());
+        assert_eq!(line, 3);
+        assert!(msg.contains("not UTF-8") && msg.contains("0x89"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn csv_header_columns_are_found_by_name() {
+        let (r, u, i) = read(
+            "item,user,rating\nA,u1,4\nB,u1,2\n",
+            "r.csv",
+            RatingFormat::Csv,
+        )
+        .unwrap();
+        assert_eq!(
+            (u.tokens(), i.tokens()),
+            (
+                &["u1".to_string()][..],
+                &["A".to_string(), "B".to_string()][..]
+            )
+        );
+        assert_eq!(r[1].value, 2.0);
+        // MovieLens ratings.csv; other spellings, any case, extra columns, tabs.
+        for (text, name) in [
+            (
+                "userId,movieId,rating,timestamp\n7,31,2.5,0\n",
+                "ratings.csv",
+            ),
+            ("timestamp,Rating,MOVIE_ID,User_Id\n0,2.5,31,7\n", "r.csv"),
+            ("score\titem_id\tuserid\n2.5\t31\t7\n", "r.tsv"),
+            ("\"userId\",\"itemId\",\"rating\"\n7,31,2.5\n", "q.csv"),
+            ("user item rating\n7 31 2.5\n", "r.txt"),
+        ] {
+            let (r, u, i) = read(text, name, RatingFormat::Auto).unwrap();
+            assert_eq!(
+                (u.token(0), i.token(0), r[0].value),
+                ("7", "31", 2.5),
+                "{text}"
+            );
+        }
+        // Unknown or repeated names are errors at line 1.
+        let (line, msg) = parse_error(read("a,b,c\n1,2,3\n", "r.csv", RatingFormat::Csv), "r.csv");
+        assert_eq!(line, 1);
+        assert!(msg.contains("userId") && msg.contains("`a`"), "{msg}");
+        let (line, msg) = parse_error(
+            read("user,item,stars\n1,2,3\n", "r.csv", RatingFormat::Auto),
+            "r.csv",
+        );
+        assert!(line == 1 && msg.contains("no rating column"), "{msg}");
+        let (line, msg) = parse_error(
+            read(
+                "user_id,userId,item,rating\n1,1,2,3\n",
+                "r.csv",
+                RatingFormat::Csv,
+            ),
+            "r.csv",
+        );
+        assert!(line == 1 && msg.contains("user column twice"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_first_row_is_an_error_not_a_header() {
+        // Read as data (a row with numbers in it), so the error is about the data itself.
+        for fmt in [RatingFormat::Csv, RatingFormat::Auto] {
+            let (line, msg) = parse_error(read("1,2,x\n1,3,4\n", "r.csv", fmt), "r.csv");
+            assert!(
+                line == 1 && msg.contains("rating `x` is not a finite number"),
+                "{msg}"
+            );
+            let (line, msg) = parse_error(read("1,2\n1,3,4\n", "r.csv", fmt), "r.csv");
+            assert!(line == 1 && msg.contains("found 2 field(s)"), "{msg}");
+        }
+        let (line, msg) = parse_error(read("1\t2\tx\n", "r.tsv", RatingFormat::Tsv), "r.tsv");
+        assert!(line == 1 && msg.contains("rating `x`"), "{msg}");
+        // Non-numeric ids with a numeric rating are data.
+        let (r, _, _) = read("alice,x,4\n", "r.csv", RatingFormat::Csv).unwrap();
+        assert_eq!(r.len(), 1);
+    }
+
+    /// Ratings with these values, one per line of a CSV file `name` (so the thread knows where
+    /// each value was read), each by its own user.
+    fn rated(values: &[&str], name: &str) -> Vec<Rating> {
+        let text: String = values
+            .iter()
+            .enumerate()
+            .map(|(n, v)| format!("u{n},i,{v}\n"))
+            .collect();
+        read(&text, name, RatingFormat::Csv).unwrap().0
+    }
+
+    #[test]
+    fn inferred_scales_must_lie_on_one_grid() {
+        let ok = |values: &[&str]| {
+            RatingScale::infer(&rated(values, "ok.csv"))
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        assert_eq!(ok(&["1", "5", "3"]), [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(ok(&["1", "3", "4", "5"]), [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(ok(&["0", "2", "5"]).len(), 6);
+        assert_eq!(ok(&["0.5", "5", "2.5"]).len(), 10);
+        assert_eq!(ok(&["0.1", "0.7"]), [0.1, 0.7]);
+        assert_eq!(ok(&["0.1", "0.3", "0.4"]), [0.1, 0.3, 0.4]);
+        assert_eq!(ok(&["-10", "10", "-9.75"]).len(), 3);
+        let steps: Vec<String> = (0..=254).map(|k| format!("{}", k as f32 * 0.25)).collect();
+        let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+        assert_eq!(ok(&steps).len(), 255);
+
+        // A stray value: the error names its file and line and suggests --scale. (Each case
+        // on a fresh thread, as in a process reading one file.)
+        for (values, line, shown) in [
+            (&["1", "2", "3", "1e9", "4", "5", "3"][..], 4, "1000000000"),
+            (&["1", "2", "3", "4", "5", "5", "3.7", "1"][..], 7, "3.7"),
+            (&["1", "3.7", "5", "3.7", "5", "1"][..], 2, "3.7"),
+            (&["0", "2", "5", "5", "0", "2", "3.3"][..], 7, "3.3"),
+            (&["0.5", "1", "1.5", "1.5", "1.3"][..], 5, "1.3"),
+            (&["1", "1", "2", "2", "-0.3"][..], 5, "-0.3"),
+        ] {
+            std::thread::spawn(move || {
+                let res = RatingScale::infer(&rated(values, "stray.csv"));
+                let (l, msg) = parse_error(res, "stray.csv");
+                assert_eq!(l, line, "{msg}");
+                assert!(
+                    msg.contains(&format!("rating {shown} ")) && msg.contains("--scale"),
+                    "{msg}"
+                );
+            })
+            .join()
+            .unwrap();
+        }
+        // Read from several files on one thread: the first is named, the others listed.
+        rated(&["1", "2", "3.7"], "a.csv");
+        let b = rated(&["3.7", "1", "5"], "b.csv");
+        let (l, msg) = parse_error(RatingScale::infer(&b), "a.csv");
+        assert!(l == 3 && msg.contains("also read from b.csv:1"), "{msg}");
+        // Too many steps: 0..255 in quarters, and more distinct values than a scale holds.
+        let steps: Vec<String> = (0..=255).map(|k| format!("{}", k as f32 * 0.25)).collect();
+        let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+        assert!(RatingScale::infer(&rated(&steps, "wide.csv")).is_err());
+        let many: Vec<String> = (0..300)
+            .map(|k| format!("{}", 1.0 + k as f32 / 299.0))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let (l, msg) = parse_error(RatingScale::infer(&rated(&many, "many.csv")), "many.csv");
+        assert!(l == 256 && msg.contains("more than 255"), "{msg}");
+        // Ratings not read from a file (on this thread): the same error, without a place.
+        std::thread::spawn(|| {
+            let off = [1.0, 2.0, 3.0, 4.0, 5.0, 3.7].map(|value| Rating {
+                user: 0,
+                item: 0,
+                value,
+            });
+            match RatingScale::infer(&off) {
+                Err(RbmError::InvalidParam { reason, .. }) => {
+                    assert!(reason.contains("3.7"), "{reason}")
+                }
+                other => panic!("expected an invalid-parameter error, got {other:?}"),
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn ratings_off_a_given_scale_name_file_and_line() {
+        let r = rated(&["1", "2", "3.5", "3.5", "4"], "given.csv");
+        let scale = RatingScale::from_values(vec![1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        let res = RatingMatrix::from_ratings(5, 1, &r, &scale);
+        let (line, msg) = parse_error(res, "given.csv");
+        assert_eq!(line, 3);
+        assert!(
+            msg.contains("rating 3.5 is not on the rating scale (1, 2, 3, 4, 5)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn repeated_pairs_are_rejected_with_both_lines() {
+        let text = "userId,movieId,rating\n1,10,3\n1,11,4\n\n2,10,1\n2,11,2\n1,10,5\n";
+        let (line, msg) = parse_error(read(text, "ratings.csv", RatingFormat::Auto), "ratings.csv");
+        assert_eq!(line, 7);
+        assert!(
+            msg.contains("first at line 2") && msg.contains("`1`") && msg.contains("`10`"),
+            "{msg}"
+        );
+        // The earliest repeat in the file is named, whichever user comes first.
+        let text = "a\tx\t1\nb\ty\t2\nb\tz\t3\nb\ty\t3\na\tx\t1\n";
+        let (line, msg) = parse_error(read(text, "u.data", RatingFormat::UData), "u.data");
+        assert_eq!(line, 4);
+        assert!(msg.contains("first at line 2"), "{msg}");
+        let (line, msg) = parse_error(
+            read(
+                "1::2::5::0\n1::2::5::0\n",
+                "ratings.dat",
+                RatingFormat::Auto,
+            ),
+            "ratings.dat",
+        );
+        assert!(line == 2 && msg.contains("first at line 1"), "{msg}");
+        // Same item, other users; same user, other items: fine.
+        let (r, _, _) = read("1,2,3\n2,2,3\n1,3,3\n", "ok.csv", RatingFormat::Csv).unwrap();
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn first_repeat_matches_a_scan_with_a_map() {
+        let mut s = Stream::new(5, Purpose::Data, 0, 0, 0);
+        for round in 0..200 {
+            let n = 1 + s.below(300);
+            let (nu, ni) = (1 + s.below(40), 1 + s.below(5000));
+            let ratings: Vec<Rating> = (0..n)
+                .map(|_| Rating {
+                    user: s.below(nu) as u32,
+                    item: s.below(ni) as u32,
+                    value: 1.0,
+                })
+                .collect();
+            let mut first = HashMap::new();
+            let want = ratings
+                .iter()
+                .enumerate()
+                .find_map(|(p, r)| first.insert((r.user, r.item), p).map(|q| (q, p)));
+            assert_eq!(first_repeat(&ratings), want, "round {round}");
+        }
+    }
+
+    #[test]
+    fn binary_rating_files_are_checked() {
+        let dir = tmp_dir("rbmr");
+        // A 98-byte file declaring 1 user and 2^32 items (6 ratings, K = 4).
+        let mut b = Vec::new();
+        b.extend(b"RBMR");
+        b.extend(1u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend((1u64 << 32).to_le_bytes());
+        b.extend(6u64.to_le_bytes());
+        b.extend(4u32.to_le_bytes());
+        for v in [1.0f32, 2.0, 3.0, 4.0] {
+            b.extend(v.to_le_bytes());
+        }
+        b.extend(0u64.to_le_bytes());
+        b.extend(6u64.to_le_bytes());
+        for i in 0..6u32 {
+            b.extend(i.to_le_bytes());
+        }
+        b.extend([0u8, 1, 2, 3, 0, 1]);
+        assert_eq!(b.len(), 98);
+        let read_file =
+            |f: &Path| read_ratings(f, RatingFormat::Auto, &mut IdMap::new(), &mut IdMap::new());
+        // First 2^20 items (cheap to read if the check failed to reject them), then 2^32.
+        let f = dir.join("huge.rbmr");
+        let mut m = b.clone();
+        m[16..24].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        std::fs::write(&f, &m).unwrap();
+        assert!(matches!(
+            read_file(&f),
+            Err(RbmError::Format { offset: 16, .. })
+        ));
+        std::fs::write(&f, &b).unwrap();
+        match read_file(&f) {
+            Err(e @ RbmError::Format { offset: 16, .. }) => {
+                assert!(e.to_string().contains("4294967296"), "{e}")
+            }
+            other => panic!("expected a format error at byte 16, got {other:?}"),
+        }
+        // Items no rating names are fine in moderation (a generated file: 1 user, 1000 items,
+        // 1 rating; a Netflix-shaped one has 17,770 items, all rated).
+        let set = crate::synthetic::RatingSet {
+            n_users: 2,
+            n_items: 1000,
+            values: vec![1.0, 2.0, 3.0, 4.0, 5.0],
+            by_user: Csr {
+                offsets: vec![0, 1, 3],
+                cols: vec![3, 0, 7],
+                classes: vec![4, 0, 4],
+            },
+        };
+        let g = dir.join("sparse.rbmr");
+        crate::synthetic::write_binary(&g, &set).unwrap();
+        let (mut u, mut i) = (IdMap::new(), IdMap::new());
+        let r = read_ratings(&g, RatingFormat::Auto, &mut u, &mut i).unwrap();
+        assert_eq!((r.len(), u.len(), i.len()), (3, 2, 1000));
+        assert_eq!(
+            r[2],
+            Rating {
+                user: 1,
+                item: 7,
+                value: 5.0
+            }
+        );
+        // A rating off a given scale is placed at its value in the header.
+        let scale = RatingScale::from_values(vec![1.0, 2.0, 3.0]).unwrap();
+        match RatingMatrix::from_ratings(2, 1000, &r, &scale) {
+            Err(RbmError::Format { offset, path, .. }) => {
+                assert_eq!((offset, &*path), (36 + 16, &*g))
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        }
+        // A repeated item within a user is rejected by the reader (ids must ascend).
+        let mut bytes = std::fs::read(&g).unwrap();
+        let cols_at = 36 + 4 * 5 + 8 * 3;
+        bytes[cols_at + 8..cols_at + 12].copy_from_slice(&0u32.to_le_bytes());
+        std::fs::write(&g, &bytes).unwrap();
+        match read_file(&g) {
+            Err(RbmError::Format { offset, .. }) => assert_eq!(offset, (cols_at + 8) as u64),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -351,7 +351,7 @@ pub fn read_binary(path: &Path) -> Result<RatingSet> {
         return Err(r.err(kpos, format!("need 2 to 255 rating classes, found {k}")));
     }
     if ni > u64::from(u32::MAX) + 1 {
-        return Err(r.err(12, format!("{ni} items do not fit 32-bit ids")));
+        return Err(r.err(16, format!("{ni} items do not fit 32-bit ids")));
     }
     let expect = (nu.checked_add(1).and_then(|x| x.checked_mul(8)))
         .and_then(|x| nnz.checked_mul(5).and_then(|y| x.checked_add(y)))

@@ -129,7 +129,10 @@ pub fn walkthrough(input: &WalkthroughInput) -> Result<WalkthroughTrace> {
     }
     // v⁰ is data: binary states or grey values used as probabilities.
     if let Some(v) = input.v0.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-        return Err(RbmError::param("v", format!("values must lie in [0, 1], got {v}")));
+        return Err(RbmError::param(
+            "v",
+            format!("values must lie in [0, 1], got {v}"),
+        ));
     }
     for (name, lr) in [
         ("lr-w", input.lr_w),
@@ -137,7 +140,10 @@ pub fn walkthrough(input: &WalkthroughInput) -> Result<WalkthroughTrace> {
         ("lr-c", input.lr_c),
     ] {
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(RbmError::param(name, format!("must be finite and > 0, got {lr}")));
+            return Err(RbmError::param(
+                name,
+                format!("must be finite and > 0, got {lr}"),
+            ));
         }
     }
     let w = &input.w;
