@@ -356,23 +356,15 @@ pub fn read_ratings(
     read_ratings_from(BufReader::new(file), path, format, users, items)
 }
 
-/// Byte offset of the item count in a binary rating file's header.
-const RBMR_ITEMS_AT: u64 = 16;
 /// Byte offset of the rating values in a binary rating file's header.
 const RBMR_VALUES_AT: u64 = 36;
-/// Items that no rating names (ids above the highest one used) that a binary rating file may
-/// declare even when it holds fewer ratings.
-const RBMR_SPARE_ITEMS: usize = 1 << 16;
 
 /// A binary (`RBMR`) rating file as rating records; its dense ids become the tokens `"0"`,
 /// `"1"`, ... For large files prefer [`crate::synthetic::read_binary`], which keeps the compact
 /// sparse form (5 bytes per rating instead of 12).
 ///
-/// The item count is only a header field (no per-item data), so a corrupt header could
-/// declare billions of items and make the id maps (and a model) exhaust memory: a file may
-/// declare items beyond the highest id its ratings use, but not more of them than it holds
-/// ratings (or [`RBMR_SPARE_ITEMS`], whichever is larger). Users cost 8 bytes each in the file
-/// and need no such check; repeated items within a user are rejected by the reader.
+/// [`crate::synthetic::read_binary`] checks the file, including that its declared item count is
+/// plausible.
 fn read_binary_as_ratings(
     path: &Path,
     users: &mut IdMap,
@@ -380,25 +372,6 @@ fn read_binary_as_ratings(
 ) -> Result<Vec<Rating>> {
     let set = crate::synthetic::read_binary(path)?;
     let c = &set.by_user;
-    // Item ids ascend within each user (checked by the reader): the highest is a row's last.
-    let used = (0..set.n_users)
-        .filter_map(|u| c.row(u).0.last())
-        .max()
-        .map_or(0, |&i| i as usize + 1);
-    if set.n_items - used > c.nnz().max(RBMR_SPARE_ITEMS) {
-        return Err(RbmError::format(
-            path,
-            RBMR_ITEMS_AT,
-            format!(
-                "implausible item count {}: the {} ratings use item ids below {used} only \
-                 (a file may declare at most {} unrated items past those); is the header \
-                 corrupt?",
-                set.n_items,
-                c.nnz(),
-                c.nnz().max(RBMR_SPARE_ITEMS)
-            ),
-        ));
-    }
     let uid: Vec<u32> = (0..set.n_users)
         .map(|u| users.intern(&u.to_string()))
         .collect();
@@ -2058,6 +2031,11 @@ mod tests {
             }
             other => panic!("expected a format error at byte 16, got {other:?}"),
         }
+        // The compact reader (`rbm bench --netflix FILE` reads with it) refuses it too.
+        assert!(matches!(
+            crate::synthetic::read_binary(&f),
+            Err(RbmError::Format { offset: 16, .. })
+        ));
         // Items no rating names are fine in moderation (a generated file: 1 user, 1000 items,
         // 1 rating; a Netflix-shaped one has 17,770 items, all rated).
         let set = crate::synthetic::RatingSet {

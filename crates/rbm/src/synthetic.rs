@@ -321,8 +321,13 @@ impl Reader<'_> {
     }
 }
 
+/// Items that no rating names (ids above the highest one used) that a binary rating file may
+/// declare even when it holds fewer ratings.
+const SPARE_ITEMS: u64 = 1 << 16;
+
 /// Reads a binary rating file, validating everything (sizes, monotone offsets, item ids in
-/// range and ascending within each user, classes below K); errors name the byte offset.
+/// range and ascending within each user, a plausible item count, classes below K); errors
+/// name the byte offset.
 pub fn read_binary(path: &Path) -> Result<RatingSet> {
     let f = std::fs::File::open(path).map_err(|e| RbmError::io(path, e))?;
     let len = f.metadata().map_err(|e| RbmError::io(path, e))?.len();
@@ -429,6 +434,27 @@ pub fn read_binary(path: &Path) -> Result<RatingSet> {
             format!(
                 "item id {} is out of range (< {ni}) or not ascending within its user",
                 cols[p]
+            ),
+        ));
+    }
+    // The item count is only a header field (no per-item data), so a corrupt header could
+    // declare billions of items and make the id maps and a model exhaust memory: a file may
+    // declare items past the highest id its ratings use, but not more of them than it holds
+    // ratings (or `SPARE_ITEMS`, whichever is larger). Ids ascend within each user (checked
+    // above), so a row's last is its highest.
+    let used = (0..nu)
+        .filter(|&u| offsets[u] < offsets[u + 1])
+        .map(|u| cols[offsets[u + 1] - 1])
+        .max()
+        .map_or(0, |i| u64::from(i) + 1);
+    let spare = (nnz as u64).max(SPARE_ITEMS);
+    if ni - used > spare {
+        return Err(r.err(
+            16,
+            format!(
+                "implausible item count {ni}: the {nnz} ratings use item ids below {used} only \
+                 (a file may declare at most {spare} unrated items past those); is the header \
+                 corrupt?"
             ),
         ));
     }
