@@ -10,8 +10,8 @@ use rbm::rating::{
     RatingReadout,
 };
 use rbm::ratings::{
-    IdMap, Rating, RatingFormat, RatingMatrix, RatingScale, holdout, kfold, read_item_titles,
-    read_ratings,
+    IdMap, Rating, RatingFormat, RatingMatrix, RatingScale, check_disjoint, holdout, kfold,
+    read_item_titles, read_ratings,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -847,7 +847,9 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
     let (train, test) = match (&a.test, a.test_fraction) {
         (Some(_), Some(_)) => bail!("give --test or --test-fraction, not both"),
         (Some(t), None) => {
-            let test = read_ratings(t, format_of(&a.data)?, &mut users, &mut items)?;
+            let format = format_of(&a.data)?;
+            let test = read_ratings(t, format, &mut users, &mut items)?;
+            check_disjoint((&path, &all), (t, &test), format, &users, &items)?;
             (all, Some(test))
         }
         (None, Some(f)) => {

@@ -207,6 +207,29 @@ fn degenerate_rating_evaluations_are_refused() {
     ]
     .concat());
     assert_refused(&out, &["empty.tsv", "test part is empty"], &model);
+    // A test file that repeats a training rating (u1 rated i0 on the training file's line 9,
+    // after u0's eight items; u0 never rated i0).
+    let leak = dir.join("leak.tsv");
+    std::fs::write(&leak, "u0\ti0\t3\nu1\ti0\t2\n").unwrap();
+    let out = rbm(&[
+        &[
+            "cf",
+            "train",
+            "--ratings",
+            s(&r),
+            "--test",
+            s(&leak),
+            "-o",
+            s(&model),
+        ][..],
+        &small,
+    ]
+    .concat());
+    assert_refused(
+        &out,
+        &["leak.tsv:2", "`u1`", "`i0`", "r.tsv:9", "disjoint"],
+        &model,
+    );
     let out = rbm(&[
         &[
             "cf",

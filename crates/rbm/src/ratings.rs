@@ -397,12 +397,23 @@ fn read_binary_as_ratings(
 
 /// [`read_ratings`] from any reader; `path` only names the source in errors.
 pub fn read_ratings_from<R: BufRead>(
-    mut reader: R,
+    reader: R,
     path: &Path,
     format: RatingFormat,
     users: &mut IdMap,
     items: &mut IdMap,
 ) -> Result<Vec<Rating>> {
+    read_text(reader, path, format, users, items).map(|(out, _)| out)
+}
+
+/// [`read_ratings_from`], with the line of each rating.
+fn read_text<R: BufRead>(
+    mut reader: R,
+    path: &Path,
+    format: RatingFormat,
+    users: &mut IdMap,
+    items: &mut IdMap,
+) -> Result<(Vec<Rating>, LineIndex)> {
     let mut format = format;
     if format == RatingFormat::Auto
         && path
@@ -498,7 +509,7 @@ pub fn read_ratings_from<R: BufRead>(
             value,
         });
     }
-    if let Some((a, b)) = first_repeat(&out) {
+    if let Some((a, b)) = first_repeat(&[&out]) {
         let (ra, rb) = (out[a], out[b]);
         return Err(RbmError::parse(
             path,
@@ -515,32 +526,112 @@ pub fn read_ratings_from<R: BufRead>(
         ));
     }
     remember_origins(path, seen, Place::Line);
-    Ok(out)
+    Ok((out, lines))
 }
 
-/// The first (user, item) pair in `ratings` that repeats an earlier one, as the indices of
-/// its first occurrence and of the repeat (the smallest such repeat index), or `None`.
-/// Groups the items by user with a counting sort (4 bytes per rating of scratch) and checks
-/// each user's items against a stamp per item, blocks of users in parallel: linear time.
-/// Only when some user has a repeat are the ratings scanned again for the earliest one.
-fn first_repeat(ratings: &[Rating]) -> Option<(usize, usize)> {
-    use rayon::prelude::*;
-    if ratings.len() < 2 {
+/// Refuses test ratings that share a (user, item) pair with the training ratings: the model
+/// would be scored on a rating it was trained on, and its test figures would flatter it. The
+/// error names the test file's line and the training file's line of the first such pair (in
+/// test-file order). Each file on its own is free of repeats ([`read_ratings`] checks that);
+/// linear time, as for those checks.
+pub fn check_disjoint(
+    (train_path, train): (&Path, &[Rating]),
+    (test_path, test): (&Path, &[Rating]),
+    format: RatingFormat,
+    users: &IdMap,
+    items: &IdMap,
+) -> Result<()> {
+    let Some((a, b)) = first_repeat(&[train, test]) else {
+        return Ok(());
+    };
+    let (a, b) = if a < train.len() && b >= train.len() {
+        (a, b - train.len())
+    } else {
+        // A repeat inside one file: the reader refuses those, so only a caller that built
+        // the parts itself gets here.
+        return Err(RbmError::param(
+            "ratings",
+            format!(
+                "{} or {} repeats a (user, item) pair",
+                train_path.display(),
+                test_path.display()
+            ),
+        ));
+    };
+    let (ra, rb) = (train[a], test[b]);
+    let reason = format!(
+        "user `{}` rated item `{}` here (rating {}) and in the training ratings ({}, rating \
+         {}): a test \
+         rating the model trains on flatters its test figures; give disjoint files (`rbm cf \
+         split` writes them)",
+        shown(users.token(rb.user)),
+        shown(items.token(rb.item)),
+        rb.value,
+        place_of(train_path, format, a),
+        ra.value
+    );
+    Err(match line_of(test_path, format, b) {
+        Some(line) => RbmError::parse(test_path, line, reason),
+        None => RbmError::param(
+            "test",
+            format!("{}: rating {}: {reason}", test_path.display(), b + 1),
+        ),
+    })
+}
+
+/// The line of the `index`-th rating of a text rating file, found by reading it again (for
+/// errors only); `None` for a binary file or one that no longer reads.
+fn line_of(path: &Path, format: RatingFormat, index: usize) -> Option<usize> {
+    if crate::synthetic::is_binary_ratings(path) {
         return None;
     }
-    let rows = ratings.iter().map(|r| r.user).max()? as usize + 1;
-    let n_items = ratings.iter().map(|r| r.item).max()? as usize + 1;
+    let file = std::fs::File::open(path).ok()?;
+    let (out, lines) = read_text(
+        BufReader::new(file),
+        path,
+        format,
+        &mut IdMap::new(),
+        &mut IdMap::new(),
+    )
+    .ok()?;
+    (index < out.len()).then(|| lines.line(index))
+}
+
+/// `file:line` of the `index`-th rating of a rating file, or `file, rating N` where the line
+/// is not known.
+fn place_of(path: &Path, format: RatingFormat, index: usize) -> String {
+    match line_of(path, format, index) {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => format!("{}, rating {}", path.display(), index + 1),
+    }
+}
+
+/// The first (user, item) pair in `parts` (read as one list, part after part) that repeats
+/// an earlier one, as the indices in that list of its first occurrence and of the repeat (the
+/// smallest such repeat index), or `None`. Groups the items by user with a counting sort (4
+/// bytes per rating of scratch) and checks each user's items against a stamp per item, blocks
+/// of users in parallel: linear time. Only when some user has a repeat are the ratings
+/// scanned again for the earliest one.
+fn first_repeat(parts: &[&[Rating]]) -> Option<(usize, usize)> {
+    use rayon::prelude::*;
+    let all = || parts.iter().flat_map(|p| p.iter());
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len < 2 {
+        return None;
+    }
+    let rows = all().map(|r| r.user).max()? as usize + 1;
+    let n_items = all().map(|r| r.item).max()? as usize + 1;
     let mut start = vec![0usize; rows + 1];
-    for r in ratings {
+    for r in all() {
         start[r.user as usize + 1] += 1;
     }
     for u in 0..rows {
         start[u + 1] += start[u];
     }
-    // Stable: each user's items stay in file order.
+    // Stable: each user's items stay in list order.
     let mut fill = start[..rows].to_vec();
-    let mut grouped = vec![0u32; ratings.len()];
-    for r in ratings {
+    let mut grouped = vec![0u32; len];
+    for r in all() {
         let f = &mut fill[r.user as usize];
         grouped[*f] = r.item;
         *f += 1;
@@ -548,7 +639,7 @@ fn first_repeat(ratings: &[Rating]) -> Option<(usize, usize)> {
     drop(fill);
     // Blocks of users share one stamp array (the user's place in the block + 1 per item
     // seen); each user with a repeat gives its first repeated pair, which is that user's
-    // earliest repeat in the file.
+    // earliest repeat in the list.
     const BLOCK: usize = 4096;
     let repeated: std::collections::HashSet<(u32, u32)> = (0..rows.div_ceil(BLOCK))
         .into_par_iter()
@@ -572,9 +663,9 @@ fn first_repeat(ratings: &[Rating]) -> Option<(usize, usize)> {
     if repeated.is_empty() {
         return None;
     }
-    // The earliest repeat in the file is one of those.
+    // The earliest repeat in the list is one of those.
     let mut first = HashMap::new();
-    ratings.iter().enumerate().find_map(|(p, r)| {
+    all().enumerate().find_map(|(p, r)| {
         let key = (r.user, r.item);
         if !repeated.contains(&key) {
             return None;
@@ -1988,8 +2079,49 @@ mod tests {
                 .iter()
                 .enumerate()
                 .find_map(|(p, r)| first.insert((r.user, r.item), p).map(|q| (q, p)));
-            assert_eq!(first_repeat(&ratings), want, "round {round}");
+            assert_eq!(first_repeat(&[&ratings]), want, "round {round}");
+            // The same list in two parts: the same indices.
+            let cut = s.below(n + 1);
+            let (a, b) = ratings.split_at(cut);
+            assert_eq!(first_repeat(&[a, b]), want, "round {round}, cut {cut}");
         }
+    }
+
+    #[test]
+    fn test_ratings_shared_with_training_are_refused_with_both_lines() {
+        let dir = tmp_dir("disjoint");
+        let (train_p, test_p) = (dir.join("u1.base"), dir.join("u1.test"));
+        std::fs::write(&train_p, "1\t10\t3\n1\t11\t4\n\n2\t10\t1\n2\t12\t2\n").unwrap();
+        let (mut users, mut items) = (IdMap::new(), IdMap::new());
+        let train = read_ratings(&train_p, RatingFormat::UData, &mut users, &mut items).unwrap();
+        let read_test = |text: &str, users: &mut IdMap, items: &mut IdMap| {
+            std::fs::write(&test_p, text).unwrap();
+            read_ratings(&test_p, RatingFormat::UData, users, items).unwrap()
+        };
+        let check = |test: &[Rating], users: &IdMap, items: &IdMap| {
+            check_disjoint(
+                (&train_p, &train),
+                (&test_p, test),
+                RatingFormat::UData,
+                users,
+                items,
+            )
+        };
+        // Other items of the same users, other users of the same items: disjoint.
+        let (mut u, mut i) = (users.clone(), items.clone());
+        let test = read_test("1\t12\t5\n3\t10\t2\n2\t11\t4\n", &mut u, &mut i);
+        check(&test, &u, &i).unwrap();
+        // User 2's item 12 (training line 5) again, on the test file's line 3; a later shared
+        // pair (1, 10) is not the one named.
+        let (mut u, mut i) = (users.clone(), items.clone());
+        let test = read_test("3\t10\t2\n\n2\t12\t5\n1\t10\t3\n", &mut u, &mut i);
+        let (line, msg) = parse_error(check(&test, &u, &i), &test_p.display().to_string());
+        assert_eq!(line, 3, "{msg}");
+        assert!(
+            msg.contains("`2`") && msg.contains("`12`") && msg.contains("u1.base:5"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
