@@ -256,15 +256,25 @@ pub struct RecommendArgs {
     model: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    /// User id (as in the ratings file).
+    /// User id (as in the ratings file); repeat it for several users.
     #[arg(long)]
-    user: String,
+    user: Vec<String>,
+    /// File of user ids, one per line (its first field; blank lines skipped).
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Recommend for every user with ratings in the --ratings file.
+    #[arg(long)]
+    all_users: bool,
     /// How many items.
     #[arg(short, long, default_value_t = 10)]
     n: usize,
     /// Item file with titles (ml-100k.item, u.item, movies.dat, movies.csv).
     #[arg(long)]
     items: Option<PathBuf>,
+    /// Write the lists to this file instead of printing them: tab-separated `user rank item
+    /// predicted [title]` with a header line (what several users print too).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `rbm cf split`.
@@ -1139,6 +1149,28 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
 /// Loads a saved model and re-reads its training ratings with the model's id maps.
 fn load_model(model: &Path, d: &DataArgs, common: &Common) -> Result<(CfModel, RatingMatrix)> {
     let m = CfModel::load(model)?;
+    let matrix = training_matrix(&m, model, d, common)?;
+    Ok((m, matrix))
+}
+
+/// The ratings the model `m` (read from `model`) conditions on, with its id maps and scale.
+fn training_matrix(
+    m: &CfModel,
+    model: &Path,
+    d: &DataArgs,
+    common: &Common,
+) -> Result<RatingMatrix> {
+    if d.scale.is_some() && parse_scale(d, &[])?.values() != m.values.as_slice() {
+        bail!(
+            "--scale differs from the rating values {} was trained with ({}); leave it out",
+            model.display(),
+            m.values
+                .iter()
+                .map(f32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     let path = resolve_ratings(d, common)?;
     let (mut users, mut items) = (m.users.clone(), m.items.clone());
     let ratings = read_ratings(&path, format_of(d)?, &mut users, &mut items)?;
@@ -1150,8 +1182,12 @@ fn load_model(model: &Path, d: &DataArgs, common: &Common) -> Result<(CfModel, R
         );
     }
     let scale = RatingScale::from_values(m.values.clone())?;
-    let matrix = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
-    Ok((m, matrix))
+    Ok(RatingMatrix::from_ratings(
+        users.len(),
+        items.len(),
+        &ratings,
+        &scale,
+    )?)
 }
 
 fn predict(a: PredictArgs, common: &Common) -> Result<()> {
@@ -1217,60 +1253,196 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
     Ok(())
 }
 
+/// The users `cf recommend` was asked about, as the model's ids with their tokens, in the
+/// order given.
+fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Result<Vec<u32>> {
+    let sources =
+        usize::from(!a.user.is_empty()) + usize::from(a.users.is_some()) + usize::from(a.all_users);
+    if sources != 1 {
+        bail!("name the users with one of --user ID (repeatable), --users FILE or --all-users");
+    }
+    if a.all_users {
+        // The model's id map also holds users seen only in a test file.
+        return Ok((0..m.users.len() as u32)
+            .filter(|&u| !matrix.by_user.row(u as usize).0.is_empty())
+            .collect());
+    }
+    let known = |tok: &str, place: String| {
+        m.users
+            .get(tok)
+            .with_context(|| format!("{place}user `{tok}` is not in the model's training data"))
+    };
+    match &a.users {
+        None => a.user.iter().map(|u| known(u, String::new())).collect(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let mut out = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                if let Some(tok) = line.split([',', '\t', ' ']).find(|t| !t.is_empty()) {
+                    out.push(known(tok.trim(), format!("{}:{}: ", p.display(), n + 1))?);
+                }
+            }
+            if out.is_empty() {
+                bail!("{}: no user ids", p.display());
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Each user's `n` best unrated items (rated by someone in training) with their predicted
+/// ratings, best first (ties by item id). Every candidate is scored for a chunk of users at a
+/// time (about [`TOPN_PAIRS`] pairs), so memory stays bounded for `--all-users` at any scale.
+fn top_items(
+    m: &CfModel,
+    matrix: &RatingMatrix,
+    users: &[u32],
+    n: usize,
+    common: &Common,
+) -> Result<Vec<Vec<(u32, f32)>>> {
+    let rated: Vec<u32> = (0..matrix.n_items as u32)
+        .filter(|&i| matrix.by_item.offsets[i as usize + 1] > matrix.by_item.offsets[i as usize])
+        .collect();
+    let candidates = |u: u32| {
+        let seen = matrix.by_user.row(u as usize).0;
+        rated
+            .iter()
+            .copied()
+            .filter(move |i| seen.binary_search(i).is_err())
+    };
+    // Recommendations never see held-out pairs: conditional members use training sets only.
+    let mut mm = m.clone();
+    mm.implicit_targets = false;
+    let per_chunk = (TOPN_PAIRS / rated.len().max(1)).max(1);
+    let mut out = Vec::with_capacity(users.len());
+    for chunk in users.chunks(per_chunk) {
+        let pairs: Vec<(u32, u32)> = chunk
+            .iter()
+            .flat_map(|&u| candidates(u).map(move |i| (u, i)))
+            .collect();
+        let pred = common.in_pool(|| mm.predict(matrix, &pairs))?;
+        let mut at = 0;
+        for &u in chunk {
+            let len = candidates(u).count();
+            let mut scored: Vec<(u32, f32)> = pairs[at..at + len]
+                .iter()
+                .zip(&pred.ratings[at..at + len])
+                .map(|(&(_, i), &r)| (i, r))
+                .collect();
+            at += len;
+            scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+            scored.truncate(n);
+            out.push(scored);
+        }
+    }
+    Ok(out)
+}
+
 fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1 (the number of items to recommend)");
     }
-    let (m, matrix) = load_model(&a.model, &a.data, common)?;
-    let u = m
-        .users
-        .get(&a.user)
-        .with_context(|| format!("user `{}` is not in the model's training data", a.user))?;
-    let seen = matrix.by_user.row(u as usize).0;
-    let cands: Vec<u32> = (0..matrix.n_items as u32)
-        .filter(|i| {
-            seen.binary_search(i).is_err()
-                && matrix.by_item.offsets[*i as usize + 1] > matrix.by_item.offsets[*i as usize]
-        })
+    if let Some(out) = &a.out {
+        let inputs: Vec<&Path> = [
+            Some(a.model.as_path()),
+            Some(Path::new(&a.data.ratings)),
+            a.users.as_deref(),
+            a.items.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
         .collect();
-    let pairs: Vec<(u32, u32)> = cands.iter().map(|&i| (u, i)).collect();
-    let mut mm = m.clone();
-    mm.implicit_targets = false;
-    let pred = common.in_pool(|| mm.predict(&matrix, &pairs))?;
-    let mut order: Vec<usize> = (0..cands.len()).collect();
-    order.sort_by(|&x, &y| {
-        pred.ratings[y]
-            .total_cmp(&pred.ratings[x])
-            .then(cands[x].cmp(&cands[y]))
-    });
+        check_outputs(&[("--out", Some(out.as_path()))], &inputs)?;
+    }
+    let m = CfModel::load(&a.model)?;
+    let matrix = training_matrix(&m, &a.model, &a.data, common)?;
+    let users = recommend_users(&a, &m, &matrix)?;
+    let lists = top_items(&m, &matrix, &users, a.n, common)?;
     let titles = match &a.items {
         Some(p) => read_item_titles(p, &m.items)?,
         None => Default::default(),
     };
-    let top: Vec<_> = order
-        .iter()
-        .take(a.n)
-        .map(|&n| {
-            let i = cands[n];
-            (
-                m.items.token(i).to_string(),
-                titles.get(&i).cloned(),
-                pred.ratings[n],
-            )
-        })
-        .collect();
-    if common.json {
-        let rows: Vec<_> = top
-            .iter()
-            .map(|(id, t, r)| json!({"item": id, "title": t, "predicted": r}))
-            .collect();
-        print_json(&json!({"user": a.user, "recommendations": rows}));
-    } else {
-        for (rank, (id, t, r)) in top.iter().enumerate() {
-            match t {
-                Some(t) => println!("{:2}. {r:.3}  {id}  {t}", rank + 1),
-                None => println!("{:2}. {r:.3}  {id}", rank + 1),
+    let title = |i: u32| titles.get(&i).cloned();
+    // One user on the terminal: a ranked list; several, or a file: one row per item.
+    if a.out.is_none() && a.user.len() == 1 {
+        let top = &lists[0];
+        if common.json {
+            let rows: Vec<_> = top
+                .iter()
+                .map(|&(i, r)| json!({"item": m.items.token(i), "title": title(i), "predicted": r}))
+                .collect();
+            print_json(&json!({"user": a.user[0], "recommendations": rows}));
+        } else {
+            for (rank, &(i, r)) in top.iter().enumerate() {
+                match title(i) {
+                    Some(t) => println!("{:2}. {r:.3}  {}  {t}", rank + 1, m.items.token(i)),
+                    None => println!("{:2}. {r:.3}  {}", rank + 1, m.items.token(i)),
+                }
             }
+        }
+        return Ok(());
+    }
+    let write_rows = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
+        let with_titles = a.items.is_some();
+        writeln!(
+            w,
+            "user\trank\titem\tpredicted{}",
+            if with_titles { "\ttitle" } else { "" }
+        )?;
+        for (&u, top) in users.iter().zip(&lists) {
+            for (rank, &(i, r)) in top.iter().enumerate() {
+                write!(
+                    w,
+                    "{}\t{}\t{}\t{r:.4}",
+                    m.users.token(u),
+                    rank + 1,
+                    m.items.token(i)
+                )?;
+                if with_titles {
+                    write!(w, "\t{}", title(i).unwrap_or_default())?;
+                }
+                writeln!(w)?;
+            }
+        }
+        Ok(())
+    };
+    match &a.out {
+        Some(out) => {
+            rbm::atomic::write_atomic(out, |w| write_rows(w))?;
+            let rows: usize = lists.iter().map(Vec::len).sum();
+            if common.json {
+                print_json(
+                    &json!({"out": out.display().to_string(), "users": users.len(), "rows": rows}),
+                );
+            } else {
+                println!(
+                    "{rows} recommendations for {} users written to {}",
+                    users.len(),
+                    out.display()
+                );
+            }
+        }
+        None if common.json => {
+            let rows: Vec<_> = users
+                .iter()
+                .zip(&lists)
+                .map(|(&u, top)| {
+                    let items: Vec<_> = top
+                        .iter()
+                        .map(|&(i, r)| json!({"item": m.items.token(i), "title": title(i), "predicted": r}))
+                        .collect();
+                    json!({"user": m.users.token(u), "recommendations": items})
+                })
+                .collect();
+            print_json(&json!({"users": rows}));
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            write_rows(&mut w)?;
+            std::io::Write::flush(&mut w)?;
         }
     }
     Ok(())

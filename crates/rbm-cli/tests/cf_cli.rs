@@ -170,6 +170,7 @@ fn train_predict_recommend() {
         .unwrap();
     let v = common::json(&out);
     assert_eq!(v["recommendations"].as_array().unwrap().len(), 3);
+    check_recommendations_for_many_users(&dir, &model);
 
     std::fs::write(dir.join("bad.tsv"), "a\tb\t3\nc\td\tx\n").unwrap();
     let out = rbm()
@@ -181,6 +182,131 @@ fn train_predict_recommend() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.tsv:2"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `cf recommend --all-users --out` (and `--users FILE`) against `cf predict`: every listed
+/// item is one the user did not rate in training, with the rating `cf predict` gives the pair,
+/// best first, and no other candidate item of that user is predicted higher than the last one
+/// listed.
+fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
+    let train_p = dir.join("train.tsv");
+    let train = std::fs::read_to_string(&train_p).unwrap();
+    let rated = |u: &str, i: &str| train.lines().any(|l| l.starts_with(&format!("{u}\t{i}\t")));
+    let recs = dir.join("recs.tsv");
+    let out = rbm()
+        .args([
+            "--json",
+            "cf",
+            "recommend",
+            "--all-users",
+            "-n",
+            "4",
+            "--model",
+        ])
+        .arg(model)
+        .arg("--ratings")
+        .arg(&train_p)
+        .arg("--out")
+        .arg(&recs)
+        .output()
+        .unwrap();
+    let v = common::json(&out);
+    assert_eq!(
+        (v["users"].as_u64(), v["rows"].as_u64()),
+        (Some(60), Some(240))
+    );
+    let text = std::fs::read_to_string(&recs).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("user\trank\titem\tpredicted"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 240);
+    // Predict every pair of two users' items in one call, to compare with their lists.
+    let users = ["user0", "user7"];
+    let items: Vec<String> = (0..30).map(|i| format!("item{i}")).collect();
+    let mut args = Vec::new();
+    for u in users {
+        for i in &items {
+            args.push(u.to_string());
+            args.push(i.clone());
+        }
+    }
+    let out = rbm()
+        .args(["--json", "cf", "predict", "--model"])
+        .arg(model)
+        .arg("--ratings")
+        .arg(&train_p)
+        .args(&args)
+        .output()
+        .unwrap();
+    let preds = common::json(&out)["predictions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for (k, u) in users.iter().enumerate() {
+        let predicted = |i: &str| {
+            preds[k * 30 + items.iter().position(|x| x == i).unwrap()]["rating"]
+                .as_f64()
+                .unwrap()
+        };
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == *u).collect();
+        assert_eq!(mine.len(), 4, "{u}");
+        let mut last = f64::INFINITY;
+        for (rank, r) in mine.iter().enumerate() {
+            assert_eq!(r[1], (rank + 1).to_string());
+            assert!(!rated(u, r[2]), "{u} rated {} in training", r[2]);
+            let p: f64 = r[3].parse().unwrap();
+            assert!((p - predicted(r[2])).abs() < 1e-4, "{u} {}: {p}", r[2]);
+            assert!(p <= last + 1e-9, "{u}: not best first");
+            last = p;
+        }
+        for i in &items {
+            if !rated(u, i) && !mine.iter().any(|r| r[2] == i) {
+                assert!(predicted(i) <= last + 1e-4, "{u}: {i} beats the list");
+            }
+        }
+    }
+    // The same lists for users named in a file (any order), and refusals.
+    let list = dir.join("who.txt");
+    std::fs::write(&list, "user7\n\nuser0\n").unwrap();
+    let out = rbm()
+        .args(["cf", "recommend", "-n", "4", "--model"])
+        .arg(model)
+        .arg("--ratings")
+        .arg(&train_p)
+        .arg("--users")
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let want: Vec<String> = ["user7", "user0"]
+        .iter()
+        .flat_map(|u| {
+            rows.iter()
+                .filter(move |r| r[0] == *u)
+                .map(|r| r.join("\t"))
+        })
+        .collect();
+    assert_eq!(printed.lines().skip(1).collect::<Vec<_>>(), want);
+    std::fs::write(&list, "user7\nstranger\n").unwrap();
+    let out = rbm()
+        .args(["cf", "recommend", "--model"])
+        .arg(model)
+        .arg("--ratings")
+        .arg(&train_p)
+        .arg("--users")
+        .arg(&list)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("who.txt:2: user `stranger`"),
+        "{err}"
+    );
 }
 
 #[test]
