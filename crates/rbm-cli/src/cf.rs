@@ -3,7 +3,7 @@
 
 use crate::common::{Common, MetricsFile, check_memory, check_outputs, print_json};
 use anyhow::{Context, Result, bail};
-use rbm::cf_eval::{BiasBaseline, TopN, mae, rmse, topn_chunked};
+use rbm::cf_eval::{BiasBaseline, TopN, best_n, mae, rmse, topn_chunked};
 use rbm::cf_model::{CfMember, CfModel, Orientation, train_member};
 use rbm::rating::{
     CdSchedule, EpochReport, NegativePhase, Optimizer, PredictMethod, RatingRbmParams,
@@ -795,10 +795,8 @@ fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
             .collect()
     };
     // Never told the test pairs (see `evaluate`): conditional members use training sets only.
-    let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
-        let pairs = pairs_of(users);
-        f.model.predict_with_extra(&f.matrix, &pairs, &[]).ratings
-    };
+    let scorer = f.model.item_scorer(&f.matrix);
+    let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> { scorer.scores(users) };
     let base_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
         pairs_of(users)
             .iter()
@@ -1295,49 +1293,34 @@ fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Res
 /// Each user's `n` best unrated items (rated by someone in training) with their predicted
 /// ratings, best first (ties by item id). Every candidate is scored for a chunk of users at a
 /// time (about [`TOPN_PAIRS`] pairs), so memory stays bounded for `--all-users` at any scale.
-fn top_items(
-    m: &CfModel,
-    matrix: &RatingMatrix,
-    users: &[u32],
-    n: usize,
-    common: &Common,
-) -> Result<Vec<Vec<(u32, f32)>>> {
+fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec<Vec<(u32, f32)>> {
     let rated: Vec<u32> = (0..matrix.n_items as u32)
         .filter(|&i| matrix.by_item.offsets[i as usize + 1] > matrix.by_item.offsets[i as usize])
         .collect();
-    let candidates = |u: u32| {
-        let seen = matrix.by_user.row(u as usize).0;
-        rated
-            .iter()
-            .copied()
-            .filter(move |i| seen.binary_search(i).is_err())
-    };
     // Recommendations never see held-out pairs: conditional members use training sets only.
-    let mut mm = m.clone();
-    mm.implicit_targets = false;
-    let per_chunk = (TOPN_PAIRS / rated.len().max(1)).max(1);
+    let scorer = m.item_scorer(matrix);
+    let ni = matrix.n_items;
+    let per_chunk = (TOPN_PAIRS / ni.max(1)).max(1);
     let mut out = Vec::with_capacity(users.len());
     for chunk in users.chunks(per_chunk) {
-        let pairs: Vec<(u32, u32)> = chunk
-            .iter()
-            .flat_map(|&u| candidates(u).map(move |i| (u, i)))
-            .collect();
-        let pred = common.in_pool(|| mm.predict(matrix, &pairs))?;
-        let mut at = 0;
-        for &u in chunk {
-            let len = candidates(u).count();
-            let mut scored: Vec<(u32, f32)> = pairs[at..at + len]
+        let scores = scorer.scores(chunk);
+        for (&u, row) in chunk.iter().zip(scores.chunks_exact(ni)) {
+            let seen = matrix.by_user.row(u as usize).0;
+            let cands: Vec<u32> = rated
                 .iter()
-                .zip(&pred.ratings[at..at + len])
-                .map(|(&(_, i), &r)| (i, r))
+                .copied()
+                .filter(|i| seen.binary_search(i).is_err())
                 .collect();
-            at += len;
-            scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-            scored.truncate(n);
-            out.push(scored);
+            let scores: Vec<f32> = cands.iter().map(|&i| row[i as usize]).collect();
+            out.push(
+                best_n(&cands, &scores, n)
+                    .into_iter()
+                    .map(|p| (cands[p], scores[p]))
+                    .collect(),
+            );
         }
     }
-    Ok(out)
+    out
 }
 
 fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
@@ -1359,7 +1342,7 @@ fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
     let m = CfModel::load(&a.model)?;
     let matrix = training_matrix(&m, &a.model, &a.data, common)?;
     let users = recommend_users(&a, &m, &matrix)?;
-    let lists = top_items(&m, &matrix, &users, a.n, common)?;
+    let lists = common.in_pool(|| top_items(&m, &matrix, &users, a.n))?;
     let titles = match &a.items {
         Some(p) => read_item_titles(p, &m.items)?,
         None => Default::default(),

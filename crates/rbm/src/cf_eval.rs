@@ -181,6 +181,26 @@ pub fn topn_user(ranked: &[u32], relevant: &[u32], n: usize) -> TopN {
     }
 }
 
+/// The places in `items` of the `n` best-scored items (`scores[p]` is `items[p]`'s), best
+/// first; equal scores go by item id, so the list is deterministic. A partial selection, then
+/// a sort of the `n`: the same list as sorting everything.
+pub fn best_n(items: &[u32], scores: &[f32], n: usize) -> Vec<usize> {
+    let n = n.min(items.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let cmp = |&a: &usize, &b: &usize| {
+        scores[b]
+            .total_cmp(&scores[a])
+            .then(items[a].cmp(&items[b]))
+    };
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.select_nth_unstable_by(n - 1, cmp);
+    order.truncate(n);
+    order.sort_unstable_by(cmp);
+    order
+}
+
 /// Ranks every item not in the user's training row by `score(user, items) -> scores` and averages
 /// [`topn_user`] over the test users with at least one rating ≥ `threshold`. `train` is by user.
 pub fn topn(
@@ -211,10 +231,7 @@ pub fn topn(
                 .filter(|i| seen.binary_search(i).is_err())
                 .collect();
             let s = score(*u, &cands);
-            let mut order: Vec<usize> = (0..cands.len()).collect();
-            // Ties broken by item index so the ranking is deterministic.
-            order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(cands[a].cmp(&cands[b])));
-            let ranked: Vec<u32> = order.iter().take(n).map(|&p| cands[p]).collect();
+            let ranked: Vec<u32> = best_n(&cands, &s, n).iter().map(|&p| cands[p]).collect();
             topn_user(&ranked, relevant, n)
         })
         .collect();
@@ -301,6 +318,27 @@ mod tests {
             (0.0, 0.0, 0.0, 1)
         );
         assert_eq!(topn_user(&[3, 4], &[], 2).users, 0);
+    }
+
+    #[test]
+    fn best_n_equals_sorting_everything() {
+        let mut st = crate::random::Stream::new(3, crate::random::Purpose::Data, 0, 0, 0);
+        for round in 0..300 {
+            let len = st.below(60);
+            // Few distinct scores, so ties are common; ids in any order, distinct.
+            let mut items: Vec<u32> = (0..len as u32).map(|i| i * 7 % 61).collect();
+            items.reverse();
+            let scores: Vec<f32> = (0..len).map(|_| st.below(5) as f32 * 0.5).collect();
+            let n = st.below(len + 3);
+            let mut all: Vec<usize> = (0..len).collect();
+            all.sort_by(|&a, &b| {
+                scores[b]
+                    .total_cmp(&scores[a])
+                    .then(items[a].cmp(&items[b]))
+            });
+            all.truncate(n);
+            assert_eq!(best_n(&items, &scores, n), all, "round {round}");
+        }
     }
 
     #[test]

@@ -2746,6 +2746,83 @@ impl RatingRbm {
         out
     }
 
+    /// σ of each case's hidden input ([`Self::hidden_input`] from its row of `cases` and, for
+    /// the conditional model, of `implicit`), M per case in the order of `ids`: the hidden
+    /// probabilities that mean-field prediction conditions on. A case past the rows has none.
+    pub fn case_hidden_probs(&self, cases: &Csr, implicit: Option<&Csr>, ids: &[u32]) -> Vec<f32> {
+        let m = self.m;
+        let mut ph = vec![0.0f32; ids.len() * m];
+        ph.par_chunks_mut(m).zip(ids).for_each(|(x, &case)| {
+            let (items, classes) = row_or_empty(cases, case as usize);
+            let imp = implicit
+                .filter(|c| (case as usize) < c.rows())
+                .map_or(items, |c| c.row(case as usize).0);
+            self.hidden_input(items, classes, imp, x);
+            for v in x.iter_mut() {
+                *v = sigmoid(*v);
+            }
+        });
+        ph
+    }
+
+    /// Mean-field ratings of every pair of the cases whose hidden probabilities are `ph` (M
+    /// per case, from [`Self::case_hidden_probs`]) and the visible units `visible`: row by
+    /// case, `ph.len() / M × visible.len()`. All the class logits come from one matrix product
+    /// (W's rows of `visible` times the cases' probabilities), where [`Self::predict_pairs`]
+    /// takes K dot products per pair, so scoring every item for many users (top-N lists) runs
+    /// at the matrix library's speed. The sums run in another order than `predict_pairs`',
+    /// so the ratings agree with it to rounding, not bit for bit; they are the same for any
+    /// thread count. A pair whose case has rated its unit is *not* predicted from the case's
+    /// other ratings, as `predict_pairs` does; use that for such pairs.
+    pub fn mean_field_grid(
+        &self,
+        ph: &[f32],
+        visible: &[u32],
+        values: &[f32],
+        readout: RatingReadout,
+    ) -> Vec<f32> {
+        let (k, m) = (self.k, self.m);
+        let (nc, nv) = (ph.len() / m, visible.len());
+        if nc == 0 || nv == 0 {
+            return Vec::new();
+        }
+        // W's rows for `visible`, borrowed when they are one run of units.
+        let first = visible[0] as usize;
+        let run = visible.windows(2).all(|p| p[1] == p[0] + 1);
+        let gathered: Vec<f32>;
+        let rows: &[f32] = if run {
+            &self.w[first * k * m..(first + nv) * k * m]
+        } else {
+            gathered = visible
+                .iter()
+                .flat_map(|&v| &self.w[v as usize * k * m..(v as usize + 1) * k * m])
+                .copied()
+                .collect();
+            &gathered
+        };
+        let mut logits = vec![0.0f32; nv * k * nc];
+        crate::linalg::gemm_same_bits(
+            MatMut::from_column_major_slice_mut(&mut logits, nv * k, nc),
+            MatRef::from_row_major_slice(rows, nv * k, m),
+            MatRef::from_column_major_slice(ph, m, nc),
+        );
+        // The visible biases of `visible`, in the logits' layout.
+        let bias: Vec<f32> = if run {
+            self.b[first * k..(first + nv) * k].to_vec()
+        } else {
+            visible
+                .iter()
+                .flat_map(|&v| &self.b[v as usize * k..(v as usize + 1) * k])
+                .copied()
+                .collect()
+        };
+        let mut out = vec![0.0f32; nc * nv];
+        out.par_chunks_mut(nv)
+            .zip(logits.par_chunks_mut(nv * k))
+            .for_each(|(r, z)| grid_readout(z, &bias, values, readout, r));
+        out
+    }
+
     /// Turns a class distribution into a rating.
     pub fn readout(dist: &[f32], values: &[f32], how: RatingReadout) -> f32 {
         match how {
@@ -4089,6 +4166,74 @@ fn row_or_empty(cases: &Csr, case: usize) -> (&[u32], &[u8]) {
         (&[][..], &[][..])
     }
 }
+
+/// Lanes of [`grid_readout_body`]: pairs whose softmax runs side by side.
+const READOUT_LANES: usize = 16;
+
+/// [`RatingRbm::mean_field_grid`]'s last step for one case: each visible unit's K class logits
+/// in `z` (bias not yet added) to the rating `readout` makes of their softmax, into `out` (one
+/// per unit). [`READOUT_LANES`] units at a time with the classes as the outer loop, so the
+/// exponentials vectorize (the softmax pair by pair was three quarters of a top-N scoring).
+#[inline(always)]
+fn grid_readout_body(
+    z: &mut [f32],
+    bias: &[f32],
+    values: &[f32],
+    readout: RatingReadout,
+    out: &mut [f32],
+) {
+    const L: usize = READOUT_LANES;
+    let k = values.len();
+    for (z, b) in z.iter_mut().zip(bias) {
+        *z += b;
+    }
+    // Classes by lane; lanes past a short last block's hold zeros.
+    let mut t = vec![0.0f32; k * L];
+    for (zb, ob) in z.chunks(L * k).zip(out.chunks_mut(L)) {
+        let n = ob.len();
+        if n < L {
+            t.fill(0.0);
+        }
+        let mut mx = [0.0f32; L];
+        for (l, zl) in zb.chunks_exact(k).enumerate() {
+            mx[l] = f32::NEG_INFINITY;
+            for (kk, &v) in zl.iter().enumerate() {
+                t[kk * L + l] = v;
+                if v > mx[l] {
+                    mx[l] = v;
+                }
+            }
+        }
+        match readout {
+            RatingReadout::Expected => {
+                let (mut sum, mut num) = ([0.0f32; L], [0.0f32; L]);
+                for (kk, &value) in values.iter().enumerate() {
+                    let tk = &t[kk * L..(kk + 1) * L];
+                    for l in 0..L {
+                        let e = crate::linalg::exp_f32(tk[l] - mx[l]);
+                        sum[l] += e;
+                        num[l] += e * value;
+                    }
+                }
+                for l in 0..n {
+                    ob[l] = num[l] / sum[l];
+                }
+            }
+            // The largest logit is the most probable class (the first of equals).
+            RatingReadout::Argmax => {
+                for (l, o) in ob.iter_mut().enumerate() {
+                    let best = (0..k).find(|&kk| t[kk * L + l] == mx[l]).unwrap_or(0);
+                    *o = values[best];
+                }
+            }
+        }
+    }
+}
+
+simd_fn!(
+    /// [`grid_readout_body`] at the widest SIMD allowed.
+    fn grid_readout(z: &mut [f32], bias: &[f32], values: &[f32], readout: RatingReadout,
+        out: &mut [f32]) -> () => grid_readout_body);
 
 /// `softplus` in f32 (stable).
 #[inline(always)]
