@@ -788,19 +788,13 @@ fn topn_line(report: &serde_json::Value, prefix: &str) -> Option<String> {
 /// bounded on Netflix-sized data.
 fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
     let ni = f.matrix.n_items;
-    let pairs_of = |users: &[u32]| -> Vec<(u32, u32)> {
-        users
-            .iter()
-            .flat_map(|&u| (0..ni as u32).map(move |i| (u, i)))
-            .collect()
-    };
     // Never told the test pairs (see `evaluate`): conditional members use training sets only.
     let scorer = f.model.item_scorer(&f.matrix);
     let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> { scorer.scores(users) };
     let base_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
-        pairs_of(users)
+        users
             .iter()
-            .map(|&(u, i)| f.model.baseline.predict(u, i))
+            .flat_map(|&u| (0..ni as u32).map(move |i| f.model.baseline.predict(u, i)))
             .collect()
     };
     let per_chunk = (TOPN_PAIRS / ni.max(1)).max(1);

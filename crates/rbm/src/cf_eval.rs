@@ -227,9 +227,14 @@ pub fn topn(
             } else {
                 &[]
             };
-            let cands: Vec<u32> = (0..n_items as u32)
-                .filter(|i| seen.binary_search(i).is_err())
-                .collect();
+            // The items not in the (ascending) training row, by one walk along it.
+            let mut cands = Vec::with_capacity(n_items.saturating_sub(seen.len()));
+            let mut next = seen.iter().peekable();
+            for i in 0..n_items as u32 {
+                if next.next_if_eq(&&i).is_none() {
+                    cands.push(i);
+                }
+            }
             let s = score(*u, &cands);
             let ranked: Vec<u32> = best_n(&cands, &s, n).iter().map(|&p| cands[p]).collect();
             topn_user(&ranked, relevant, n)

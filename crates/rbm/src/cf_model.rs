@@ -134,11 +134,11 @@ pub struct Predictions {
 }
 
 /// Scores every item for users, a chunk of users at a time ([`CfModel::item_scorer`]), as
-/// [`CfModel::predict_with_extra`] would with no extra implicit pairs: pairs with an unknown
-/// user or item get the baseline, a user's rated items are predicted from the user's other
-/// ratings. With mean-field prediction the unrated pairs come from one matrix product per
-/// member and chunk ([`RatingRbm::mean_field_grid`]; the same ratings to rounding, about 20×
-/// faster on MovieLens-100K); exact prediction scores pair by pair.
+/// [`CfModel::predict_with_extra`] would with no extra implicit pairs (pairs with an unknown
+/// user or item get the baseline), except that a user's rated items score −∞. With
+/// mean-field prediction the unrated pairs come from one matrix product per member and chunk
+/// ([`RatingRbm::mean_field_grid`]; the same ratings to rounding); exact prediction scores
+/// pair by pair.
 pub struct ItemScorer<'a> {
     model: &'a CfModel,
     train: &'a RatingMatrix,
@@ -157,83 +157,80 @@ struct ScorerPart {
 
 impl ItemScorer<'_> {
     /// Predicted ratings of every item for each of `users`: `users.len() × n_items`, one
-    /// user's items after another.
+    /// user's items after another. Items a user rated in training score −∞, so they rank last
+    /// and are never recommended ([`CfModel::predict`] predicts them from the user's other
+    /// ratings; at Netflix scale that would cost more than all the rest).
     pub fn scores(&self, users: &[u32]) -> Vec<f32> {
         let (m, train) = (self.model, self.train);
         let ni = train.n_items;
-        let all_pairs = || {
-            users
-                .iter()
-                .flat_map(|&u| (0..ni as u32).map(move |i| (u, i)))
-                .collect::<Vec<_>>()
+        let rated = |u: u32| -> &[u32] {
+            if (u as usize) < train.by_user.rows() {
+                train.by_user.row(u as usize).0
+            } else {
+                &[]
+            }
         };
+        let unrated = |u: u32| (0..ni as u32).filter(move |i| rated(u).binary_search(i).is_err());
+        let mut out = vec![f32::NEG_INFINITY; users.len() * ni];
         let in_range = users.iter().all(|&u| (u as usize) < train.n_users);
         if self.pairwise || !in_range {
-            return m.predict_with_extra(train, &all_pairs(), &[]).ratings;
+            let pairs: Vec<(u32, u32)> = users
+                .iter()
+                .flat_map(|&u| unrated(u).map(move |i| (u, i)))
+                .collect();
+            let mut pred = m.predict_with_extra(train, &pairs, &[]).ratings.into_iter();
+            for (row, &u) in out.chunks_exact_mut(ni).zip(users) {
+                for i in unrated(u) {
+                    row[i as usize] = pred.next().unwrap_or(f32::NAN);
+                }
+            }
+            return out;
         }
+        use rayon::prelude::*;
         let items: Vec<u32> = (0..ni as u32).collect();
-        // Each listed user's rated items, (slot, user, item): predicted from the user's
-        // other ratings.
-        let rated: Vec<(usize, u32, u32)> = users
-            .iter()
-            .enumerate()
-            .filter(|&(_, &u)| (u as usize) < train.by_user.rows())
-            .flat_map(|(s, &u)| {
-                train
-                    .by_user
-                    .row(u as usize)
-                    .0
-                    .iter()
-                    .map(move |&i| (s, u, i))
-            })
-            .collect();
-        let mut sum = vec![0.0f32; users.len() * ni];
+        let nu = users.len();
+        let mut sum = vec![0.0f32; nu * ni];
         for (mem, part) in m.members.iter().zip(&self.parts) {
             let (o, rbm) = (mem.orientation, &mem.rbm);
-            let cases = o.cases(train);
-            let mut grid = match o {
+            match o {
                 Orientation::User => {
-                    let ph = rbm.case_hidden_probs(cases, part.implicit.as_ref(), users);
-                    rbm.mean_field_grid(&ph, &items, &m.values, m.readout)
+                    let ph = rbm.case_hidden_probs(o.cases(train), part.implicit.as_ref(), users);
+                    let grid = rbm.mean_field_grid(&ph, &items, &m.values, m.readout);
+                    sum.par_iter_mut().zip(&grid).for_each(|(s, g)| *s += g);
                 }
                 Orientation::Item => {
+                    // Cases are the items: a row per item, a column per listed user.
                     let ph = part.item_ph.as_deref().unwrap_or_default();
-                    let by_item = rbm.mean_field_grid(ph, users, &m.values, m.readout);
-                    // Cases were items: turn it to a row per user.
-                    let nu = users.len();
-                    let mut g = vec![0.0f32; nu * ni];
-                    for (i, row) in by_item.chunks_exact(nu).enumerate() {
-                        for (s, &r) in row.iter().enumerate() {
-                            g[s * ni + i] = r;
+                    let grid = rbm.mean_field_grid(ph, users, &m.values, m.readout);
+                    sum.par_chunks_mut(ni).enumerate().for_each(|(s, row)| {
+                        for (i, r) in row.iter_mut().enumerate() {
+                            *r += grid[i * nu + s];
                         }
-                    }
-                    g
+                    });
                 }
-            };
-            let cv: Vec<(u32, u32)> = rated
-                .iter()
-                .map(|&(_, u, i)| o.case_visible(u, i))
-                .collect();
-            let dist = rbm.predict_pairs(cases, part.implicit.as_ref(), &cv, m.predict);
-            let k = m.values.len();
-            for (&(s, _, i), d) in rated.iter().zip(dist.chunks_exact(k)) {
-                grid[s * ni + i as usize] = RatingRbm::readout(d, &m.values, m.readout);
-            }
-            for (s, g) in sum.iter_mut().zip(&grid) {
-                *s += g;
             }
         }
+        // `known` in parts: the user once per row, the items once per call.
+        let has = |c: &Csr, r: usize| r < c.rows() && c.offsets[r + 1] > c.offsets[r];
+        let item_known: Vec<bool> = (0..ni).map(|i| has(&train.by_item, i)).collect();
         let nm = m.members.len() as f32;
-        for (s, &u) in users.iter().enumerate() {
-            for (i, r) in sum[s * ni..(s + 1) * ni].iter_mut().enumerate() {
-                *r = if known(train, u, i as u32) {
-                    *r / nm
-                } else {
-                    m.baseline.predict(u, i as u32)
-                };
-            }
-        }
-        sum
+        out.par_chunks_mut(ni)
+            .zip(sum.par_chunks(ni))
+            .zip(users)
+            .for_each(|((row, srow), &u)| {
+                let user_known = has(&train.by_user, u as usize);
+                for (i, (r, &s)) in row.iter_mut().zip(srow).enumerate() {
+                    *r = if user_known && item_known[i] {
+                        s / nm
+                    } else {
+                        m.baseline.predict(u, i as u32)
+                    };
+                }
+                for &i in rated(u) {
+                    row[i as usize] = f32::NEG_INFINITY;
+                }
+            });
+        out
     }
 }
 
@@ -1149,7 +1146,11 @@ mod tests {
                 let (u, i) = pairs[n];
                 let rated = (u as usize) < train.by_user.rows()
                     && train.by_user.row(u as usize).0.contains(&i);
-                if rated || !known(&train, u, i) || method == PredictMethod::Exact {
+                if rated {
+                    assert_eq!(g, f32::NEG_INFINITY, "pair {u}, {i}");
+                    continue;
+                }
+                if !known(&train, u, i) || method == PredictMethod::Exact {
                     // Pair by pair here too, or the baseline: the same bits.
                     assert_eq!(g.to_bits(), w.to_bits(), "pair {u}, {i}");
                 } else {

@@ -2786,39 +2786,49 @@ impl RatingRbm {
         if nc == 0 || nv == 0 {
             return Vec::new();
         }
-        // W's rows for `visible`, borrowed when they are one run of units.
+        // One product per class, so that each case's logits come class-major (K runs of nv)
+        // and the softmax reads 16 units' logits of a class as one vector. Class kk's rows
+        // of W are every K-th row from unit `first`'s, when `visible` is one run of units;
+        // otherwise they are gathered.
         let first = visible[0] as usize;
         let run = visible.windows(2).all(|p| p[1] == p[0] + 1);
-        let gathered: Vec<f32>;
-        let rows: &[f32] = if run {
-            &self.w[first * k * m..(first + nv) * k * m]
+        let gathered: Vec<f32> = if run {
+            Vec::new()
         } else {
-            gathered = visible
-                .iter()
-                .flat_map(|&v| &self.w[v as usize * k * m..(v as usize + 1) * k * m])
-                .copied()
-                .collect();
-            &gathered
-        };
-        let mut logits = vec![0.0f32; nv * k * nc];
-        crate::linalg::gemm_same_bits(
-            MatMut::from_column_major_slice_mut(&mut logits, nv * k, nc),
-            MatRef::from_row_major_slice(rows, nv * k, m),
-            MatRef::from_column_major_slice(ph, m, nc),
-        );
-        // The visible biases of `visible`, in the logits' layout.
-        let bias: Vec<f32> = if run {
-            self.b[first * k..(first + nv) * k].to_vec()
-        } else {
-            visible
-                .iter()
-                .flat_map(|&v| &self.b[v as usize * k..(v as usize + 1) * k])
+            (0..k)
+                .flat_map(|kk| {
+                    visible.iter().flat_map(move |&v| {
+                        let o = (v as usize * k + kk) * m;
+                        &self.w[o..o + m]
+                    })
+                })
                 .copied()
                 .collect()
         };
+        let mut logits = vec![0.0f32; k * nv * nc];
+        let ph = MatRef::from_column_major_slice(ph, m, nc);
+        let mut all = MatMut::from_column_major_slice_mut(&mut logits, k * nv, nc);
+        for kk in 0..k {
+            let rows = if run {
+                let o = (first * k + kk) * m;
+                MatRef::from_row_major_slice_with_stride(
+                    &self.w[o..o + (nv - 1) * k * m + m],
+                    nv,
+                    m,
+                    k * m,
+                )
+            } else {
+                MatRef::from_row_major_slice(&gathered[kk * nv * m..(kk + 1) * nv * m], nv, m)
+            };
+            crate::linalg::gemm_same_bits(all.as_mut().subrows_mut(kk * nv, nv), rows, ph);
+        }
+        // The visible biases, class-major like the logits.
+        let bias: Vec<f32> = (0..k)
+            .flat_map(|kk| visible.iter().map(move |&v| self.b[v as usize * k + kk]))
+            .collect();
         let mut out = vec![0.0f32; nc * nv];
         out.par_chunks_mut(nv)
-            .zip(logits.par_chunks_mut(nv * k))
+            .zip(logits.par_chunks_mut(k * nv))
             .for_each(|(r, z)| grid_readout(z, &bias, values, readout, r));
         out
     }
@@ -4167,13 +4177,11 @@ fn row_or_empty(cases: &Csr, case: usize) -> (&[u32], &[u8]) {
     }
 }
 
-/// Lanes of [`grid_readout_body`]: pairs whose softmax runs side by side.
-const READOUT_LANES: usize = 16;
-
-/// [`RatingRbm::mean_field_grid`]'s last step for one case: each visible unit's K class logits
-/// in `z` (bias not yet added) to the rating `readout` makes of their softmax, into `out` (one
-/// per unit). [`READOUT_LANES`] units at a time with the classes as the outer loop, so the
-/// exponentials vectorize (the softmax pair by pair was three quarters of a top-N scoring).
+/// [`RatingRbm::mean_field_grid`]'s last step for one case: the class logits `z` of its `nv`
+/// visible units, class-major (K runs of `nv`; the biases `bias`, laid out alike, not yet
+/// added), to the rating `readout` makes of each unit's softmax, into `out` (one per unit).
+/// Sixteen units at a time, each class's logits one vector, so the exponentials vectorize
+/// (the softmax pair by pair was three quarters of a top-N scoring).
 #[inline(always)]
 fn grid_readout_body(
     z: &mut [f32],
@@ -4182,49 +4190,65 @@ fn grid_readout_body(
     readout: RatingReadout,
     out: &mut [f32],
 ) {
-    const L: usize = READOUT_LANES;
-    let k = values.len();
+    const L: usize = 16;
     for (z, b) in z.iter_mut().zip(bias) {
         *z += b;
     }
-    // Classes by lane; lanes past a short last block's hold zeros.
-    let mut t = vec![0.0f32; k * L];
-    for (zb, ob) in z.chunks(L * k).zip(out.chunks_mut(L)) {
-        let n = ob.len();
-        if n < L {
-            t.fill(0.0);
-        }
-        let mut mx = [0.0f32; L];
-        for (l, zl) in zb.chunks_exact(k).enumerate() {
-            mx[l] = f32::NEG_INFINITY;
-            for (kk, &v) in zl.iter().enumerate() {
-                t[kk * L + l] = v;
-                if v > mx[l] {
-                    mx[l] = v;
-                }
+    let full = out.len() / L * L;
+    for u0 in (0..full).step_by(L) {
+        readout_lanes::<L>(z, u0, values, readout, &mut out[u0..u0 + L]);
+    }
+    for u0 in full..out.len() {
+        readout_lanes::<1>(z, u0, values, readout, &mut out[u0..u0 + 1]);
+    }
+}
+
+/// [`grid_readout_body`] for the `N` units from `u0`.
+#[inline(always)]
+fn readout_lanes<const N: usize>(
+    z: &[f32],
+    u0: usize,
+    values: &[f32],
+    readout: RatingReadout,
+    out: &mut [f32],
+) {
+    let nv = z.len() / values.len();
+    let class = |kk: usize| -> &[f32; N] {
+        z[kk * nv + u0..kk * nv + u0 + N]
+            .try_into()
+            .expect("N logits")
+    };
+    let mut mx = [f32::NEG_INFINITY; N];
+    for kk in 0..values.len() {
+        let zk = class(kk);
+        for l in 0..N {
+            if zk[l] > mx[l] {
+                mx[l] = zk[l];
             }
         }
-        match readout {
-            RatingReadout::Expected => {
-                let (mut sum, mut num) = ([0.0f32; L], [0.0f32; L]);
-                for (kk, &value) in values.iter().enumerate() {
-                    let tk = &t[kk * L..(kk + 1) * L];
-                    for l in 0..L {
-                        let e = crate::linalg::exp_f32(tk[l] - mx[l]);
-                        sum[l] += e;
-                        num[l] += e * value;
-                    }
-                }
-                for l in 0..n {
-                    ob[l] = num[l] / sum[l];
+    }
+    match readout {
+        RatingReadout::Expected => {
+            let (mut sum, mut num) = ([0.0f32; N], [0.0f32; N]);
+            for (kk, &value) in values.iter().enumerate() {
+                let zk = class(kk);
+                for l in 0..N {
+                    let e = crate::linalg::exp_f32(zk[l] - mx[l]);
+                    sum[l] += e;
+                    num[l] += e * value;
                 }
             }
-            // The largest logit is the most probable class (the first of equals).
-            RatingReadout::Argmax => {
-                for (l, o) in ob.iter_mut().enumerate() {
-                    let best = (0..k).find(|&kk| t[kk * L + l] == mx[l]).unwrap_or(0);
-                    *o = values[best];
-                }
+            for l in 0..N {
+                out[l] = num[l] / sum[l];
+            }
+        }
+        // The largest logit is the most probable class (the first of equals).
+        RatingReadout::Argmax => {
+            for l in 0..N {
+                let best = (0..values.len())
+                    .find(|&kk| class(kk)[l] == mx[l])
+                    .unwrap_or(0);
+                out[l] = values[best];
             }
         }
     }
