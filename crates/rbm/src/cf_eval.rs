@@ -182,8 +182,9 @@ pub fn topn_user(ranked: &[u32], relevant: &[u32], n: usize) -> TopN {
 }
 
 /// The places in `items` of the `n` best-scored items (`scores[p]` is `items[p]`'s), best
-/// first; equal scores go by item id, so the list is deterministic. A partial selection, then
-/// a sort of the `n`: the same list as sorting everything.
+/// first; equal scores go by item id, so the list is deterministic: the same list as sorting
+/// everything. A short list is kept sorted while the items stream past (most are turned away
+/// by one comparison with its last); a long one comes from a partial selection.
 pub fn best_n(items: &[u32], scores: &[f32], n: usize) -> Vec<usize> {
     let n = n.min(items.len());
     if n == 0 {
@@ -194,6 +195,18 @@ pub fn best_n(items: &[u32], scores: &[f32], n: usize) -> Vec<usize> {
             .total_cmp(&scores[a])
             .then(items[a].cmp(&items[b]))
     };
+    if n <= 32 {
+        let mut top: Vec<usize> = Vec::with_capacity(n + 1);
+        for p in 0..items.len() {
+            if top.len() == n && cmp(&p, &top[n - 1]).is_gt() {
+                continue;
+            }
+            let at = top.partition_point(|q| cmp(q, &p).is_lt());
+            top.insert(at, p);
+            top.truncate(n);
+        }
+        return top;
+    }
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.select_nth_unstable_by(n - 1, cmp);
     order.truncate(n);

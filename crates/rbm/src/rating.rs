@@ -2786,50 +2786,73 @@ impl RatingRbm {
         if nc == 0 || nv == 0 {
             return Vec::new();
         }
-        // One product per class, so that each case's logits come class-major (K runs of nv)
-        // and the softmax reads 16 units' logits of a class as one vector. Class kk's rows
-        // of W are every K-th row from unit `first`'s, when `visible` is one run of units;
-        // otherwise they are gathered.
-        let first = visible[0] as usize;
-        let run = visible.windows(2).all(|p| p[1] == p[0] + 1);
-        let gathered: Vec<f32> = if run {
-            Vec::new()
-        } else {
-            (0..k)
-                .flat_map(|kk| {
-                    visible.iter().flat_map(move |&v| {
-                        let o = (v as usize * k + kk) * m;
-                        &self.w[o..o + m]
-                    })
-                })
-                .copied()
-                .collect()
-        };
-        let mut logits = vec![0.0f32; k * nv * nc];
+        // Blocks of units in parallel, each with one product per class into a buffer kept by
+        // its thread, then the softmax while that is in cache: W is read once, and each
+        // element is one sequential dot product whatever the block or thread. A block's
+        // logits are class-major (K runs of GRID_UNITS × nc, each column-major), so the
+        // softmax reads 16 units' logits of a class as one vector.
         let ph = MatRef::from_column_major_slice(ph, m, nc);
-        let mut all = MatMut::from_column_major_slice_mut(&mut logits, k * nv, nc);
-        for kk in 0..k {
-            let rows = if run {
-                let o = (first * k + kk) * m;
-                MatRef::from_row_major_slice_with_stride(
-                    &self.w[o..o + (nv - 1) * k * m + m],
-                    nv,
-                    m,
-                    k * m,
-                )
-            } else {
-                MatRef::from_row_major_slice(&gathered[kk * nv * m..(kk + 1) * nv * m], nv, m)
-            };
-            crate::linalg::gemm_same_bits(all.as_mut().subrows_mut(kk * nv, nv), rows, ph);
-        }
-        // The visible biases, class-major like the logits.
-        let bias: Vec<f32> = (0..k)
-            .flat_map(|kk| visible.iter().map(move |&v| self.b[v as usize * k + kk]))
+        let blocks: Vec<(usize, Vec<f32>)> = visible
+            .par_chunks(GRID_UNITS)
+            .enumerate()
+            .map_init(Vec::new, |logits: &mut Vec<f32>, (nb, units)| {
+                let ub = units.len();
+                logits.resize(k * ub * nc, 0.0);
+                let first = units[0] as usize;
+                let run = units.windows(2).all(|p| p[1] == p[0] + 1);
+                for kk in 0..k {
+                    // Class kk's rows: every K-th row of W from unit `first`'s when the units
+                    // are one run; otherwise gathered.
+                    let gathered: Vec<f32>;
+                    let rows = if run {
+                        let o = (first * k + kk) * m;
+                        MatRef::from_row_major_slice_with_stride(
+                            &self.w[o..o + (ub - 1) * k * m + m],
+                            ub,
+                            m,
+                            k * m,
+                        )
+                    } else {
+                        gathered = units
+                            .iter()
+                            .flat_map(|&v| {
+                                let o = (v as usize * k + kk) * m;
+                                &self.w[o..o + m]
+                            })
+                            .copied()
+                            .collect();
+                        MatRef::from_row_major_slice(&gathered, ub, m)
+                    };
+                    faer::linalg::matmul::matmul(
+                        MatMut::from_column_major_slice_mut(
+                            &mut logits[kk * ub * nc..(kk + 1) * ub * nc],
+                            ub,
+                            nc,
+                        ),
+                        faer::Accum::Replace,
+                        rows,
+                        ph,
+                        1.0,
+                        faer::Par::Seq,
+                    );
+                }
+                let bias: Vec<f32> = (0..k)
+                    .flat_map(|kk| units.iter().map(move |&v| self.b[v as usize * k + kk]))
+                    .collect();
+                let mut out = vec![0.0f32; nc * ub];
+                for (c, r) in out.chunks_exact_mut(ub).enumerate() {
+                    grid_readout(&logits[c * ub..], ub * nc, &bias, ub, values, readout, r);
+                }
+                (nb * GRID_UNITS, out)
+            })
             .collect();
         let mut out = vec![0.0f32; nc * nv];
-        out.par_chunks_mut(nv)
-            .zip(logits.par_chunks_mut(k * nv))
-            .for_each(|(r, z)| grid_readout(z, &bias, values, readout, r));
+        out.par_chunks_mut(nv).enumerate().for_each(|(c, row)| {
+            for (u0, blk) in &blocks {
+                let ub = blk.len() / nc;
+                row[*u0..u0 + ub].copy_from_slice(&blk[c * ub..(c + 1) * ub]);
+            }
+        });
         out
     }
 
@@ -4177,53 +4200,78 @@ fn row_or_empty(cases: &Csr, case: usize) -> (&[u32], &[u8]) {
     }
 }
 
-/// [`RatingRbm::mean_field_grid`]'s last step for one case: the class logits `z` of its `nv`
-/// visible units, class-major (K runs of `nv`; the biases `bias`, laid out alike, not yet
-/// added), to the rating `readout` makes of each unit's softmax, into `out` (one per unit).
+/// Units per block of [`RatingRbm::mean_field_grid`]: a block's logits for 200 cases at
+/// K = 5 take 2 MB.
+const GRID_UNITS: usize = 512;
+
+/// [`RatingRbm::mean_field_grid`]'s last step for one case: the class logits of its `nv`
+/// visible units in `z` (class kk's from `kk * zs`) and their biases `bias` (class kk's from
+/// `kk * nv`) to the rating `readout` makes of each unit's softmax, into `out` (one per unit).
 /// Sixteen units at a time, each class's logits one vector, so the exponentials vectorize
 /// (the softmax pair by pair was three quarters of a top-N scoring).
 #[inline(always)]
 fn grid_readout_body(
-    z: &mut [f32],
+    z: &[f32],
+    zs: usize,
     bias: &[f32],
+    nv: usize,
     values: &[f32],
     readout: RatingReadout,
     out: &mut [f32],
 ) {
     const L: usize = 16;
-    for (z, b) in z.iter_mut().zip(bias) {
-        *z += b;
-    }
-    let full = out.len() / L * L;
+    let full = nv / L * L;
     for u0 in (0..full).step_by(L) {
-        readout_lanes::<L>(z, u0, values, readout, &mut out[u0..u0 + L]);
+        readout_lanes::<L>(
+            (z, zs),
+            (bias, nv),
+            u0,
+            values,
+            readout,
+            &mut out[u0..u0 + L],
+        );
     }
-    for u0 in full..out.len() {
-        readout_lanes::<1>(z, u0, values, readout, &mut out[u0..u0 + 1]);
+    for u0 in full..nv {
+        readout_lanes::<1>(
+            (z, zs),
+            (bias, nv),
+            u0,
+            values,
+            readout,
+            &mut out[u0..u0 + 1],
+        );
     }
 }
 
-/// [`grid_readout_body`] for the `N` units from `u0`.
+/// [`grid_readout_body`] for the `N` units from `u0`; `z` and `bias` come with their class
+/// strides.
 #[inline(always)]
 fn readout_lanes<const N: usize>(
-    z: &[f32],
+    (z, zs): (&[f32], usize),
+    (bias, bs): (&[f32], usize),
     u0: usize,
     values: &[f32],
     readout: RatingReadout,
     out: &mut [f32],
 ) {
-    let nv = z.len() / values.len();
-    let class = |kk: usize| -> &[f32; N] {
-        z[kk * nv + u0..kk * nv + u0 + N]
-            .try_into()
-            .expect("N logits")
+    // Class kk's N logits and biases, as arrays (so the loops over them vectorize).
+    let class = |kk: usize| -> (&[f32; N], &[f32; N]) {
+        (
+            z[kk * zs + u0..kk * zs + u0 + N]
+                .try_into()
+                .expect("N logits"),
+            bias[kk * bs + u0..kk * bs + u0 + N]
+                .try_into()
+                .expect("N biases"),
+        )
     };
     let mut mx = [f32::NEG_INFINITY; N];
     for kk in 0..values.len() {
-        let zk = class(kk);
+        let (zk, bk) = class(kk);
         for l in 0..N {
-            if zk[l] > mx[l] {
-                mx[l] = zk[l];
+            let v = zk[l] + bk[l];
+            if v > mx[l] {
+                mx[l] = v;
             }
         }
     }
@@ -4231,9 +4279,9 @@ fn readout_lanes<const N: usize>(
         RatingReadout::Expected => {
             let (mut sum, mut num) = ([0.0f32; N], [0.0f32; N]);
             for (kk, &value) in values.iter().enumerate() {
-                let zk = class(kk);
+                let (zk, bk) = class(kk);
                 for l in 0..N {
-                    let e = crate::linalg::exp_f32(zk[l] - mx[l]);
+                    let e = crate::linalg::exp_f32(zk[l] + bk[l] - mx[l]);
                     sum[l] += e;
                     num[l] += e * value;
                 }
@@ -4246,7 +4294,10 @@ fn readout_lanes<const N: usize>(
         RatingReadout::Argmax => {
             for l in 0..N {
                 let best = (0..values.len())
-                    .find(|&kk| class(kk)[l] == mx[l])
+                    .find(|&kk| {
+                        let (zk, bk) = class(kk);
+                        zk[l] + bk[l] == mx[l]
+                    })
                     .unwrap_or(0);
                 out[l] = values[best];
             }
@@ -4256,8 +4307,8 @@ fn readout_lanes<const N: usize>(
 
 simd_fn!(
     /// [`grid_readout_body`] at the widest SIMD allowed.
-    fn grid_readout(z: &mut [f32], bias: &[f32], values: &[f32], readout: RatingReadout,
-        out: &mut [f32]) -> () => grid_readout_body);
+    fn grid_readout(z: &[f32], zs: usize, bias: &[f32], nv: usize, values: &[f32],
+        readout: RatingReadout, out: &mut [f32]) -> () => grid_readout_body);
 
 /// `softplus` in f32 (stable).
 #[inline(always)]
@@ -4529,6 +4580,52 @@ pub(crate) mod tests {
                 let got = model.predict_pairs(&cases, imp, &pairs, method);
                 let want = predict_pairs_per_case(&model, &cases, imp, &pairs, method);
                 assert_eq!(got, want, "conditional {conditional}, {method:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mean_field_grid_matches_pair_by_pair_prediction() {
+        // More units than one block holds (512), in one run and as a shuffled subset.
+        let (d, k, m) = (1100, 5, 9);
+        let cases = random_cases(6, d, k, 31);
+        let implicit = random_cases(6, d, 1, 32);
+        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0];
+        let ids = [0u32, 3, 5, 1];
+        let mut s = Stream::new(33, Purpose::Data, 0, 0, 0);
+        let mut subset: Vec<u32> = (0..d as u32).filter(|_| s.uniform() < 0.6).collect();
+        for n in (1..subset.len()).rev() {
+            subset.swap(n, s.below(n + 1));
+        }
+        let all: Vec<u32> = (0..d as u32).collect();
+        for conditional in [false, true] {
+            let model = random_model(d, k, m, conditional, 34);
+            let imp = conditional.then_some(&implicit);
+            let ph = model.case_hidden_probs(&cases, imp, &ids);
+            for visible in [&all, &subset] {
+                let pairs: Vec<(u32, u32)> = ids
+                    .iter()
+                    .flat_map(|&c| visible.iter().map(move |&v| (c, v)))
+                    .collect();
+                let dist = model.predict_pairs(&cases, imp, &pairs, PredictMethod::MeanField);
+                for readout in [RatingReadout::Expected, RatingReadout::Argmax] {
+                    let got = model.mean_field_grid(&ph, visible, &values, readout);
+                    assert_eq!(got.len(), pairs.len());
+                    let mut compared = 0;
+                    for (n, &(c, v)) in pairs.iter().enumerate() {
+                        if cases.row(c as usize).0.contains(&v) {
+                            continue;
+                        }
+                        let want = RatingRbm::readout(&dist[n * k..(n + 1) * k], &values, readout);
+                        assert!(
+                            (got[n] - want).abs() < 2e-4,
+                            "case {c}, unit {v}, {readout:?}: {} against {want}",
+                            got[n]
+                        );
+                        compared += 1;
+                    }
+                    assert!(compared > 1000, "{compared}");
+                }
             }
         }
     }
