@@ -267,22 +267,20 @@ fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
     }
     // The same lists for users named in a file (any order), and refusals.
     let list = dir.join("who.txt");
-    std::fs::write(&list, "user7\n\nuser0\n").unwrap();
-    let out = rbm()
-        .args(["cf", "recommend", "-n", "4", "--model"])
-        .arg(model)
-        .arg("--ratings")
-        .arg(&train_p)
-        .arg("--users")
-        .arg(&list)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let recommend_listed = |names: &str| {
+        std::fs::write(&list, names).unwrap();
+        rbm()
+            .args(["cf", "recommend", "-n", "4", "--model"])
+            .arg(model)
+            .arg("--ratings")
+            .arg(&train_p)
+            .arg("--users")
+            .arg(&list)
+            .output()
+            .unwrap()
+    };
+    let out = recommend_listed("user7\n\nuser0\n");
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
     let want: Vec<String> = ["user7", "user0"]
         .iter()
         .flat_map(|u| {
@@ -292,16 +290,7 @@ fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
         })
         .collect();
     assert_eq!(printed.lines().skip(1).collect::<Vec<_>>(), want);
-    std::fs::write(&list, "user7\nstranger\n").unwrap();
-    let out = rbm()
-        .args(["cf", "recommend", "--model"])
-        .arg(model)
-        .arg("--ratings")
-        .arg(&train_p)
-        .arg("--users")
-        .arg(&list)
-        .output()
-        .unwrap();
+    let out = recommend_listed("user7\nstranger\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("who.txt:2: user `stranger`"),
