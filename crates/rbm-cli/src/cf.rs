@@ -1245,8 +1245,7 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// The users `cf recommend` was asked about, as the model's ids with their tokens, in the
-/// order given.
+/// The users `cf recommend` was asked about, as the model's ids, in the order given.
 fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Result<Vec<u32>> {
     let sources =
         usize::from(!a.user.is_empty()) + usize::from(a.users.is_some()) + usize::from(a.all_users);

@@ -136,7 +136,7 @@ pub struct Predictions {
 /// Scores every item for users, a chunk of users at a time ([`CfModel::item_scorer`]), as
 /// [`CfModel::predict_with_extra`] would with no extra implicit pairs (pairs with an unknown
 /// user or item get the baseline), except that a user's rated items score −∞. With
-/// mean-field prediction the unrated pairs come from one matrix product per member and chunk
+/// mean-field prediction the unrated pairs come from matrix products
 /// ([`RatingRbm::mean_field_grid`]; the same ratings to rounding); exact prediction scores
 /// pair by pair.
 pub struct ItemScorer<'a> {

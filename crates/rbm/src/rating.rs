@@ -2767,10 +2767,10 @@ impl RatingRbm {
 
     /// Mean-field ratings of every pair of the cases whose hidden probabilities are `ph` (M
     /// per case, from [`Self::case_hidden_probs`]) and the visible units `visible`: row by
-    /// case, `ph.len() / M × visible.len()`. All the class logits come from one matrix product
-    /// (W's rows of `visible` times the cases' probabilities), where [`Self::predict_pairs`]
-    /// takes K dot products per pair, so scoring every item for many users (top-N lists) runs
-    /// at the matrix library's speed. The sums run in another order than `predict_pairs`',
+    /// case, `ph.len() / M × visible.len()`. The class logits come from matrix products (W's
+    /// rows of `visible` times the cases' probabilities, per class and block of units), where
+    /// [`Self::predict_pairs`] takes K dot products per pair, so scoring every item for many
+    /// users (top-N lists) runs at the matrix library's speed. The sums run in another order than `predict_pairs`',
     /// so the ratings agree with it to rounding, not bit for bit; they are the same for any
     /// thread count. A pair whose case has rated its unit is *not* predicted from the case's
     /// other ratings, as `predict_pairs` does; use that for such pairs.
