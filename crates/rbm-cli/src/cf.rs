@@ -206,9 +206,48 @@ pub struct TrainArgs {
     /// Where to save the model (safetensors).
     #[arg(long, short, default_value = "model.safetensors")]
     out: PathBuf,
+    #[command(flatten)]
+    topn: TopnArgs,
+}
+
+impl TopnArgs {
+    /// Refuses lists of no items, and a relevance threshold that no rating of `scale` reaches
+    /// (every user would drop out, leaving means over nobody).
+    fn check(&self, scale: Option<&RatingScale>) -> Result<()> {
+        if self.no_topn {
+            return Ok(());
+        }
+        if self.topn == 0 {
+            bail!("--topn must be at least 1 (the length of the ranked lists)");
+        }
+        if !self.relevant.is_finite() {
+            bail!("--relevant must be a finite rating value");
+        }
+        if let Some(top) = scale.and_then(|s| s.values().last())
+            && self.relevant > top + 1e-4
+        {
+            bail!(
+                "--relevant {}: no rating reaches it (the highest rating value is {top}); \
+                 pick a value on the scale or pass --no-topn",
+                self.relevant
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The top-N evaluation's options (`cf train` with a test set, `cf eval`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct TopnArgs {
     /// Skip the top-N metrics.
     #[arg(long)]
     no_topn: bool,
+    /// Length of the ranked lists the top-N metrics score (JSON keys `precision_at_N`, ...).
+    #[arg(long, default_value_t = 10)]
+    topn: usize,
+    /// Test ratings at or above this value are the relevant items of the top-N metrics.
+    #[arg(long, default_value_t = 4.0)]
+    relevant: f32,
 }
 
 /// `rbm cf eval`.
@@ -228,9 +267,8 @@ pub struct EvalArgs {
     /// of NumPy's `default_rng(S).permutation` (REFERENCE's split is `numpy:0`).
     #[arg(long, default_value = "0")]
     split_seeds: String,
-    /// Skip the top-N metrics.
-    #[arg(long)]
-    no_topn: bool,
+    #[command(flatten)]
+    topn: TopnArgs,
 }
 
 /// `rbm cf predict`.
@@ -710,7 +748,7 @@ fn fit(
 fn evaluate(
     f: &Fitted,
     test: &[Rating],
-    with_topn: bool,
+    topn: &TopnArgs,
     common: &Common,
 ) -> Result<serde_json::Value> {
     let pairs: Vec<(u32, u32)> = test.iter().map(|r| (r.user, r.item)).collect();
@@ -729,7 +767,7 @@ fn evaluate(
         "fallback_predictions": pred.fallbacks,
         "test_ratings": test.len(),
     });
-    if with_topn && f.model.implicit_targets {
+    if !topn.no_topn && f.model.implicit_targets {
         // The implicit sets held the test pairs in training and prediction. An item-based
         // member's case q then gets D_u exactly when (u, q) is held out, so a ranking would
         // be told which items are the answers.
@@ -737,12 +775,12 @@ fn evaluate(
             "top-N skipped: with --implicit-targets the model knows which pairs are held out",
         );
         out["topn_skipped"] = json!("implicit targets: the model knows which pairs are held out");
-    } else if with_topn {
+    } else if !topn.no_topn {
         let t0 = Instant::now();
-        let (rbm_top, base_top) = common.in_pool(|| topn_metrics(f, test))?;
+        let (rbm_top, base_top) = common.in_pool(|| topn_metrics(f, test, topn))?;
         for (prefix, t) in [("", rbm_top), ("baseline_", base_top)] {
             for (name, value) in topn_figures(&t) {
-                out[format!("{prefix}{name}_at_10")] = json!(value);
+                out[format!("{prefix}{name}_at_{}", topn.topn)] = json!(value);
             }
         }
         out["topn_users"] = json!(rbm_top.users);
@@ -751,7 +789,7 @@ fn evaluate(
     Ok(out)
 }
 
-/// The ranking figures by their JSON names (`{name}_at_10`), in the order reports print them.
+/// The ranking figures by their JSON names (`{name}_at_N`), in the order reports print them.
 fn topn_figures(t: &TopN) -> [(&'static str, f64); 5] {
     [
         ("precision", t.precision),
@@ -763,10 +801,10 @@ fn topn_figures(t: &TopN) -> [(&'static str, f64); 5] {
 }
 
 /// "precision … recall … NDCG … MAP … hit rate … (baseline a / b / c / d / e)" from a report
-/// whose keys are `{prefix}{name}_at_10` and `{prefix}baseline_{name}_at_10`; `None` without
+/// whose keys are `{prefix}{name}_at_{n}` and `{prefix}baseline_{name}_at_{n}`; `None` without
 /// ranking figures.
-fn topn_line(report: &serde_json::Value, prefix: &str) -> Option<String> {
-    let get = |base: &str, name: &str| report.get(format!("{prefix}{base}{name}_at_10"))?.as_f64();
+fn topn_line(report: &serde_json::Value, prefix: &str, n: usize) -> Option<String> {
+    let get = |base: &str, name: &str| report.get(format!("{prefix}{base}{name}_at_{n}"))?.as_f64();
     let names = topn_figures(&TopN::default()).map(|(n, _)| n);
     let labels = ["precision", "recall", "NDCG", "MAP", "hit rate"];
     let mut ours = Vec::new();
@@ -782,11 +820,10 @@ fn topn_line(report: &serde_json::Value, prefix: &str) -> Option<String> {
     ))
 }
 
-/// Precision/recall/NDCG/MAP/hit rate@10 (relevant: test ratings ≥ 4) for the model and the
-/// baseline. Every
-/// item is scored for a chunk of users at a time (about [`TOPN_PAIRS`] pairs), so memory stays
-/// bounded on Netflix-sized data.
-fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
+/// Precision/recall/NDCG/MAP/hit rate at `topn.topn` (relevant: test ratings ≥
+/// `topn.relevant`) for the model and the baseline. Every item is scored for a chunk of users
+/// at a time (about [`TOPN_PAIRS`] pairs), so memory stays bounded on Netflix-sized data.
+fn topn_metrics(f: &Fitted, test: &[Rating], topn: &TopnArgs) -> (TopN, TopN) {
     let ni = f.matrix.n_items;
     // Never told the test pairs (see `evaluate`): conditional members use training sets only.
     let scorer = f.model.item_scorer(&f.matrix);
@@ -802,8 +839,8 @@ fn topn_metrics(f: &Fitted, test: &[Rating]) -> (TopN, TopN) {
         &f.matrix.by_user,
         ni,
         test,
-        4.0,
-        10,
+        topn.relevant,
+        topn.topn,
         per_chunk,
         &[&rbm_score, &base_score],
     );
@@ -835,6 +872,7 @@ fn load_data(d: &DataArgs, common: &Common) -> Result<(PathBuf, IdMap, IdMap, Ve
 
 fn train(a: TrainArgs, common: &Common) -> Result<()> {
     let cfg = config(&a.model)?;
+    a.topn.check(None)?;
     check_outputs(
         &[
             ("--out", Some(a.out.as_path())),
@@ -870,6 +908,9 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         check_parts(&name, train.len(), test.len())?;
     }
     let scale = parse_scale(&a.data, &train)?;
+    if test.is_some() {
+        a.topn.check(Some(&scale))?;
+    }
     let data = Data {
         users,
         items,
@@ -902,7 +943,7 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
         "model": a.out.display().to_string(),
     });
     if let Some(test) = &test {
-        let ev = evaluate(&fitted, test, !a.no_topn, common)?;
+        let ev = evaluate(&fitted, test, &a.topn, common)?;
         for (k, v) in ev.as_object().expect("object") {
             report[k] = v.clone();
         }
@@ -933,8 +974,11 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
                 report["fallback_predictions"],
                 report["test_ratings"],
             );
-            if let Some(line) = topn_line(&report, "") {
-                println!("top-10 (ratings >= 4 relevant): {line}");
+            if let Some(line) = topn_line(&report, "", a.topn.topn) {
+                println!(
+                    "top-{} (ratings >= {} relevant): {line}",
+                    a.topn.topn, a.topn.relevant
+                );
             }
         }
         println!("model saved to {}", a.out.display());
@@ -1025,6 +1069,7 @@ fn check_parts(name: &str, train: usize, test: usize) -> Result<()> {
 
 fn eval(a: EvalArgs, common: &Common) -> Result<()> {
     let cfg = config(&a.model)?;
+    a.topn.check(None)?;
     let (_, users, items, all) = load_data(&a.data, common)?;
     if let Some(k) = a.folds
         && !(2..=all.len()).contains(&k)
@@ -1055,6 +1100,7 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
     let mut rows = Vec::new();
     for (name, train, test) in splits {
         let scale = parse_scale(&a.data, &train)?;
+        a.topn.check(Some(&scale))?;
         let data = Data {
             users: users.clone(),
             items: items.clone(),
@@ -1074,7 +1120,7 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
             &mut metrics,
             &format!("{name}: "),
         )?;
-        let mut ev = evaluate(&fitted, &test, !a.no_topn, common)?;
+        let mut ev = evaluate(&fitted, &test, &a.topn, common)?;
         ev["split"] = json!(name);
         ev["seconds_per_epoch"] = json!(fitted.seconds_per_epoch);
         if !common.json {
@@ -1108,7 +1154,7 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
     .into_iter()
     .map(String::from)
     .chain(["", "baseline_"].iter().flat_map(|prefix| {
-        topn_figures(&TopN::default()).map(|(name, _)| format!("{prefix}{name}_at_10"))
+        topn_figures(&TopN::default()).map(|(name, _)| format!("{prefix}{name}_at_{}", a.topn.topn))
     })) {
         if let Some(m) = mean(&key) {
             summary[format!("mean_{key}")] = json!(m);
@@ -1131,8 +1177,8 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
             summary["mean_baseline_rmse"].as_f64().unwrap_or(f64::NAN),
             summary["mean_baseline_mae"].as_f64().unwrap_or(f64::NAN),
         );
-        if let Some(line) = topn_line(&summary, "mean_") {
-            println!("top-10: {line}");
+        if let Some(line) = topn_line(&summary, "mean_", a.topn.topn) {
+            println!("top-{}: {line}", a.topn.topn);
         }
     }
     Ok(())

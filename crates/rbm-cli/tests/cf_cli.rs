@@ -298,6 +298,96 @@ fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
     );
 }
 
+/// `--topn N --relevant R` reach the ranking metrics: precision, recall and hit rate at 3
+/// with 3s and 5s relevant (the data has no 4s, so the default threshold would keep only the 5s),
+/// recomputed from `cf recommend --all-users -n 3` lists and the test file.
+#[test]
+fn topn_length_and_relevance_threshold_are_honoured() {
+    let dir = std::env::temp_dir().join(format!("rbm-cf-topn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_data(&dir);
+    let (train, test, model) = (
+        dir.join("train.tsv"),
+        dir.join("test.tsv"),
+        dir.join("m.st"),
+    );
+    // Only users with training ratings get `cf recommend` lists: drop the newcomer.
+    let kept: String = std::fs::read_to_string(&test)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("newcomer"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&test, kept).unwrap();
+    let out = rbm()
+        .args(["--json", "cf", "train", "--hidden", "10", "--epochs", "20"])
+        .args(["--topn", "3", "--relevant", "3", "--ratings"])
+        .arg(&train)
+        .arg("--test")
+        .arg(&test)
+        .arg("-o")
+        .arg(&model)
+        .output()
+        .unwrap();
+    let v = common::json(&out);
+    assert!(v.get("precision_at_10").is_none(), "{v}");
+    let recs = dir.join("recs.tsv");
+    let out = rbm()
+        .args(["cf", "recommend", "--all-users", "-n", "3", "--model"])
+        .arg(&model)
+        .arg("--ratings")
+        .arg(&train)
+        .arg("--out")
+        .arg(&recs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lists = std::fs::read_to_string(&recs).unwrap();
+    let tests = std::fs::read_to_string(&test).unwrap();
+    let (mut users, mut precision, mut recall, mut hits) = (0.0, 0.0, 0.0, 0.0);
+    let mut seen = std::collections::BTreeSet::new();
+    let rel = |g: &[&str]| g[2].parse::<f32>().unwrap() >= 3.0;
+    for line in tests.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if !rel(&f) || !seen.insert(f[0]) {
+            continue;
+        }
+        let relevant: Vec<&str> = tests
+            .lines()
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .filter(|g| g[0] == f[0] && rel(g))
+            .map(|g| g[1])
+            .collect();
+        let top: Vec<&str> = lists
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .filter(|g| g[0] == f[0])
+            .map(|g| g[2])
+            .collect();
+        assert_eq!(top.len(), 3, "{}", f[0]);
+        let h = top.iter().filter(|i| relevant.contains(i)).count();
+        users += 1.0;
+        precision += h as f64 / 3.0;
+        recall += h as f64 / relevant.len() as f64;
+        hits += f64::from(u8::from(h > 0));
+    }
+    assert!(users > 5.0);
+    assert_eq!(v["topn_users"].as_f64(), Some(users));
+    let close = |key: &str, want: f64| {
+        let got = v[key].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{key}: {got} against {want}");
+    };
+    close("precision_at_3", precision / users);
+    close("recall_at_3", recall / users);
+    close("hit_rate_at_3", hits / users);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn generated_binary_ratings_feed_every_reader() {
     let dir = std::env::temp_dir().join(format!("rbm-cf-gen-{}", std::process::id()));

@@ -162,6 +162,27 @@ fn degenerate_rating_evaluations_are_refused() {
         .concat());
         assert_refused(&out, &[needle], &model);
     }
+    // Ranked lists of no items; a relevance threshold above every rating (the scale is 1–5).
+    for (flag, value, needle) in [
+        ("--topn", "0", "--topn must be at least 1"),
+        ("--relevant", "5.5", "no rating reaches it"),
+    ] {
+        let out = rbm(&[
+            &[
+                "cf",
+                "eval",
+                "--ratings",
+                s(&r),
+                "--hidden",
+                "4",
+                "--epochs",
+                "1",
+            ][..],
+            &[flag, value],
+        ]
+        .concat());
+        assert_refused(&out, &[flag, needle], &model);
+    }
     // A test fraction that leaves no test ratings, and one that leaves no training ratings.
     let out = rbm(&[
         &[
