@@ -210,6 +210,20 @@ pub struct TrainArgs {
     topn: TopnArgs,
 }
 
+/// The top-N evaluation's options (`cf train` with a test set, `cf eval`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct TopnArgs {
+    /// Skip the top-N metrics.
+    #[arg(long)]
+    no_topn: bool,
+    /// Length of the ranked lists the top-N metrics score (JSON keys `precision_at_N`, ...).
+    #[arg(long, default_value_t = 10)]
+    topn: usize,
+    /// Test ratings at or above this value are the relevant items of the top-N metrics.
+    #[arg(long, default_value_t = 4.0)]
+    relevant: f32,
+}
+
 impl TopnArgs {
     /// Refuses lists of no items, and a relevance threshold that no rating of `scale` reaches
     /// (every user would drop out, leaving means over nobody).
@@ -234,20 +248,6 @@ impl TopnArgs {
         }
         Ok(())
     }
-}
-
-/// The top-N evaluation's options (`cf train` with a test set, `cf eval`).
-#[derive(clap::Args, Debug, Clone, Copy)]
-pub struct TopnArgs {
-    /// Skip the top-N metrics.
-    #[arg(long)]
-    no_topn: bool,
-    /// Length of the ranked lists the top-N metrics score (JSON keys `precision_at_N`, ...).
-    #[arg(long, default_value_t = 10)]
-    topn: usize,
-    /// Test ratings at or above this value are the relevant items of the top-N metrics.
-    #[arg(long, default_value_t = 4.0)]
-    relevant: f32,
 }
 
 /// `rbm cf eval`.
@@ -545,9 +545,8 @@ fn config(a: &ModelArgs) -> Result<Config> {
         );
     }
     let predict = match a.predict.as_deref() {
-        None | Some("mean-field") => PredictMethod::MeanField,
-        Some("exact") => PredictMethod::Exact,
-        Some(s) => bail!("--predict `{s}`: expected exact or mean-field"),
+        None => PredictMethod::MeanField,
+        Some(s) => s.parse()?,
     };
     p.predict = predict;
     p.patience = a.patience;
@@ -1232,19 +1231,10 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
     let (m, matrix) = load_model(&a.model, &a.data, common)?;
     let mut toks: Vec<(String, String)> = Vec::new();
     if let Some(p) = &a.pairs {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        // A byte-order mark would otherwise join the first user id.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        for (n, line) in text.lines().enumerate() {
-            let f: Vec<&str> = line
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|s| !s.is_empty())
-                .collect();
-            match f.len() {
-                0 => continue,
-                l if l >= 2 => toks.push((f[0].to_string(), f[1].to_string())),
-                _ => bail!("{}:{}: expected `user item`", p.display(), n + 1),
+        for (line, f) in id_lines(p)? {
+            match &f[..] {
+                [u, i, ..] => toks.push((u.clone(), i.clone())),
+                _ => bail!("{}:{line}: expected `user item`", p.display()),
             }
         }
     }
@@ -1291,6 +1281,28 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
     Ok(())
 }
 
+/// The lines of a file of ids (`cf predict --pairs`, `cf recommend --users`) that hold any,
+/// with their line numbers: fields split at commas and whitespace, a byte-order mark (which
+/// would join the first id) skipped.
+fn id_lines(p: &Path) -> Result<Vec<(usize, Vec<String>)>> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(n, line)| {
+            let fields: Vec<String> = line
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            (n + 1, fields)
+        })
+        .filter(|(_, f)| !f.is_empty())
+        .collect())
+}
+
 /// The users `cf recommend` was asked about, as the model's ids, in the order given.
 fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Result<Vec<u32>> {
     let sources =
@@ -1312,15 +1324,10 @@ fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Res
     match &a.users {
         None => a.user.iter().map(|u| known(u, String::new())).collect(),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-            let mut out = Vec::new();
-            for (n, line) in text.lines().enumerate() {
-                if let Some(tok) = line.split([',', '\t', ' ']).find(|t| !t.is_empty()) {
-                    out.push(known(tok.trim(), format!("{}:{}: ", p.display(), n + 1))?);
-                }
-            }
+            let out = id_lines(p)?
+                .into_iter()
+                .map(|(line, f)| known(&f[0], format!("{}:{line}: ", p.display())))
+                .collect::<Result<Vec<_>>>()?;
             if out.is_empty() {
                 bail!("{}: no user ids", p.display());
             }
@@ -1334,7 +1341,7 @@ fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Res
 /// time (about [`TOPN_PAIRS`] pairs), so memory stays bounded for `--all-users` at any scale.
 fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec<Vec<(u32, f32)>> {
     let rated: Vec<u32> = (0..matrix.n_items as u32)
-        .filter(|&i| matrix.by_item.offsets[i as usize + 1] > matrix.by_item.offsets[i as usize])
+        .filter(|&i| matrix.by_item.has_entries(i as usize))
         .collect();
     // Recommendations never see held-out pairs: conditional members use training sets only.
     let scorer = m.item_scorer(matrix);
@@ -1343,12 +1350,12 @@ fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec
     let mut out = Vec::with_capacity(users.len());
     for chunk in users.chunks(per_chunk) {
         let scores = scorer.scores(chunk);
-        for (&u, row) in chunk.iter().zip(scores.chunks_exact(ni)) {
-            let seen = matrix.by_user.row(u as usize).0;
+        for row in scores.chunks_exact(ni) {
+            // The user's own items score −∞.
             let cands: Vec<u32> = rated
                 .iter()
                 .copied()
-                .filter(|i| seen.binary_search(i).is_err())
+                .filter(|&i| row[i as usize] > f32::NEG_INFINITY)
                 .collect();
             let scores: Vec<f32> = cands.iter().map(|&i| row[i as usize]).collect();
             out.push(
@@ -1387,14 +1394,13 @@ fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
         None => Default::default(),
     };
     let title = |i: u32| titles.get(&i).cloned();
+    let item_json =
+        |&(i, r): &(u32, f32)| json!({"item": m.items.token(i), "title": title(i), "predicted": r});
     // One user on the terminal: a ranked list; several, or a file: one row per item.
     if a.out.is_none() && a.user.len() == 1 {
         let top = &lists[0];
         if common.json {
-            let rows: Vec<_> = top
-                .iter()
-                .map(|&(i, r)| json!({"item": m.items.token(i), "title": title(i), "predicted": r}))
-                .collect();
+            let rows: Vec<_> = top.iter().map(item_json).collect();
             print_json(&json!({"user": a.user[0], "recommendations": rows}));
         } else {
             for (rank, &(i, r)) in top.iter().enumerate() {
@@ -1451,10 +1457,7 @@ fn recommend(a: RecommendArgs, common: &Common) -> Result<()> {
                 .iter()
                 .zip(&lists)
                 .map(|(&u, top)| {
-                    let items: Vec<_> = top
-                        .iter()
-                        .map(|&(i, r)| json!({"item": m.items.token(i), "title": title(i), "predicted": r}))
-                        .collect();
+                    let items: Vec<_> = top.iter().map(item_json).collect();
                     json!({"user": m.users.token(u), "recommendations": items})
                 })
                 .collect();

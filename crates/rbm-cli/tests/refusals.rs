@@ -211,46 +211,26 @@ fn degenerate_rating_evaluations_are_refused() {
         s(&dir.join("test.tsv")),
     ]);
     assert_refused(&out, &["test part is empty"], &train);
-    let empty = dir.join("empty.tsv");
-    std::fs::write(&empty, "").unwrap();
-    let out = rbm(&[
-        &[
-            "cf",
-            "train",
-            "--ratings",
-            s(&r),
-            "--test",
-            s(&empty),
-            "-o",
-            s(&model),
-        ][..],
-        &small,
-    ]
-    .concat());
-    assert_refused(&out, &["empty.tsv", "test part is empty"], &model);
-    // A test file that repeats a training rating (u1 rated i0 on the training file's line 9,
-    // after u0's eight items; u0 never rated i0).
-    let leak = dir.join("leak.tsv");
-    std::fs::write(&leak, "u0\ti0\t3\nu1\ti0\t2\n").unwrap();
-    let out = rbm(&[
-        &[
-            "cf",
-            "train",
-            "--ratings",
-            s(&r),
-            "--test",
-            s(&leak),
-            "-o",
-            s(&model),
-        ][..],
-        &small,
-    ]
-    .concat());
-    assert_refused(
-        &out,
-        &["leak.tsv:2", "`u1`", "`i0`", "r.tsv:9", "disjoint"],
-        &model,
-    );
+    // An empty test file; a test file that repeats a training rating (u1 rated i0 on the
+    // training file's line 9, after u0's eight items; u0 never rated i0).
+    for (name, text, needles) in [
+        ("empty.tsv", "", &["empty.tsv", "test part is empty"][..]),
+        (
+            "leak.tsv",
+            "u0\ti0\t3\nu1\ti0\t2\n",
+            &["leak.tsv:2", "`u1`", "`i0`", "r.tsv:9", "disjoint"],
+        ),
+    ] {
+        let test = dir.join(name);
+        std::fs::write(&test, text).unwrap();
+        let out = rbm(&[
+            &["cf", "train", "--ratings", s(&r), "--test", s(&test)][..],
+            &["-o", s(&model)],
+            &small,
+        ]
+        .concat());
+        assert_refused(&out, needles, &model);
+    }
     let out = rbm(&[
         &[
             "cf",

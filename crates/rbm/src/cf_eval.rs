@@ -235,11 +235,7 @@ pub fn topn(
     let per_user: Vec<TopN> = users
         .par_iter()
         .map(|(u, relevant)| {
-            let seen: &[u32] = if (*u as usize) < train.rows() {
-                train.row(*u as usize).0
-            } else {
-                &[]
-            };
+            let seen = train.row_or_empty(*u as usize).0;
             // The items not in the (ascending) training row, by one walk along it.
             let mut cands = Vec::with_capacity(n_items.saturating_sub(seen.len()));
             let mut next = seen.iter().peekable();

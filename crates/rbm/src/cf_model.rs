@@ -163,13 +163,7 @@ impl ItemScorer<'_> {
     pub fn scores(&self, users: &[u32]) -> Vec<f32> {
         let (m, train) = (self.model, self.train);
         let ni = train.n_items;
-        let rated = |u: u32| -> &[u32] {
-            if (u as usize) < train.by_user.rows() {
-                train.by_user.row(u as usize).0
-            } else {
-                &[]
-            }
-        };
+        let rated = |u: u32| train.by_user.row_or_empty(u as usize).0;
         let unrated = |u: u32| (0..ni as u32).filter(move |i| rated(u).binary_search(i).is_err());
         let mut out = vec![f32::NEG_INFINITY; users.len() * ni];
         let in_range = users.iter().all(|&u| (u as usize) < train.n_users);
@@ -211,14 +205,13 @@ impl ItemScorer<'_> {
             }
         }
         // `known` in parts: the user once per row, the items once per call.
-        let has = |c: &Csr, r: usize| r < c.rows() && c.offsets[r + 1] > c.offsets[r];
-        let item_known: Vec<bool> = (0..ni).map(|i| has(&train.by_item, i)).collect();
+        let item_known: Vec<bool> = (0..ni).map(|i| train.by_item.has_entries(i)).collect();
         let nm = m.members.len() as f32;
         out.par_chunks_mut(ni)
             .zip(sum.par_chunks(ni))
             .zip(users)
             .for_each(|((row, srow), &u)| {
-                let user_known = has(&train.by_user, u as usize);
+                let user_known = train.by_user.has_entries(u as usize);
                 for (i, (r, &s)) in row.iter_mut().zip(srow).enumerate() {
                     *r = if user_known && item_known[i] {
                         s / nm
@@ -268,10 +261,7 @@ pub fn train_member(
 
 /// True when both the user and the item have training ratings.
 pub fn known(train: &RatingMatrix, user: u32, item: u32) -> bool {
-    let has = |c: &Csr, r: u32| {
-        (r as usize) < c.rows() && c.offsets[r as usize + 1] > c.offsets[r as usize]
-    };
-    has(&train.by_user, user) && has(&train.by_item, item)
+    train.by_user.has_entries(user as usize) && train.by_item.has_entries(item as usize)
 }
 
 impl CfModel {
@@ -375,22 +365,8 @@ impl CfModel {
         meta.insert("K".into(), self.values.len().to_string());
         meta.insert("values".into(), js(serde_json::json!(self.values)));
         meta.insert("members".into(), self.members.len().to_string());
-        meta.insert(
-            "predict".into(),
-            match self.predict {
-                PredictMethod::Exact => "exact",
-                PredictMethod::MeanField => "mean-field",
-            }
-            .into(),
-        );
-        meta.insert(
-            "readout".into(),
-            match self.readout {
-                RatingReadout::Expected => "expected",
-                RatingReadout::Argmax => "argmax",
-            }
-            .into(),
-        );
+        meta.insert("predict".into(), self.predict.name().into());
+        meta.insert("readout".into(), self.readout.name().into());
         meta.insert("implicit_targets".into(), self.implicit_targets.to_string());
         meta.insert("baseline_mean".into(), self.baseline.mean.to_string());
         meta.insert(
@@ -499,15 +475,7 @@ impl CfModel {
         let mut members = Vec::new();
         for n in 0..nmem {
             let key = format!("m{n}.orientation");
-            let orientation = match f.meta(&key)? {
-                "user" => Orientation::User,
-                "item" => Orientation::Item,
-                other => {
-                    return Err(f.err(format!(
-                        "metadata `{key}` = `{other}`: expected user or item"
-                    )));
-                }
-            };
+            let orientation: Orientation = f.meta_choice(&key, "user or item")?;
             let m = f.meta_usize(&format!("m{n}.M"))?;
             let d = f.meta_usize(&format!("m{n}.D"))?;
             if m == 0 {
@@ -566,33 +534,9 @@ impl CfModel {
         if !mean.is_finite() {
             return Err(f.err(format!("metadata `baseline_mean` = {mean}: must be finite")));
         }
-        let predict = match f.meta("predict")? {
-            "exact" => PredictMethod::Exact,
-            "mean-field" => PredictMethod::MeanField,
-            other => {
-                return Err(f.err(format!(
-                    "metadata `predict` = `{other}`: expected exact or mean-field"
-                )));
-            }
-        };
-        let readout = match f.meta("readout")? {
-            "expected" => RatingReadout::Expected,
-            "argmax" => RatingReadout::Argmax,
-            other => {
-                return Err(f.err(format!(
-                    "metadata `readout` = `{other}`: expected expected or argmax"
-                )));
-            }
-        };
-        let implicit_targets = match f.meta("implicit_targets")? {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(f.err(format!(
-                    "metadata `implicit_targets` = `{other}`: expected true or false"
-                )));
-            }
-        };
+        let predict: PredictMethod = f.meta_choice("predict", "exact or mean-field")?;
+        let readout: RatingReadout = f.meta_choice("readout", "expected or argmax")?;
+        let implicit_targets: bool = f.meta_choice("implicit_targets", "true or false")?;
         f.ensure_all_taken()?;
         Ok(CfModel {
             members,

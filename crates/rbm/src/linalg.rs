@@ -202,14 +202,6 @@ pub fn gemm(
     }
 }
 
-/// `dst = a · b` split by rows of `a` over the current rayon pool, one sequential product
-/// per thread: each output element is one sequential dot product, so the result is the same
-/// for any thread count (which faer's own parallel kernel does not promise).
-pub fn gemm_same_bits(dst: MatMut<'_, f32>, a: MatRef<'_, f32>, b: MatRef<'_, f32>) {
-    let parts = rayon::current_num_threads();
-    gemm_rows_split(dst, Accum::Replace, a, b, 1.0, parts)
-}
-
 /// Splits the rows of `a` (and `dst`) into `parts` blocks multiplied sequentially on their own
 /// rayon tasks. Each output element is still one sequential dot product.
 fn gemm_rows_split(

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 /// Byte offset of the safetensors JSON header (after its 8-byte length): where tensor names,
 /// dtypes, shapes and metadata are declared, so header-level problems are reported there.
-pub(crate) const HEADER_OFFSET: u64 = 8;
+const HEADER_OFFSET: u64 = 8;
 
 /// The `format` value of binary RBM files.
 pub const BINARY_FORMAT: &str = "rbm.binary";
@@ -132,6 +132,14 @@ impl TensorFile {
                 std::any::type_name::<T>()
             ))
         })
+    }
+
+    /// Metadata value `key` as one of a few named values (`expected` lists them for the
+    /// error), parsed by `T`'s `FromStr`.
+    pub fn meta_choice<T: FromStr>(&self, key: &str, expected: &str) -> Result<T> {
+        let v = self.meta(key)?;
+        v.parse()
+            .map_err(|_| self.err(format!("metadata `{key}` = `{v}`: expected {expected}")))
     }
 
     /// Metadata value `key` as a count or size.

@@ -71,6 +71,52 @@ pub enum RatingReadout {
     Argmax,
 }
 
+impl PredictMethod {
+    /// The name model files and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PredictMethod::Exact => "exact",
+            PredictMethod::MeanField => "mean-field",
+        }
+    }
+}
+
+impl std::str::FromStr for PredictMethod {
+    type Err = RbmError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [PredictMethod::Exact, PredictMethod::MeanField]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                RbmError::param("predict", format!("`{s}`: expected exact or mean-field"))
+            })
+    }
+}
+
+impl RatingReadout {
+    /// The name model files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RatingReadout::Expected => "expected",
+            RatingReadout::Argmax => "argmax",
+        }
+    }
+}
+
+impl std::str::FromStr for RatingReadout {
+    type Err = RbmError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [RatingReadout::Expected, RatingReadout::Argmax]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                RbmError::param("readout", format!("`{s}`: expected expected or argmax"))
+            })
+    }
+}
+
 /// The optimizer applied to the CD gradient.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Optimizer {
@@ -2717,7 +2763,7 @@ impl RatingRbm {
         // Runs of pairs of one case, packed into groups of about `budget` ratings (one per
         // case without any), a few groups per thread.
         let runs: Vec<&[usize]> = order.chunk_by(|&a, &b| pairs[a].0 == pairs[b].0).collect();
-        let load = |run: &[usize]| row_or_empty(cases, pairs[run[0]].0 as usize).0.len() + 1;
+        let load = |run: &[usize]| cases.row_or_empty(pairs[run[0]].0 as usize).0.len() + 1;
         let rated: usize = runs.iter().map(|r| load(r)).sum();
         let budget = (rated / (4 * rayon::current_num_threads())).clamp(1 << 12, 1 << 23);
         let mut groups: Vec<&[usize]> = Vec::new();
@@ -2753,10 +2799,8 @@ impl RatingRbm {
         let m = self.m;
         let mut ph = vec![0.0f32; ids.len() * m];
         ph.par_chunks_mut(m).zip(ids).for_each(|(x, &case)| {
-            let (items, classes) = row_or_empty(cases, case as usize);
-            let imp = implicit
-                .filter(|c| (case as usize) < c.rows())
-                .map_or(items, |c| c.row(case as usize).0);
+            let (items, classes) = cases.row_or_empty(case as usize);
+            let imp = implicit_row(implicit, case as usize, items);
             self.hidden_input(items, classes, imp, x);
             for v in x.iter_mut() {
                 *v = sigmoid(*v);
@@ -2770,9 +2814,9 @@ impl RatingRbm {
     /// case, `ph.len() / M × visible.len()`. The class logits come from matrix products (W's
     /// rows of `visible` times the cases' probabilities, per class and block of units), where
     /// [`Self::predict_pairs`] takes K dot products per pair, so scoring every item for many
-    /// users (top-N lists) runs at the matrix library's speed. The sums run in another order than `predict_pairs`',
-    /// so the ratings agree with it to rounding, not bit for bit; they are the same for any
-    /// thread count. A pair whose case has rated its unit is *not* predicted from the case's
+    /// users (top-N lists) runs at the matrix library's speed. The sums run in another order
+    /// than `predict_pairs`', so the ratings agree with it to rounding, not bit for bit; they
+    /// are the same for any thread count. A pair whose case has rated its unit is *not* predicted from the case's
     /// other ratings, as `predict_pairs` does; use that for such pairs.
     pub fn mean_field_grid(
         &self,
@@ -4097,7 +4141,7 @@ fn predict_group_body(
     implicit: Option<&Csr>,
     method: PredictMethod,
 ) -> Vec<f32> {
-    let row = |case: usize| row_or_empty(cases, case);
+    let row = |case: usize| cases.row_or_empty(case);
     let (d, k, m) = (model.d, model.k, model.m);
     // The group's cases, and each pair's case slot.
     let mut slot_of = Vec::with_capacity(g.len());
@@ -4116,9 +4160,7 @@ fn predict_group_body(
         xs.copy_from_slice(&model.c);
         let items = row(case).0;
         if let Some(dm) = &model.dmat {
-            let imp = implicit
-                .filter(|c| case < c.rows())
-                .map_or(items, |c| c.row(case).0);
+            let imp = implicit_row(implicit, case, items);
             for &i in imp {
                 add(xs, &dm[i as usize * m..(i as usize + 1) * m]);
             }
@@ -4191,13 +4233,12 @@ simd_fn!(
         cases: &Csr, implicit: Option<&Csr>, method: PredictMethod) -> Vec<f32>
         => predict_group_body);
 
-/// Row `case` of `cases`, or an empty row for a case past its end (no training ratings).
-fn row_or_empty(cases: &Csr, case: usize) -> (&[u32], &[u8]) {
-    if case < cases.rows() {
-        cases.row(case)
-    } else {
-        (&[][..], &[][..])
-    }
+/// The conditional model's implicit set of `case`: its row of `implicit`, or the case's own
+/// rated `items` when there is no such row (no separate sets, or a case past their end).
+fn implicit_row<'a>(implicit: Option<&'a Csr>, case: usize, items: &'a [u32]) -> &'a [u32] {
+    implicit
+        .filter(|c| case < c.rows())
+        .map_or(items, |c| c.row(case).0)
 }
 
 /// Units per block of [`RatingRbm::mean_field_grid`]: a block's logits for 200 cases at
@@ -4535,10 +4576,8 @@ pub(crate) mod tests {
         let (mut x, mut ph) = (vec![0.0f32; m], vec![0.0f32; m]);
         for (&(case, q), out) in pairs.iter().zip(out.chunks_mut(k)) {
             let (case, q) = (case as usize, q as usize);
-            let (items, classes) = row_or_empty(cases, case);
-            let imp = implicit
-                .filter(|c| case < c.rows())
-                .map_or(items, |c| c.row(case).0);
+            let (items, classes) = cases.row_or_empty(case);
+            let imp = implicit_row(implicit, case, items);
             model.hidden_input(items, classes, imp, &mut x);
             // A rated pair is predicted from the row's other ratings: x without its own row.
             if let Ok(pos) = items.binary_search(&(q as u32)) {

@@ -561,9 +561,8 @@ pub fn check_disjoint(
     let (ra, rb) = (train[a], test[b]);
     let reason = format!(
         "user `{}` rated item `{}` here (rating {}) and in the training ratings ({}, rating \
-         {}): a test \
-         rating the model trains on flatters its test figures; give disjoint files (`rbm cf \
-         split` writes them)",
+         {}): a test rating the model trains on flatters its test figures; give disjoint \
+         files (`rbm cf split` writes them)",
         shown(users.token(rb.user)),
         shown(items.token(rb.item)),
         rb.value,
@@ -937,22 +936,6 @@ impl RatingScale {
                 "no ratings to infer a scale from",
             ));
         }
-        let (lo, hi) = ratings
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |a, r| {
-                (a.0.min(r.value), a.1.max(r.value))
-            });
-        let on_grid = |step: f32| {
-            ratings
-                .iter()
-                .all(|r| ((r.value / step).round() * step - r.value).abs() < 1e-4)
-        };
-        for step in [1.0f32, 0.5] {
-            if on_grid(step) && (hi - lo) / step <= FILL_STEPS {
-                let n = ((hi - lo) / step).round() as usize + 1;
-                return Self::from_values((0..n).map(|k| lo + k as f32 * step).collect());
-            }
-        }
         let Some(counts) = distinct_counts(ratings) else {
             return Err(too_many_values(ratings));
         };
@@ -972,6 +955,12 @@ impl RatingScale {
             return Err(too_many_values(ratings));
         }
         let at: Vec<f64> = points.iter().map(|p| f64::from(p.0)).collect();
+        if let Some(step) = fill_step(&at) {
+            // Every step from the lowest rating to the highest, rated or not.
+            let (lo, hi) = (counts[0].0, counts[counts.len() - 1].0);
+            let n = ((hi - lo) / step).round() as usize + 1;
+            return Self::from_values((0..n).map(|k| lo + k as f32 * step).collect());
+        }
         if grid_steps(&at).is_none() {
             return Err(off_grid(&points));
         }
@@ -1011,18 +1000,24 @@ const MAX_K: usize = 255;
 /// Most steps of the integer or half-star grids that [`RatingScale::infer`] fills in.
 const FILL_STEPS: f32 = 100.0;
 
-/// How the ratings at `at` (ascending, distinct) are an acceptable inferred scale: 0 on the
-/// integer or half-star grid [`RatingScale::infer`] fills in, 1 on another evenly spaced grid,
-/// `None` not at all.
-fn acceptable(at: &[f64]) -> Option<u8> {
+/// The step of the integer or half-star grid that the ratings at `at` (ascending, distinct)
+/// lie on, at most [`FILL_STEPS`] steps from the lowest to the highest: the grid
+/// [`RatingScale::infer`] fills in.
+fn fill_step(at: &[f64]) -> Option<f32> {
     let (lo, hi) = (at[0], at[at.len() - 1]);
-    let fills = |step: f64| {
+    [1.0f32, 0.5].into_iter().find(|&step| {
+        let step = f64::from(step);
         (hi - lo) / step <= f64::from(FILL_STEPS)
             && at
                 .iter()
                 .all(|&v| ((v / step).round() * step - v).abs() < 1e-4)
-    };
-    if fills(1.0) || fills(0.5) {
+    })
+}
+
+/// How the ratings at `at` (ascending, distinct) are an acceptable inferred scale: 0 on the
+/// grid [`RatingScale::infer`] fills in, 1 on another evenly spaced grid, `None` not at all.
+fn acceptable(at: &[f64]) -> Option<u8> {
+    if fill_step(at).is_some() {
         Some(0)
     } else {
         grid_steps(at).map(|_| 1)
@@ -1285,6 +1280,22 @@ impl Csr {
     pub fn row(&self, r: usize) -> (&[u32], &[u8]) {
         let (a, b) = (self.offsets[r], self.offsets[r + 1]);
         (&self.cols[a..b], &self.classes[a..b])
+    }
+
+    /// Row `r`, or an empty row past the last (a user or item absent from the data).
+    #[inline]
+    pub fn row_or_empty(&self, r: usize) -> (&[u32], &[u8]) {
+        if r < self.rows() {
+            self.row(r)
+        } else {
+            (&[], &[])
+        }
+    }
+
+    /// Whether row `r` exists and holds at least one entry.
+    #[inline]
+    pub fn has_entries(&self, r: usize) -> bool {
+        r < self.rows() && self.offsets[r + 1] > self.offsets[r]
     }
 
     /// The transpose, as a matrix with `cols` rows (a counting sort: rows come out sorted).
