@@ -230,7 +230,8 @@ fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
     let (mut users, mut items) = (IdMap::new(), IdMap::new());
     let ratings = read_ratings(path, RatingFormat::Auto, &mut users, &mut items)?;
     let scale = RatingScale::infer(&ratings)?;
-    let m = RatingMatrix::from_ratings(users.len(), items.len(), &ratings, &scale)?;
+    let n_ratings = ratings.len();
+    let m = RatingMatrix::from_ratings(users.len(), items.len(), ratings, &scale)?;
     let values = scale.values();
     // User-based at batch 100 (the headline), item-based, and user-based at the dense reference
     // code's own mini-batch (its `fit` defaults to batch_sz=256), for a like-for-like comparison
@@ -249,18 +250,18 @@ fn ml100k_case(path: &Path, epochs: usize, sweep: bool) -> Result<Value> {
     let (us, is) = (median(user.clone()), median(item.clone()));
     let k = values.len();
     let flops = |reports: &[EpochReport]| {
-        rating_epoch_flops(ratings.len(), m.n_items, batches_per_epoch(reports), k, 100)
+        rating_epoch_flops(n_ratings, m.n_items, batches_per_epoch(reports), k, 100)
     };
     let (uf, f256) = (flops(&user_reports), flops(&user256_reports));
     let s256 = median(user256.clone());
     let mut out = json!({
-        "path": path.display().to_string(), "ratings": ratings.len(), "hidden": 100, "cd": 1,
+        "path": path.display().to_string(), "ratings": n_ratings, "hidden": 100, "cd": 1,
         "k": k, "units": m.n_items, "batches": batches_per_epoch(&user_reports),
         "flops_per_epoch": uf, "gflops": uf / us / 1e9,
         "batch256_flops_per_epoch": f256,
         "batch256_gflops": f256 / s256 / 1e9,
         "batch": 100, "user_epoch_seconds": us, "item_epoch_seconds": is,
-        "ratings_per_sec": ratings.len() as f64 / us, "item_ratings_per_sec": ratings.len() as f64 / is,
+        "ratings_per_sec": n_ratings as f64 / us, "item_ratings_per_sec": n_ratings as f64 / is,
         "user_epochs": user, "item_epochs": item,
         "user_fastest_epoch_seconds": fastest(&user),
         "batch256_user_epoch_seconds": s256,

@@ -11,7 +11,7 @@ use rbm::rating::{
 };
 use rbm::ratings::{
     IdMap, Rating, RatingFormat, RatingMatrix, RatingScale, check_disjoint, holdout, kfold,
-    read_item_titles, read_ratings,
+    read_item_titles, read_ratings, take_places,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -617,8 +617,7 @@ fn fit(
     let (nu, ni) = (users.len(), items.len());
     let train_ratings = all.len();
     let (train, valid) = if cfg.validation > 0.0 {
-        let split = holdout(&all, cfg.validation, cfg.params.seed ^ 0x5eed)?;
-        drop(all);
+        let split = holdout(all, cfg.validation, cfg.params.seed ^ 0x5eed)?;
         check_parts("--validation", split.0.len(), split.1.len())?;
         split
     } else {
@@ -643,19 +642,19 @@ fn fit(
         &format!("{label}the model ({} hidden units)", cfg.params.hidden),
         4.0 * (kept + 2.0 * largest),
     )?;
-    let matrix = RatingMatrix::from_ratings(nu, ni, &train, &scale)?;
     // Validation pairs are "to be predicted" too: with implicit targets they join the sets.
     let mut implicit_extra = implicit_extra.to_vec();
     if cfg.implicit_targets {
         implicit_extra.extend(valid.iter().map(|r| (r.user, r.item)));
     }
     let baseline = BiasBaseline::fit_default(nu, ni, &train, scale.range());
+    let n_train = train.len();
+    // Consumes the ratings (freed before the by-item rows are built).
+    let matrix = RatingMatrix::from_ratings(nu, ni, train, &scale)?;
     common.status(format!(
-        "{label}rating matrices and bias baseline for {} training ratings in {:.1} s",
-        train.len(),
+        "{label}rating matrices and bias baseline for {n_train} training ratings in {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
-    drop(train);
     let mut members = Vec::new();
     let mut secs = 0.0;
     let mut epochs = 0;
@@ -892,9 +891,8 @@ fn train(a: TrainArgs, common: &Common) -> Result<()> {
             (all, Some(test))
         }
         (None, Some(f)) => {
-            let (tr, te) = a.split_seed.holdout(&all, f)?;
-            // Freed as soon as it is split (at 10⁸ ratings it is 1.2 GB).
-            drop(all);
+            // Split in place: at 10⁸ ratings a copy is 1.2 GB.
+            let (tr, te) = a.split_seed.holdout(all, f)?;
             (tr, Some(te))
         }
         (None, None) => (all, None),
@@ -1023,8 +1021,9 @@ impl std::fmt::Display for SplitSeed {
 }
 
 impl SplitSeed {
-    /// (training, test) parts of `all` with `fraction` of the ratings held out.
-    fn holdout(self, all: &[Rating], fraction: f64) -> Result<(Vec<Rating>, Vec<Rating>)> {
+    /// (training, test) parts of `all` with `fraction` of the ratings held out; the training
+    /// part is `all` itself, the test part taken out.
+    fn holdout(self, all: Vec<Rating>, fraction: f64) -> Result<(Vec<Rating>, Vec<Rating>)> {
         let seed = match self {
             SplitSeed::Rbm(seed) => return Ok(holdout(all, fraction, seed)?),
             SplitSeed::Numpy(seed) => seed,
@@ -1034,21 +1033,7 @@ impl SplitSeed {
         }
         let n_test = (fraction * all.len() as f64).round() as usize;
         let perm = rbm::random::numpy::permutation(all.len(), seed);
-        let mut in_test = vec![false; all.len()];
-        let test = perm[..n_test]
-            .iter()
-            .map(|&i| {
-                in_test[i] = true;
-                all[i]
-            })
-            .collect();
-        let train = all
-            .iter()
-            .zip(&in_test)
-            .filter(|&(_, &t)| !t)
-            .map(|(r, _)| *r)
-            .collect();
-        Ok((train, test))
+        Ok(take_places(all, &perm[..n_test]))
     }
 }
 
@@ -1078,26 +1063,43 @@ fn eval(a: EvalArgs, common: &Common) -> Result<()> {
             all.len()
         );
     }
-    let splits: Vec<(String, Vec<Rating>, Vec<Rating>)> = match a.folds {
-        Some(k) => (0..k)
-            .map(|f| kfold(&all, k, f, a.model.seed).map(|(tr, te)| (format!("fold {f}"), tr, te)))
-            .collect::<rbm::Result<_>>()?,
+    let seeds: Vec<SplitSeed> = match a.folds {
+        Some(_) => Vec::new(),
         None => a
             .split_seeds
             .split(',')
-            .map(|s| -> Result<_> {
-                let seed: SplitSeed = s.parse().context("--split-seeds")?;
-                let (tr, te) = seed.holdout(&all, a.test_fraction)?;
-                Ok((format!("seed {seed}"), tr, te))
-            })
+            .map(|s| s.parse().context("--split-seeds"))
             .collect::<Result<_>>()?,
     };
-    for (name, train, test) in &splits {
-        check_parts(name, train.len(), test.len())?;
-    }
+    let count = a.folds.unwrap_or(seeds.len());
+    let mut all = all;
+    // One split at a time: each is a copy of the ratings (1.2 GB at 10⁸), and the last takes
+    // them. Every seed's parts have the same sizes, and k ≤ n folds are never empty, so if
+    // `check_parts` refuses a split it refuses the first, before the metrics file is opened.
+    let mut split = |n: usize| -> Result<(String, Vec<Rating>, Vec<Rating>)> {
+        let src = if n + 1 == count {
+            std::mem::take(&mut all)
+        } else {
+            all.clone()
+        };
+        let (name, (train, test)) = match a.folds {
+            Some(k) => (format!("fold {n}"), kfold(src, k, n, a.model.seed)?),
+            None => (
+                format!("seed {}", seeds[n]),
+                seeds[n].holdout(src, a.test_fraction)?,
+            ),
+        };
+        check_parts(&name, train.len(), test.len())?;
+        Ok((name, train, test))
+    };
+    let mut first = Some(split(0)?);
     let mut metrics = MetricsFile::create(a.model.metrics.as_deref())?;
     let mut rows = Vec::new();
-    for (name, train, test) in splits {
+    for n in 0..count {
+        let (name, train, test) = match first.take() {
+            Some(s) => s,
+            None => split(n)?,
+        };
         let scale = parse_scale(&a.data, &train)?;
         a.topn.check(Some(&scale))?;
         let data = Data {
@@ -1222,7 +1224,7 @@ fn training_matrix(
     Ok(RatingMatrix::from_ratings(
         users.len(),
         items.len(),
-        &ratings,
+        ratings,
         &scale,
     )?)
 }
@@ -1482,7 +1484,7 @@ fn split(a: SplitArgs, common: &Common) -> Result<()> {
         &[Path::new(&a.data.ratings)],
     )?;
     let (_, users, items, all) = load_data(&a.data, common)?;
-    let (train, test) = a.seed.holdout(&all, a.test_fraction)?;
+    let (train, test) = a.seed.holdout(all, a.test_fraction)?;
     check_parts("the split", train.len(), test.len())?;
     let write = |path: &Path, rs: &[Rating]| -> Result<()> {
         rbm::atomic::write_atomic(path, |w| {

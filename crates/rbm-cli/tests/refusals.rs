@@ -183,7 +183,9 @@ fn degenerate_rating_evaluations_are_refused() {
         .concat());
         assert_refused(&out, &[flag, needle], &model);
     }
-    // A test fraction that leaves no test ratings, and one that leaves no training ratings.
+    // A test fraction that leaves no test ratings (refused at the first of two splits, before
+    // the metrics file is opened), and one that leaves no training ratings.
+    let metrics = dir.join("eval.jsonl");
     let out = rbm(&[
         &[
             "cf",
@@ -192,11 +194,15 @@ fn degenerate_rating_evaluations_are_refused() {
             s(&r),
             "--test-fraction",
             "0.0001",
+            "--split-seeds",
+            "0,numpy:1",
+            "--metrics",
+            s(&metrics),
         ][..],
         &small,
     ]
     .concat());
-    assert_refused(&out, &["test part is empty"], &model);
+    assert_refused(&out, &["seed 0: the test part is empty"], &metrics);
     let train = dir.join("train.tsv");
     let out = rbm(&[
         "cf",

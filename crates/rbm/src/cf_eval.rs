@@ -382,7 +382,7 @@ mod tests {
             }
         }
         let scale = RatingScale::from_values(vec![1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
-        let m = RatingMatrix::from_ratings(nu as usize, ni as usize, &train, &scale).unwrap();
+        let m = RatingMatrix::from_ratings(nu as usize, ni as usize, train, &scale).unwrap();
         let score = |u: u32, i: u32| h(u + 7, i * 3) as f32;
         let one = topn(
             &m.by_user,

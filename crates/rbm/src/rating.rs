@@ -5286,7 +5286,7 @@ pub(crate) mod tests {
     ) -> RatingRbm {
         let ratings = planted(120, 40, 3, 0.5, 1);
         let scale = RatingScale::infer(&ratings).unwrap();
-        let mat = RatingMatrix::from_ratings(120, 40, &ratings, &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(120, 40, ratings, &scale).unwrap();
         let params = RatingRbmParams::new()
             .hidden(16)
             .epochs(3)
@@ -5309,7 +5309,7 @@ pub(crate) mod tests {
         // the same bits, through the momentum warm-up switch and several batches.
         let ratings = planted(60, 30, 3, 0.5, 4);
         let scale = RatingScale::infer(&ratings).unwrap();
-        let mat = RatingMatrix::from_ratings(60, 30, &ratings, &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(60, 30, ratings, &scale).unwrap();
         let params = RatingRbmParams::new()
             .hidden(12)
             .epochs(3)
@@ -5410,7 +5410,7 @@ pub(crate) mod tests {
         // on its own, and the phases fit inside the epoch's time.
         let ratings = planted(120, 40, 3, 0.5, 1);
         let scale = RatingScale::infer(&ratings).unwrap();
-        let mat = RatingMatrix::from_ratings(120, 40, &ratings, &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(120, 40, ratings, &scale).unwrap();
         let active = (0..120)
             .filter(|&r| !mat.by_user.row(r).0.is_empty())
             .count();
@@ -5518,7 +5518,7 @@ pub(crate) mod tests {
         // chunk: the model must be the same, bit for bit, as with nobody helping (one thread).
         let ratings = planted(200, 600, 4, 0.3, 3);
         let scale = RatingScale::infer(&ratings).unwrap();
-        let mat = RatingMatrix::from_ratings(200, 600, &ratings, &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(200, 600, ratings, &scale).unwrap();
         let data = TrainData::new(&mat.by_user, 600, scale.values());
         // Sampled and mean-field negative units, and CD-3 (three negative passes a batch).
         for (negative, t) in [
@@ -5563,9 +5563,9 @@ pub(crate) mod tests {
     #[test]
     fn rbm_beats_bias_baseline_on_planted_data() {
         let ratings = planted(300, 60, 4, 0.4, 2);
-        let (train, test) = holdout(&ratings, 0.1, 3).unwrap();
+        let (train, test) = holdout(ratings, 0.1, 3).unwrap();
         let scale = RatingScale::infer(&train).unwrap();
-        let mat = RatingMatrix::from_ratings(300, 60, &train, &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(300, 60, train.clone(), &scale).unwrap();
         let params = RatingRbmParams::new()
             .hidden(30)
             .epochs(30)
@@ -5596,7 +5596,7 @@ pub(crate) mod tests {
     fn factored_weights_stay_the_product_of_factors() {
         let ratings = planted(60, 20, 2, 0.5, 3);
         let scale = RatingScale::infer(&ratings).unwrap();
-        let mat = RatingMatrix::from_ratings(60, 20, &ratings, &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(60, 20, ratings, &scale).unwrap();
         let params = RatingRbmParams::new()
             .hidden(7)
             .factors(Some(3))
