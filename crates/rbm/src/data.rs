@@ -12,7 +12,7 @@
 //! 255, or a non-finite one is an error on its line.
 
 use crate::atomic;
-use crate::error::{RbmError, Result};
+use crate::error::{RbmError, Result, shown};
 use crate::linalg::Matrix;
 use crate::random::{Purpose, Stream};
 use rayon::prelude::*;
@@ -693,12 +693,12 @@ fn parse_number(path: &Path, line: usize, col: usize, field: &str) -> Result<f32
         Ok(_) => Err(RbmError::parse(
             path,
             line,
-            format!("`{t}` is not a finite number (column {col})"),
+            format!("`{}` is not a finite number (column {col})", shown(t)),
         )),
         Err(_) => Err(RbmError::parse(
             path,
             line,
-            format!("`{t}` is not a number (column {col})"),
+            format!("`{}` is not a number (column {col})", shown(t)),
         )),
     }
 }
@@ -1168,6 +1168,10 @@ mod tests {
             1,
             "`abc` is not a number (column 17)",
         );
+        // A long token is cut short in the message, a control character escaped.
+        let long = format!("0,1\n2,{}\n", "x".repeat(5000));
+        check(&long, none, 2, &format!("`{}…` is not a number (column 2)", "x".repeat(60)));
+        check("0,1\n2,a\x1bb\n", none, 2, "`a\\u{1b}b` is not a number");
         check("0,1\n2,,3\n", none, 2, "empty value (column 2)");
         check("0,1\n0,NaN\n", none, 2, "not a finite number (column 2)");
         check("0,1,2\n0,-1,2\n", none, 2, "negative (column 2)");

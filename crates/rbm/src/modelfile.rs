@@ -10,7 +10,7 @@
 
 use crate::atomic;
 use crate::binary::BinaryRbm;
-use crate::error::{RbmError, Result};
+use crate::error::{RbmError, Result, shown};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,7 +128,8 @@ impl TensorFile {
         let v = self.meta(key)?;
         v.parse().map_err(|_| {
             self.err(format!(
-                "metadata `{key}` = `{v}` is not a valid {}",
+                "metadata `{key}` = `{}` is not a valid {}",
+                shown(v),
                 std::any::type_name::<T>()
             ))
         })
@@ -138,8 +139,12 @@ impl TensorFile {
     /// error), parsed by `T`'s `FromStr`.
     pub fn meta_choice<T: FromStr>(&self, key: &str, expected: &str) -> Result<T> {
         let v = self.meta(key)?;
-        v.parse()
-            .map_err(|_| self.err(format!("metadata `{key}` = `{v}`: expected {expected}")))
+        v.parse().map_err(|_| {
+            self.err(format!(
+                "metadata `{key}` = `{}`: expected {expected}",
+                shown(v)
+            ))
+        })
     }
 
     /// Metadata value `key` as a count or size.
@@ -325,12 +330,16 @@ pub fn check_format(file: &TensorFile, format: &str, version: &str) -> Result<()
         ))
     })?;
     if found != format {
-        return Err(file.err(format!("this is a `{found}` model file, not `{format}`")));
+        return Err(file.err(format!(
+            "this is a `{}` model file, not `{format}`",
+            shown(found)
+        )));
     }
     let v = file.meta("format_version")?;
     if v != version {
         return Err(file.err(format!(
-            "`{format}` format_version `{v}` is not supported (this build reads `{version}`)"
+            "`{format}` format_version `{}` is not supported (this build reads `{version}`)",
+            shown(v)
         )));
     }
     Ok(())

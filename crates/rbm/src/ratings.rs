@@ -3,7 +3,7 @@
 //! user and by item (compressed rows; never a dense users × items matrix) and the train/test
 //! splits (random holdout, k-fold, validation carved from training).
 
-use crate::error::{RbmError, Result};
+use crate::error::{RbmError, Result, shown};
 use crate::random::{Purpose, Stream};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -28,7 +28,10 @@ impl IdMap {
         let mut lookup = HashMap::with_capacity(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
             if lookup.insert(t.clone(), i as u32).is_some() {
-                return Err(RbmError::param("ids", format!("duplicate id token `{t}`")));
+                return Err(RbmError::param(
+                    "ids",
+                    format!("duplicate id token `{}`", shown(t)),
+                ));
             }
         }
         Ok(IdMap { tokens, lookup })
@@ -156,25 +159,6 @@ fn guess_delim(line: &str) -> Delim {
 
 fn parse_value(s: &str) -> Option<f32> {
     s.parse::<f32>().ok().filter(|v| v.is_finite())
-}
-
-/// `s` as it may appear in a message: control characters (a stray CR, a NUL, a terminal escape)
-/// escaped, and long text cut short.
-fn shown(s: &str) -> String {
-    const MAX: usize = 60;
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The UTF-8 byte-order mark some editors put at the start of a text file.
