@@ -647,10 +647,12 @@ fn fit(
     if cfg.implicit_targets {
         implicit_extra.extend(valid.iter().map(|r| (r.user, r.item)));
     }
-    let baseline = BiasBaseline::fit_default(nu, ni, &train, scale.range());
     let n_train = train.len();
-    // Consumes the ratings (freed before the by-item rows are built).
+    // Consumes the ratings (freed before the by-item rows are built). On this thread, not in
+    // `in_pool`: an error names the rating's file and line, which are known on the thread that
+    // read them; the parallel parts use the global pool, which has --threads threads.
     let matrix = RatingMatrix::from_ratings(nu, ni, train, &scale)?;
+    let baseline = BiasBaseline::fit_default(&matrix, &scale);
     common.status(format!(
         "{label}rating matrices and bias baseline for {n_train} training ratings in {:.1} s",
         t0.elapsed().as_secs_f64()

@@ -6,7 +6,7 @@ mod cf;
 mod common;
 mod eval_cmd;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use common::Common;
 
@@ -60,6 +60,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let Cli { common, command } = cli;
+    // Work outside `Common::in_pool` (building rating matrices, scoring) uses the global pool:
+    // --threads sizes it too.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(common.threads())
+        .build_global()
+        .context("could not start the thread pool")?;
     match command {
         Command::Train(a) => binary_cmd::train(a, &common),
         Command::Sample(a) => binary_cmd::sample(a, &common),

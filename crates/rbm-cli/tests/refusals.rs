@@ -162,6 +162,22 @@ fn degenerate_rating_evaluations_are_refused() {
         .concat());
         assert_refused(&out, &[needle], &model);
     }
+    // A rating off a given scale, named by file and line (u1 rates i2 3 on line 10), by the
+    // commands that build a rating matrix from the file.
+    for cmd in [&["train", "-o", s(&model)][..], &["eval"]] {
+        let out = rbm(&[
+            &["cf"][..],
+            cmd,
+            &["--ratings", s(&r), "--scale", "1,2,4,5"],
+            &small,
+        ]
+        .concat());
+        assert_refused(
+            &out,
+            &["r.tsv:10: rating 3 is not on the rating scale (1, 2, 4, 5)"],
+            &model,
+        );
+    }
     // Ranked lists of no items; a relevance threshold above every rating (the scale is 1–5).
     for (flag, value, needle) in [
         ("--topn", "0", "--topn must be at least 1"),

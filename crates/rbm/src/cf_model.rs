@@ -578,7 +578,7 @@ mod tests {
     fn small_model() -> (CfModel, RatingMatrix) {
         let ratings = planted(40, 15, 2, 0.5, 7);
         let scale = RatingScale::infer(&ratings).unwrap();
-        let train = RatingMatrix::from_ratings(41, 16, ratings.clone(), &scale).unwrap();
+        let train = RatingMatrix::from_ratings(41, 16, ratings, &scale).unwrap();
         let mut members = Vec::new();
         for (o, p) in [
             (
@@ -615,7 +615,7 @@ mod tests {
             values: scale.values().to_vec(),
             predict: PredictMethod::Exact,
             readout: RatingReadout::Expected,
-            baseline: BiasBaseline::fit_default(41, 16, &ratings, scale.range()),
+            baseline: BiasBaseline::fit_default(&train, &scale),
             users,
             items,
             implicit_targets: true,

@@ -1170,7 +1170,12 @@ mod tests {
         );
         // A long token is cut short in the message, a control character escaped.
         let long = format!("0,1\n2,{}\n", "x".repeat(5000));
-        check(&long, none, 2, &format!("`{}…` is not a number (column 2)", "x".repeat(60)));
+        check(
+            &long,
+            none,
+            2,
+            &format!("`{}…` is not a number (column 2)", "x".repeat(60)),
+        );
         check("0,1\n2,a\x1bb\n", none, 2, "`a\\u{1b}b` is not a number");
         check("0,1\n2,,3\n", none, 2, "empty value (column 2)");
         check("0,1\n0,NaN\n", none, 2, "not a finite number (column 2)");

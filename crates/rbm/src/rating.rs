@@ -5565,7 +5565,7 @@ pub(crate) mod tests {
         let ratings = planted(300, 60, 4, 0.4, 2);
         let (train, test) = holdout(ratings, 0.1, 3).unwrap();
         let scale = RatingScale::infer(&train).unwrap();
-        let mat = RatingMatrix::from_ratings(300, 60, train.clone(), &scale).unwrap();
+        let mat = RatingMatrix::from_ratings(300, 60, train, &scale).unwrap();
         let params = RatingRbmParams::new()
             .hidden(30)
             .epochs(30)
@@ -5582,7 +5582,7 @@ pub(crate) mod tests {
             .map(|p| RatingRbm::readout(p, scale.values(), RatingReadout::Expected))
             .collect();
         let truth: Vec<f32> = test.iter().map(|r| r.value).collect();
-        let base = crate::cf_eval::BiasBaseline::fit_default(300, 60, &train, scale.range());
+        let base = crate::cf_eval::BiasBaseline::fit_default(&mat, &scale);
         let bpred: Vec<f32> = pairs.iter().map(|&(u, i)| base.predict(u, i)).collect();
         let (r_rbm, r_base) = (
             crate::cf_eval::rmse(&pred, &truth),
