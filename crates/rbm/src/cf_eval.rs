@@ -488,24 +488,26 @@ mod tests {
         let b = fit(1);
         assert_eq!(fit(3), b);
         let mu = ratings.iter().map(|r| f64::from(r.value)).sum::<f64>() / ratings.len() as f64;
+        // Half a sweep over the list: b[row] = Σ (r − μ − other[col]) / (reg + count).
+        let half = |row: fn(&Rating) -> usize,
+                    col: fn(&Rating) -> usize,
+                    other: &[f64],
+                    reg: f64,
+                    n: usize| {
+            let (mut sum, mut count) = (vec![0.0f64; n], vec![0.0f64; n]);
+            for r in &ratings {
+                sum[row(r)] += f64::from(r.value) - mu - other[col(r)];
+                count[row(r)] += 1.0;
+            }
+            sum.iter()
+                .zip(&count)
+                .map(|(s, c)| s / (reg + c))
+                .collect::<Vec<f64>>()
+        };
         let (mut bu, mut bi) = (vec![0.0f64; nu], vec![0.0f64; ni]);
         for _ in 0..10 {
-            let (mut si, mut ci) = (vec![0.0f64; ni], vec![0.0f64; ni]);
-            for r in &ratings {
-                si[r.item as usize] += f64::from(r.value) - mu - bu[r.user as usize];
-                ci[r.item as usize] += 1.0;
-            }
-            for i in 0..ni {
-                bi[i] = si[i] / (10.0 + ci[i]);
-            }
-            let (mut su, mut cu) = (vec![0.0f64; nu], vec![0.0f64; nu]);
-            for r in &ratings {
-                su[r.user as usize] += f64::from(r.value) - mu - bi[r.item as usize];
-                cu[r.user as usize] += 1.0;
-            }
-            for u in 0..nu {
-                bu[u] = su[u] / (15.0 + cu[u]);
-            }
+            bi = half(|r| r.item as usize, |r| r.user as usize, &bu, 10.0, ni);
+            bu = half(|r| r.user as usize, |r| r.item as usize, &bi, 15.0, nu);
         }
         assert!((f64::from(b.mean) - mu).abs() < 1e-6);
         assert!(bi.iter().any(|&x| x.abs() > 0.05) && bu.iter().any(|&x| x.abs() > 0.05));
