@@ -5,6 +5,7 @@ use crate::common::{Common, MetricsFile, check_memory, check_outputs, print_json
 use anyhow::{Context, Result, bail};
 use rbm::cf_eval::{BiasBaseline, TopN, best_n, mae, rmse, topn_chunked};
 use rbm::cf_model::{CfMember, CfModel, Orientation, train_member};
+use rbm::error::shown;
 use rbm::rating::{
     CdSchedule, EpochReport, NegativePhase, Optimizer, PredictMethod, RatingRbmParams,
     RatingReadout,
@@ -1289,22 +1290,30 @@ fn predict(a: PredictArgs, common: &Common) -> Result<()> {
 /// with their line numbers: fields split at commas and whitespace, a byte-order mark (which
 /// would join the first id) skipped.
 fn id_lines(p: &Path) -> Result<Vec<(usize, Vec<String>)>> {
-    let text =
-        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    Ok(text
-        .lines()
-        .enumerate()
-        .map(|(n, line)| {
-            let fields: Vec<String> = line
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            (n + 1, fields)
-        })
-        .filter(|(_, f)| !f.is_empty())
-        .collect())
+    let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let mut out = Vec::new();
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(line).map_err(|e| {
+            let at = e.valid_up_to();
+            anyhow::anyhow!(
+                "{}:{}: not UTF-8 text (byte 0x{:02X} at column {})",
+                p.display(),
+                n + 1,
+                line[at],
+                at + 1
+            )
+        })?;
+        let fields: Vec<String> = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if !fields.is_empty() {
+            out.push((n + 1, fields));
+        }
+    }
+    Ok(out)
 }
 
 /// The users `cf recommend` was asked about, as the model's ids, in the order given.
@@ -1321,9 +1330,12 @@ fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Res
             .collect());
     }
     let known = |tok: &str, place: String| {
-        m.users
-            .get(tok)
-            .with_context(|| format!("{place}user `{tok}` is not in the model's training data"))
+        m.users.get(tok).with_context(|| {
+            format!(
+                "{place}user `{}` is not in the model's training data",
+                shown(tok)
+            )
+        })
     };
     match &a.users {
         None => a.user.iter().map(|u| known(u, String::new())).collect(),

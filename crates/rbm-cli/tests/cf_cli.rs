@@ -267,7 +267,7 @@ fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
     }
     // The same lists for users named in a file (any order), and refusals.
     let list = dir.join("who.txt");
-    let recommend_listed = |names: &str| {
+    let recommend_listed = |names: &[u8]| {
         std::fs::write(&list, names).unwrap();
         rbm()
             .args(["cf", "recommend", "-n", "4", "--model"])
@@ -279,7 +279,7 @@ fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
             .output()
             .unwrap()
     };
-    let out = recommend_listed("user7\n\nuser0\n");
+    let out = recommend_listed(b"user7\n\nuser0\n");
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
     let want: Vec<String> = ["user7", "user0"]
         .iter()
@@ -290,12 +290,27 @@ fn check_recommendations_for_many_users(dir: &Path, model: &Path) {
         })
         .collect();
     assert_eq!(printed.lines().skip(1).collect::<Vec<_>>(), want);
-    let out = recommend_listed("user7\nstranger\n");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("who.txt:2: user `stranger`"),
-        "{err}"
-    );
+    // Refusals name the line: an unknown user, a long id (cut short), a byte that is not
+    // UTF-8 (Latin-1 é).
+    let long = format!("u{}", "9".repeat(500));
+    for (names, needle) in [
+        (
+            b"user7\nstranger\n".to_vec(),
+            "who.txt:2: user `stranger`".to_string(),
+        ),
+        (
+            format!("user7\n{long}\n").into_bytes(),
+            format!("who.txt:2: user `{}…` is not", &long[..60]),
+        ),
+        (
+            b"user7\nuser\xe9\n".to_vec(),
+            "who.txt:2: not UTF-8 text (byte 0xE9 at column 5)".to_string(),
+        ),
+    ] {
+        let out = recommend_listed(&names);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&needle), "{err}");
+    }
 }
 
 /// `--topn N --relevant R` reach the ranking metrics: precision, recall and hit rate at 3

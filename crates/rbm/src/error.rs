@@ -94,7 +94,7 @@ impl RbmError {
 
 /// `s` as it may appear in a message: control characters (a stray CR, a NUL, a terminal escape)
 /// escaped, and long text cut short (a file may hold anything where a number or a name belongs).
-pub(crate) fn shown(s: &str) -> String {
+pub fn shown(s: &str) -> String {
     const MAX: usize = 60;
     let mut out = String::new();
     for (n, c) in s.chars().enumerate() {
