@@ -1191,8 +1191,8 @@ pub struct Csr {
 
 impl Csr {
     /// Builds from `(row, col, class)` triples; a repeated `(row, col)` keeps the last class.
-    /// Memory: the output (5 bytes per entry) plus one row of scratch per thread; the iterator
-    /// is walked twice.
+    /// Memory: the output (5 bytes per entry), a count per row and one row of scratch per
+    /// thread; the iterator is walked twice.
     pub fn from_triples(
         rows: usize,
         triples: impl Iterator<Item = (u32, u32, u8)> + Clone + Sync,
