@@ -830,10 +830,11 @@ fn topn_metrics(f: &Fitted, test: &[Rating], topn: &TopnArgs) -> (TopN, TopN) {
     let scorer = f.model.item_scorer(&f.matrix);
     let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> { scorer.scores(users) };
     let base_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
-        users
-            .iter()
-            .flat_map(|&u| (0..ni as u32).map(move |i| f.model.baseline.predict(u, i)))
-            .collect()
+        let mut out = vec![0.0f32; users.len() * ni];
+        for (row, &u) in out.chunks_exact_mut(ni).zip(users) {
+            f.model.baseline.predict_row(u, row);
+        }
+        out
     };
     let per_chunk = (TOPN_PAIRS / ni.max(1)).max(1);
     let r = topn_chunked(
@@ -1368,18 +1369,11 @@ fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec
         let scores = scorer.scores(chunk);
         for row in scores.chunks_exact(ni) {
             // The user's own items score −∞.
-            let cands: Vec<u32> = rated
+            let cands = rated
                 .iter()
-                .copied()
-                .filter(|&i| row[i as usize] > f32::NEG_INFINITY)
-                .collect();
-            let scores: Vec<f32> = cands.iter().map(|&i| row[i as usize]).collect();
-            out.push(
-                best_n(&cands, &scores, n)
-                    .into_iter()
-                    .map(|p| (cands[p], scores[p]))
-                    .collect(),
-            );
+                .map(|&i| (i, row[i as usize]))
+                .filter(|&(_, s)| s > f32::NEG_INFINITY);
+            out.push(best_n(cands, n));
         }
     }
     out
