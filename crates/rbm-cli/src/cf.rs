@@ -1357,8 +1357,8 @@ fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Res
 /// ratings, best first (ties by item id). Every candidate is scored for a chunk of users at a
 /// time (about [`TOPN_PAIRS`] pairs), so memory stays bounded for `--all-users` at any scale.
 fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec<Vec<(u32, f32)>> {
-    let rated: Vec<u32> = (0..matrix.n_items as u32)
-        .filter(|&i| matrix.by_item.has_entries(i as usize))
+    let rated: Vec<bool> = (0..matrix.n_items)
+        .map(|i| matrix.by_item.has_entries(i))
         .collect();
     // Recommendations never see held-out pairs: conditional members use training sets only.
     let scorer = m.item_scorer(matrix);
@@ -1369,11 +1369,8 @@ fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec
         let scores = scorer.scores(chunk);
         for row in scores.chunks_exact(ni) {
             // The user's own items score −∞.
-            let cands = rated
-                .iter()
-                .map(|&i| (i, row[i as usize]))
-                .filter(|&(_, s)| s > f32::NEG_INFINITY);
-            out.push(best_n(cands, n));
+            let skip = |i: u32| !rated[i as usize] || row[i as usize] == f32::NEG_INFINITY;
+            out.push(best_n(row, skip, n));
         }
     }
     out

@@ -192,35 +192,56 @@ pub fn topn_user(ranked: &[u32], relevant: &[u32], n: usize) -> TopN {
     }
 }
 
-/// The `n` best-scored `(item, score)` pairs, best first; equal scores go by item id (the
-/// items distinct), so the list is deterministic: the same list as sorting everything. A short
-/// list is kept sorted while the pairs stream past (most are turned away by one comparison
-/// with its last); a long one comes from a partial selection.
-pub fn best_n(pairs: impl Iterator<Item = (u32, f32)>, n: usize) -> Vec<(u32, f32)> {
+/// The `n` best-scored items of `scores` (item `i` scores `scores[i]`) that `skip` does not
+/// rule out, as `(item, score)`, best first; equal scores go by item id, so the list is
+/// deterministic: the same list as sorting everything (by `f32::total_cmp`). A short list is
+/// kept sorted while the items stream past in id order: once it is full, a block of 16
+/// scores none of which beats its last is turned away at once (a later item needs a higher
+/// score, its id being larger), and `skip` is asked, in increasing id order, only about items
+/// that would enter. A long list comes from a partial selection.
+pub fn best_n(scores: &[f32], mut skip: impl FnMut(u32) -> bool, n: usize) -> Vec<(u32, f32)> {
     let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if n == 0 {
         return Vec::new();
     }
-    if n <= 32 {
-        let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
-        for p in pairs {
-            if top.len() == n && cmp(&p, &top[n - 1]).is_gt() {
+    if n > 32 {
+        let mut all: Vec<(u32, f32)> = (0..scores.len() as u32)
+            .filter(|&i| !skip(i))
+            .map(|i| (i, scores[i as usize]))
+            .collect();
+        let n = n.min(all.len());
+        if n > 0 {
+            all.select_nth_unstable_by(n - 1, cmp);
+            all.truncate(n);
+            all.sort_unstable_by(cmp);
+        }
+        return all;
+    }
+    // `total_cmp`'s order as integers, so a block is compared without a branch per score.
+    let key = |x: f32| {
+        let b = x.to_bits() as i32;
+        b ^ (((b >> 31) as u32) >> 1) as i32
+    };
+    const BLOCK: usize = 16;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (b, blk) in scores.chunks(BLOCK).enumerate() {
+        if top.len() == n {
+            let last = key(top[n - 1].1);
+            if !blk.iter().fold(false, |any, &x| any | (key(x) > last)) {
+                continue;
+            }
+        }
+        for (j, &x) in blk.iter().enumerate() {
+            let p = ((b * BLOCK + j) as u32, x);
+            if top.len() == n && cmp(&p, &top[n - 1]).is_gt() || skip(p.0) {
                 continue;
             }
             let at = top.partition_point(|q| cmp(q, &p).is_lt());
             top.insert(at, p);
             top.truncate(n);
         }
-        return top;
     }
-    let mut all: Vec<(u32, f32)> = pairs.collect();
-    let n = n.min(all.len());
-    if n > 0 {
-        all.select_nth_unstable_by(n - 1, cmp);
-        all.truncate(n);
-        all.sort_unstable_by(cmp);
-    }
-    all
+    top
 }
 
 /// Ranks every item not in the user's training row by its score (`scores(user)`: the user's
@@ -246,13 +267,14 @@ pub fn topn<'s>(
         .par_iter()
         .map(|(u, relevant)| {
             let row = &scores(*u)[..n_items];
-            // The items not in the (ascending) training row, by one walk along it.
-            let mut seen = train.row_or_empty(*u as usize).0.iter().peekable();
-            let unseen = (0..n_items as u32).filter(|i| seen.next_if_eq(&i).is_none());
-            let ranked: Vec<u32> = best_n(unseen.map(|i| (i, row[i as usize])), n)
-                .into_iter()
-                .map(|p| p.0)
-                .collect();
+            // Items in the (ascending) training row are skipped, by one walk along it.
+            let seen = train.row_or_empty(*u as usize).0;
+            let mut at = 0;
+            let skip = |i: u32| {
+                at += seen[at..].partition_point(|&s| s < i);
+                seen.get(at) == Some(&i)
+            };
+            let ranked: Vec<u32> = best_n(row, skip, n).into_iter().map(|p| p.0).collect();
             topn_user(&ranked, relevant, n)
         })
         .collect();
@@ -344,18 +366,29 @@ mod tests {
     #[test]
     fn best_n_equals_sorting_everything() {
         let mut st = crate::random::Stream::new(3, crate::random::Purpose::Data, 0, 0, 0);
-        for round in 0..300 {
-            let len = st.below(60);
-            // Few distinct scores, so ties are common; ids in any order, distinct.
-            let mut items: Vec<u32> = (0..len as u32).map(|i| i * 7 % 61).collect();
-            items.reverse();
-            let scores: Vec<f32> = (0..len).map(|_| st.below(5) as f32 * 0.5).collect();
+        for round in 0..600 {
+            let len = st.below(90);
+            // Few distinct scores, so ties are common; now and then −∞ or NaN; some skipped.
+            let scores: Vec<f32> = (0..len)
+                .map(|_| match st.below(40) {
+                    0 => f32::NEG_INFINITY,
+                    1 => f32::NAN,
+                    _ => st.below(5) as f32 * 0.5,
+                })
+                .collect();
+            let skipped: Vec<bool> = (0..len).map(|_| st.below(4) == 0).collect();
             let n = st.below(len + 3);
-            let mut all: Vec<(u32, f32)> = items.iter().copied().zip(scores.clone()).collect();
+            let mut all: Vec<(u32, f32)> = (0..len as u32)
+                .filter(|&i| !skipped[i as usize])
+                .map(|i| (i, scores[i as usize]))
+                .collect();
             all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             all.truncate(n);
-            let pairs = items.iter().zip(&scores).map(|(&i, &s)| (i, s));
-            assert_eq!(best_n(pairs, n), all, "round {round}");
+            let got = best_n(&scores, |i| skipped[i as usize], n);
+            let bits = |v: &[(u32, f32)]| -> Vec<(u32, u32)> {
+                v.iter().map(|&(i, s)| (i, s.to_bits())).collect()
+            };
+            assert_eq!(bits(&got), bits(&all), "round {round}");
         }
     }
 
