@@ -828,13 +828,12 @@ fn topn_metrics(f: &Fitted, test: &[Rating], topn: &TopnArgs) -> (TopN, TopN) {
     let ni = f.matrix.n_items;
     // Never told the test pairs (see `evaluate`): conditional members use training sets only.
     let scorer = f.model.item_scorer(&f.matrix);
-    let rbm_score = |users: &[u32], _: &[Rating]| -> Vec<f32> { scorer.scores(users) };
-    let base_score = |users: &[u32], _: &[Rating]| -> Vec<f32> {
-        let mut out = vec![0.0f32; users.len() * ni];
+    let rbm_score = |users: &[u32], _: &[Rating], out: &mut Vec<f32>| scorer.scores(users, out);
+    let base_score = |users: &[u32], _: &[Rating], out: &mut Vec<f32>| {
+        out.resize(users.len() * ni, 0.0);
         for (row, &u) in out.chunks_exact_mut(ni).zip(users) {
             f.model.baseline.predict_row(u, row);
         }
-        out
     };
     let per_chunk = (TOPN_PAIRS / ni.max(1)).max(1);
     let r = topn_chunked(
@@ -1365,8 +1364,9 @@ fn top_items(m: &CfModel, matrix: &RatingMatrix, users: &[u32], n: usize) -> Vec
     let ni = matrix.n_items;
     let per_chunk = (TOPN_PAIRS / ni.max(1)).max(1);
     let mut out = Vec::with_capacity(users.len());
+    let mut scores = Vec::new();
     for chunk in users.chunks(per_chunk) {
-        let scores = scorer.scores(chunk);
+        scorer.scores(chunk, &mut scores);
         for row in scores.chunks_exact(ni) {
             // The user's own items score −∞.
             let skip = |i: u32| !rated[i as usize] || row[i as usize] == f32::NEG_INFINITY;

@@ -286,8 +286,10 @@ pub fn topn<'s>(
 }
 
 /// A scorer for [`topn_chunked`]: given a chunk of users and their test ratings, the scores of
-/// every item for each of those users (`users.len() × n_items`, one user's items after another).
-pub type ChunkScorer<'a> = &'a (dyn Fn(&[u32], &[Rating]) -> Vec<f32> + Sync);
+/// every item for each of those users (`users.len() × n_items`, one user's items after
+/// another), written over the buffer given (the same one for every chunk, so its pages are
+/// mapped once).
+pub type ChunkScorer<'a> = &'a (dyn Fn(&[u32], &[Rating], &mut Vec<f32>) + Sync);
 
 /// [`topn`] for several scorers, scoring every item for `users_per_chunk` users at a time, so
 /// memory stays bounded however many users and items there are (Netflix-sized data would need
@@ -312,12 +314,14 @@ pub fn topn_chunked(
         .collect();
     users.dedup();
     let mut totals = vec![TopN::default(); scorers.len()];
+    let mut scores = Vec::new();
     for chunk in users.chunks(users_per_chunk.max(1)) {
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
         let sub = &by_user[by_user.partition_point(|r| r.user < first)
             ..by_user.partition_point(|r| r.user <= last)];
         for (total, scorer) in totals.iter_mut().zip(scorers) {
-            let scores = scorer(chunk, sub);
+            scorer(chunk, sub, &mut scores);
+            let scores = &scores;
             let row = |u: u32| {
                 let at = chunk.binary_search(&u).expect("user of this chunk") * n_items;
                 &scores[at..at + n_items]
@@ -427,17 +431,21 @@ mod tests {
         let row = |u: u32| &every[u as usize * ni as usize..(u as usize + 1) * ni as usize];
         let one = topn(&m.by_user, ni as usize, &test, 4.0, 5, &row);
         assert!(one.users > 20 && one.precision > 0.0, "{one:?}");
-        let chunk_scorer = |users: &[u32], _: &[Rating]| -> Vec<f32> {
-            users
-                .iter()
-                .flat_map(|&u| (0..ni).map(move |i| score(u, i)))
-                .collect()
+        let chunk_scorer = |users: &[u32], _: &[Rating], out: &mut Vec<f32>| {
+            out.clear();
+            out.extend(
+                users
+                    .iter()
+                    .flat_map(|&u| (0..ni).map(move |i| score(u, i))),
+            );
         };
-        let flipped = |users: &[u32], _: &[Rating]| -> Vec<f32> {
-            users
-                .iter()
-                .flat_map(|&u| (0..ni).map(move |i| -score(u, i)))
-                .collect()
+        let flipped = |users: &[u32], _: &[Rating], out: &mut Vec<f32>| {
+            out.clear();
+            out.extend(
+                users
+                    .iter()
+                    .flat_map(|&u| (0..ni).map(move |i| -score(u, i))),
+            );
         };
         for per in [1, 3, 1000] {
             let got = topn_chunked(

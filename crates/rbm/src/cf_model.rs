@@ -145,6 +145,9 @@ pub struct ItemScorer<'a> {
     parts: Vec<ScorerPart>,
     /// Score pair by pair ([`CfModel::predict_with_extra`]).
     pairwise: bool,
+    /// An item-based member's ratings (items × users), kept from call to call: a fresh buffer
+    /// of this size is mapped page by page by the system, each call.
+    scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 /// What an [`ItemScorer`] keeps per member.
@@ -156,18 +159,20 @@ struct ScorerPart {
 }
 
 impl ItemScorer<'_> {
-    /// Predicted ratings of every item for each of `users`: `users.len() × n_items`, one
-    /// user's items after another. Items a user rated in training score −∞, so they rank last
-    /// and are never recommended ([`CfModel::predict`] predicts them from the user's other
-    /// ratings; at Netflix scale that would cost more than all the rest).
-    pub fn scores(&self, users: &[u32]) -> Vec<f32> {
+    /// Predicted ratings of every item for each of `users`, into `out` (`users.len() ×
+    /// n_items`, one user's items after another; its allocation is reused from call to call).
+    /// Items a user rated in training score −∞, so they rank last and are never recommended
+    /// ([`CfModel::predict`] predicts them from the user's other ratings; at Netflix scale
+    /// that would cost more than all the rest).
+    pub fn scores(&self, users: &[u32], out: &mut Vec<f32>) {
         let (m, train) = (self.model, self.train);
         let ni = train.n_items;
         let rated = |u: u32| train.by_user.row_or_empty(u as usize).0;
         let unrated = |u: u32| (0..ni as u32).filter(move |i| rated(u).binary_search(i).is_err());
-        let mut out = vec![f32::NEG_INFINITY; users.len() * ni];
+        out.clear();
         let in_range = users.iter().all(|&u| (u as usize) < train.n_users);
         if self.pairwise || !in_range {
+            out.resize(users.len() * ni, f32::NEG_INFINITY);
             let pairs: Vec<(u32, u32)> = users
                 .iter()
                 .flat_map(|&u| unrated(u).map(move |i| (u, i)))
@@ -178,25 +183,28 @@ impl ItemScorer<'_> {
                     row[i as usize] = pred.next().unwrap_or(f32::NAN);
                 }
             }
-            return out;
+            return;
         }
         use rayon::prelude::*;
         let items: Vec<u32> = (0..ni as u32).collect();
         let nu = users.len();
-        let mut sum = vec![0.0f32; nu * ni];
+        // The members' ratings are summed in `out`, then turned into scores in place.
+        out.resize(nu * ni, 0.0);
         for (mem, part) in m.members.iter().zip(&self.parts) {
             let (o, rbm) = (mem.orientation, &mem.rbm);
             match o {
                 Orientation::User => {
                     let ph = rbm.case_hidden_probs(o.cases(train), part.implicit.as_ref(), users);
-                    let grid = rbm.mean_field_grid(&ph, &items, &m.values, m.readout);
-                    sum.par_iter_mut().zip(&grid).for_each(|(s, g)| *s += g);
+                    rbm.mean_field_grid(&ph, &items, &m.values, m.readout, out);
                 }
                 Orientation::Item => {
                     // Cases are the items: a row per item, a column per listed user.
                     let ph = part.item_ph.as_deref().unwrap_or_default();
-                    let grid = rbm.mean_field_grid(ph, users, &m.values, m.readout);
-                    sum.par_chunks_mut(ni).enumerate().for_each(|(s, row)| {
+                    let mut grid = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                    grid.clear();
+                    grid.resize(ni * nu, 0.0);
+                    rbm.mean_field_grid(ph, users, &m.values, m.readout, &mut grid);
+                    out.par_chunks_mut(ni).enumerate().for_each(|(s, row)| {
                         for (i, r) in row.iter_mut().enumerate() {
                             *r += grid[i * nu + s];
                         }
@@ -207,23 +215,19 @@ impl ItemScorer<'_> {
         // `known` in parts: the user once per row, the items once per call.
         let item_known: Vec<bool> = (0..ni).map(|i| train.by_item.has_entries(i)).collect();
         let nm = m.members.len() as f32;
-        out.par_chunks_mut(ni)
-            .zip(sum.par_chunks(ni))
-            .zip(users)
-            .for_each(|((row, srow), &u)| {
-                let user_known = train.by_user.has_entries(u as usize);
-                for (i, (r, &s)) in row.iter_mut().zip(srow).enumerate() {
-                    *r = if user_known && item_known[i] {
-                        s / nm
-                    } else {
-                        m.baseline.predict(u, i as u32)
-                    };
-                }
-                for &i in rated(u) {
-                    row[i as usize] = f32::NEG_INFINITY;
-                }
-            });
-        out
+        out.par_chunks_mut(ni).zip(users).for_each(|(row, &u)| {
+            let user_known = train.by_user.has_entries(u as usize);
+            for (i, r) in row.iter_mut().enumerate() {
+                *r = if user_known && item_known[i] {
+                    *r / nm
+                } else {
+                    m.baseline.predict(u, i as u32)
+                };
+            }
+            for &i in rated(u) {
+                row[i as usize] = f32::NEG_INFINITY;
+            }
+        });
     }
 }
 
@@ -353,6 +357,7 @@ impl CfModel {
             train,
             parts,
             pairwise,
+            scratch: Default::default(),
         }
     }
 
@@ -1083,7 +1088,11 @@ mod tests {
             model.predict = method;
             model.readout = readout;
             let want = model.predict_with_extra(&train, &pairs, &[]).ratings;
-            let got = model.item_scorer(&train).scores(&users);
+            // The buffer is reused: a call for another set of users comes first.
+            let scorer = model.item_scorer(&train);
+            let mut got = vec![7.0f32; 3];
+            scorer.scores(&users[1..2], &mut got);
+            scorer.scores(&users, &mut got);
             assert_eq!(got.len(), want.len());
             let mut spread = 0.0f32;
             for (n, (&g, &w)) in got.iter().zip(&want).enumerate() {
@@ -1109,7 +1118,8 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .unwrap();
-                let again = pool.install(|| model.item_scorer(&train).scores(&users));
+                let mut again = Vec::new();
+                pool.install(|| model.item_scorer(&train).scores(&users, &mut again));
                 assert!(
                     again
                         .iter()

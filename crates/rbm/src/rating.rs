@@ -2810,8 +2810,9 @@ impl RatingRbm {
     }
 
     /// Mean-field ratings of every pair of the cases whose hidden probabilities are `ph` (M
-    /// per case, from [`Self::case_hidden_probs`]) and the visible units `visible`: row by
-    /// case, `ph.len() / M × visible.len()`. The class logits come from matrix products (W's
+    /// per case, from [`Self::case_hidden_probs`]) and the visible units `visible`, *added* to
+    /// `out` (row by case, `ph.len() / M × visible.len()`: the caller's buffer, so that an
+    /// ensemble sums its members' ratings there and a top-N pass reuses it). The class logits come from matrix products (W's
     /// rows of `visible` times the cases' probabilities, per class and block of units), where
     /// [`Self::predict_pairs`] takes K dot products per pair, so scoring every item for many
     /// users (top-N lists) runs at the matrix library's speed. The sums run in another order
@@ -2824,22 +2825,25 @@ impl RatingRbm {
         visible: &[u32],
         values: &[f32],
         readout: RatingReadout,
-    ) -> Vec<f32> {
+        out: &mut [f32],
+    ) {
         let (k, m) = (self.k, self.m);
         let (nc, nv) = (ph.len() / m, visible.len());
+        assert_eq!(out.len(), nc * nv, "one rating per case and unit");
         if nc == 0 || nv == 0 {
-            return Vec::new();
+            return;
         }
+        // Each block of units adds into its own columns of every row.
+        let shared = SyncPtr(out.as_mut_ptr());
         // Blocks of units in parallel, each with one product per class into a buffer kept by
         // its thread, then the softmax while that is in cache: W is read once, and each
         // element is one sequential dot product whatever the block or thread. A block's
         // logits are class-major (K runs of GRID_UNITS × nc, each column-major), so the
         // softmax reads 16 units' logits of a class as one vector.
         let ph = MatRef::from_column_major_slice(ph, m, nc);
-        let blocks: Vec<(usize, Vec<f32>)> = visible
-            .par_chunks(GRID_UNITS)
-            .enumerate()
-            .map_init(Vec::new, |logits: &mut Vec<f32>, (nb, units)| {
+        visible.par_chunks(GRID_UNITS).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(logits, r): &mut (Vec<f32>, Vec<f32>), (nb, units)| {
                 let ub = units.len();
                 logits.resize(k * ub * nc, 0.0);
                 let first = units[0] as usize;
@@ -2883,21 +2887,21 @@ impl RatingRbm {
                 let bias: Vec<f32> = (0..k)
                     .flat_map(|kk| units.iter().map(move |&v| self.b[v as usize * k + kk]))
                     .collect();
-                let mut out = vec![0.0f32; nc * ub];
-                for (c, r) in out.chunks_exact_mut(ub).enumerate() {
+                r.resize(ub, 0.0);
+                let u0 = nb * GRID_UNITS;
+                let shared = &shared;
+                for c in 0..nc {
                     grid_readout(&logits[c * ub..], ub * nc, &bias, ub, values, readout, r);
+                    // SAFETY: columns u0..u0 + ub of row c lie within `out` (asserted size),
+                    // and no other block touches them.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(shared.0.add(c * nv + u0), ub) };
+                    for (o, &x) in row.iter_mut().zip(r.iter()) {
+                        *o += x;
+                    }
                 }
-                (nb * GRID_UNITS, out)
-            })
-            .collect();
-        let mut out = vec![0.0f32; nc * nv];
-        out.par_chunks_mut(nv).enumerate().for_each(|(c, row)| {
-            for (u0, blk) in &blocks {
-                let ub = blk.len() / nc;
-                row[*u0..u0 + ub].copy_from_slice(&blk[c * ub..(c + 1) * ub]);
-            }
-        });
-        out
+            },
+        );
     }
 
     /// Turns a class distribution into a rating.
@@ -4648,7 +4652,8 @@ pub(crate) mod tests {
                     .collect();
                 let dist = model.predict_pairs(&cases, imp, &pairs, PredictMethod::MeanField);
                 for readout in [RatingReadout::Expected, RatingReadout::Argmax] {
-                    let got = model.mean_field_grid(&ph, visible, &values, readout);
+                    let mut got = vec![0.0f32; pairs.len()];
+                    model.mean_field_grid(&ph, visible, &values, readout, &mut got);
                     assert_eq!(got.len(), pairs.len());
                     let mut compared = 0;
                     for (n, &(c, v)) in pairs.iter().enumerate() {
