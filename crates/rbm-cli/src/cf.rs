@@ -1326,7 +1326,7 @@ fn recommend_users(a: &RecommendArgs, m: &CfModel, matrix: &RatingMatrix) -> Res
     if a.all_users {
         // The model's id map also holds users seen only in a test file.
         return Ok((0..m.users.len() as u32)
-            .filter(|&u| !matrix.by_user.row(u as usize).0.is_empty())
+            .filter(|&u| matrix.by_user.has_entries(u as usize))
             .collect());
     }
     let known = |tok: &str, place: String| {

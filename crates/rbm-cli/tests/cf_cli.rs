@@ -356,11 +356,7 @@ fn topn_length_and_relevance_threshold_are_honoured() {
         .arg(&recs)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let lists = std::fs::read_to_string(&recs).unwrap();
     let tests = std::fs::read_to_string(&test).unwrap();
     let (mut users, mut precision, mut recall, mut hits) = (0.0, 0.0, 0.0, 0.0);
@@ -634,11 +630,7 @@ fn numpy_split_takes_the_first_places_of_numpys_permutation() {
         .arg(&test)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let read = |p: &Path| -> Vec<String> {
         std::fs::read_to_string(p)
             .unwrap()

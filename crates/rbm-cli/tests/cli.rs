@@ -87,11 +87,7 @@ fn model_metadata_records_every_training_setting() {
         ],
     ]
     .concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let m = safetensors_metadata(&a);
     for (key, want) in [
         ("momentum", "0.4,0.8,3"),
@@ -106,11 +102,7 @@ fn model_metadata_records_every_training_setting() {
     }
     // Defaults are recorded too: Hinton's momentum schedule, no decay, no sparsity.
     let out = rbm(&[&base[..], &["--out", s(&b)]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let m = safetensors_metadata(&b);
     assert_eq!(m["momentum"], "0.5,0.9,5", "{m}");
     assert_eq!(m["lr_decay"], "false", "{m}");

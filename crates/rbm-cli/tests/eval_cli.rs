@@ -24,11 +24,7 @@ fn train_small(dir: &Path, hidden: &str) -> PathBuf {
         "--out",
         s(&model),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     model
 }
 

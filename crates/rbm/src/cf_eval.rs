@@ -522,10 +522,7 @@ mod tests {
         let (nu, ni) = (73, 32);
         let m = RatingMatrix::from_ratings(nu, ni, ratings.clone(), &scale).unwrap();
         let fit = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
+            crate::team::test_pool(threads)
                 .install(|| BiasBaseline::fit(&m, &scale, 15.0, 10.0, 10))
         };
         let b = fit(1);

@@ -64,14 +64,8 @@ impl Orientation {
 impl std::str::FromStr for Orientation {
     type Err = RbmError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "user" => Ok(Orientation::User),
-            "item" => Ok(Orientation::Item),
-            _ => Err(RbmError::param(
-                "orientation",
-                format!("`{s}`: expected user or item"),
-            )),
-        }
+        let all = [Orientation::User, Orientation::Item];
+        crate::error::named(s, &all, Orientation::name, "orientation")
     }
 }
 
@@ -145,6 +139,10 @@ pub struct ItemScorer<'a> {
     parts: Vec<ScorerPart>,
     /// Score pair by pair ([`CfModel::predict_with_extra`]).
     pairwise: bool,
+    /// Every item id, in order (a user-based member's visible units).
+    items: Vec<u32>,
+    /// Whether each item has training ratings (unknown items get the baseline).
+    item_known: Vec<bool>,
     /// An item-based member's ratings (items × users), kept from call to call: a fresh buffer
     /// of this size is mapped page by page by the system, each call.
     scratch: std::sync::Mutex<Vec<f32>>,
@@ -186,7 +184,7 @@ impl ItemScorer<'_> {
             return;
         }
         use rayon::prelude::*;
-        let items: Vec<u32> = (0..ni as u32).collect();
+        let (items, item_known) = (&self.items, &self.item_known);
         let nu = users.len();
         // The members' ratings are summed in `out`, then turned into scores in place.
         out.resize(nu * ni, 0.0);
@@ -195,7 +193,7 @@ impl ItemScorer<'_> {
             match o {
                 Orientation::User => {
                     let ph = rbm.case_hidden_probs(o.cases(train), part.implicit.as_ref(), users);
-                    rbm.mean_field_grid(&ph, &items, &m.values, m.readout, out);
+                    rbm.mean_field_grid(&ph, items, &m.values, m.readout, out);
                 }
                 Orientation::Item => {
                     // Cases are the items: a row per item, a column per listed user.
@@ -212,8 +210,7 @@ impl ItemScorer<'_> {
                 }
             }
         }
-        // `known` in parts: the user once per row, the items once per call.
-        let item_known: Vec<bool> = (0..ni).map(|i| train.by_item.has_entries(i)).collect();
+        // `known` in parts: the user once per row, the items once for the scorer.
         let nm = m.members.len() as f32;
         out.par_chunks_mut(ni).zip(users).for_each(|(row, &u)| {
             let user_known = train.by_user.has_entries(u as usize);
@@ -336,6 +333,7 @@ impl CfModel {
                 .members
                 .iter()
                 .any(|mem| mem.rbm.d != mem.orientation.visible(train));
+        let items: Vec<u32> = (0..train.n_items as u32).collect();
         let parts = self
             .members
             .iter()
@@ -345,7 +343,6 @@ impl CfModel {
                 // Item-based members' cases are the items: their hidden probabilities serve
                 // every chunk of users.
                 let item_ph = (o == Orientation::Item && !pairwise).then(|| {
-                    let items: Vec<u32> = (0..train.n_items as u32).collect();
                     mem.rbm
                         .case_hidden_probs(&train.by_item, implicit.as_ref(), &items)
                 });
@@ -357,6 +354,10 @@ impl CfModel {
             train,
             parts,
             pairwise,
+            item_known: (0..train.n_items)
+                .map(|i| train.by_item.has_entries(i))
+                .collect(),
+            items,
             scratch: Default::default(),
         }
     }
@@ -1114,10 +1115,7 @@ mod tests {
             assert!(spread > 0.05, "predictions too alike to test anything");
             // The same bits on any number of threads.
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
+                let pool = crate::team::test_pool(threads);
                 let mut again = Vec::new();
                 pool.install(|| model.item_scorer(&train).scores(&users, &mut again));
                 assert!(

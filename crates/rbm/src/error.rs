@@ -92,6 +92,23 @@ impl RbmError {
     }
 }
 
+/// The one of `all` whose `name` is `s`, or an error for parameter `param` listing the names
+/// (for the small enums that model files and the command line spell out).
+pub(crate) fn named<T: Copy>(
+    s: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    param: &'static str,
+) -> Result<T> {
+    all.iter().copied().find(|&t| name(t) == s).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|&t| name(t)).collect();
+        RbmError::param(
+            param,
+            format!("`{}`: expected {}", shown(s), names.join(" or ")),
+        )
+    })
+}
+
 /// `s` as it may appear in a message: control characters (a stray CR, a NUL, a terminal escape)
 /// escaped, and long text cut short (a file may hold anything where a number or a name belongs).
 pub fn shown(s: &str) -> String {

@@ -85,12 +85,8 @@ impl std::str::FromStr for PredictMethod {
     type Err = RbmError;
 
     fn from_str(s: &str) -> Result<Self> {
-        [PredictMethod::Exact, PredictMethod::MeanField]
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                RbmError::param("predict", format!("`{s}`: expected exact or mean-field"))
-            })
+        let all = [PredictMethod::Exact, PredictMethod::MeanField];
+        crate::error::named(s, &all, PredictMethod::name, "predict")
     }
 }
 
@@ -108,12 +104,8 @@ impl std::str::FromStr for RatingReadout {
     type Err = RbmError;
 
     fn from_str(s: &str) -> Result<Self> {
-        [RatingReadout::Expected, RatingReadout::Argmax]
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| {
-                RbmError::param("readout", format!("`{s}`: expected expected or argmax"))
-            })
+        let all = [RatingReadout::Expected, RatingReadout::Argmax];
+        crate::error::named(s, &all, RatingReadout::name, "readout")
     }
 }
 
@@ -5300,10 +5292,7 @@ pub(crate) mod tests {
             .seed(seed);
         let params = tweak(params).check().unwrap();
         let data = TrainData::new(&mat.by_user, 40, scale.values());
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = crate::team::test_pool(threads);
         pool.install(|| RatingRbm::fit(&params, &data, &mut |_| {}).unwrap().0)
     }
 
@@ -5427,10 +5416,7 @@ pub(crate) mod tests {
             .unwrap();
         let data = TrainData::new(&mat.by_user, 40, scale.values());
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = crate::team::test_pool(threads);
             let mut reports = Vec::new();
             pool.install(|| {
                 RatingRbm::fit(&params, &data, &mut |r: &EpochReport| {
@@ -5466,11 +5452,7 @@ pub(crate) mod tests {
 
     /// The team size a pool of `threads` gets ([`training_threads`] inside it).
     fn training_threads_for(threads: usize) -> usize {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(training_threads)
+        crate::team::test_pool(threads).install(training_threads)
     }
 
     #[test]
@@ -5540,15 +5522,11 @@ pub(crate) mod tests {
                 .check()
                 .unwrap();
             let fit = |threads: usize| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap()
-                    .install(|| {
-                        let mut errs = Vec::new();
-                        let progress = &mut |r: &EpochReport| errs.push(r.recon_error);
-                        (RatingRbm::fit(&params, &data, progress).unwrap().0, errs)
-                    })
+                crate::team::test_pool(threads).install(|| {
+                    let mut errs = Vec::new();
+                    let progress = &mut |r: &EpochReport| errs.push(r.recon_error);
+                    (RatingRbm::fit(&params, &data, progress).unwrap().0, errs)
+                })
             };
             let alone = fit(1);
             SLOW_CHUNK.store(N_CHUNKS - 1, Ordering::Relaxed);

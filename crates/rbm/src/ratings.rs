@@ -1912,10 +1912,7 @@ mod tests {
         let scale = RatingScale::from_values(vec![1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
         let mut first: Option<RatingMatrix> = None;
         for threads in [1, 3, 8] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = crate::team::test_pool(threads);
             let (csr, m) = pool.install(|| {
                 (
                     Csr::from_triples(rows, triples.iter().copied()),

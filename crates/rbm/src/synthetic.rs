@@ -556,10 +556,7 @@ mod tests {
     #[test]
     fn deterministic_for_a_seed_and_any_thread_count() {
         let a = small(7);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = crate::team::test_pool(1);
         let b = pool.install(|| small(7));
         assert_eq!(a, b);
         assert_ne!(a, small(8));

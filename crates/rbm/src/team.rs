@@ -194,6 +194,15 @@ pub struct Team<'a> {
     born: Instant,
 }
 
+/// A pool of `threads` threads, for tests that check results do not depend on the count.
+#[cfg(test)]
+pub(crate) fn test_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+}
+
 /// The team size for a training run: the caller's rayon pool decides (as `--threads` and
 /// `pool.install` always did), but never more members than the cores this process may use —
 /// a member without a core stalls every step it takes part in (measured: 3 members on 2 cores

@@ -1386,20 +1386,14 @@ mod tests {
             .persistent(true)
             .check()
             .unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = crate::team::test_pool(2);
         let a = pool.install(|| run(cfg.clone(), &data).0);
         let b = pool.install(|| run(cfg.clone(), &data).0);
         assert_eq!(a, b);
         // Stronger than required: the draws are keyed by example and block of units, not by
         // thread, and no product splits its inner dimension, so 1 or 3 threads give the same bits.
         for threads in [1, 3] {
-            let other = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let other = crate::team::test_pool(threads);
             assert_eq!(
                 a,
                 other.install(|| run(cfg.clone(), &data).0),

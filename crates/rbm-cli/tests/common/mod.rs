@@ -35,12 +35,17 @@ pub fn sorted_floats(v: &serde_json::Value) -> Vec<f64> {
     xs
 }
 
-pub fn json(out: &Output) -> serde_json::Value {
+/// Asserts a successful run, showing its stderr otherwise.
+pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "rbm failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    assert_ok(out);
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 

@@ -583,11 +583,7 @@ mod tests {
             .check()
             .unwrap();
         let run = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| ais_log_z(&rbm, &data, &p).unwrap())
+            crate::team::test_pool(threads).install(|| ais_log_z(&rbm, &data, &p).unwrap())
         };
         let (a, b) = (run(1), run(3));
         assert_eq!(a, b);

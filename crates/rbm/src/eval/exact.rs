@@ -360,16 +360,8 @@ pub(crate) mod tests {
     #[test]
     fn thread_count_does_not_change_the_result() {
         let rbm = random_rbm(40, 16, 0.5, 10);
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap()
-            .install(|| exact_log_z(&rbm).unwrap());
-        let three = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap()
-            .install(|| exact_log_z(&rbm).unwrap());
+        let one = crate::team::test_pool(1).install(|| exact_log_z(&rbm).unwrap());
+        let three = crate::team::test_pool(3).install(|| exact_log_z(&rbm).unwrap());
         assert_eq!(one.to_bits(), three.to_bits());
     }
 
