@@ -25,6 +25,8 @@ import json, sys
 d = json.load(sys.stdin)
 keys = ['ml100k_epoch_seconds', 'ml100k_fastest_epoch_seconds',
         'ml100k_epoch_seconds_batch256', 'ml100k_fastest_epoch_seconds_batch256']
+if d.get(keys[0]) is None:
+    sys.exit('bench/ab.sh: no MovieLens-100K case ran: pass RATINGS, or fetch it (rbm cf fetch)')
 print('$side', *('%.4f' % (d[k] * 1e3) for k in keys))"
   done
 done | python3 -c "
@@ -33,6 +35,8 @@ a, b = [], []
 for line in sys.stdin:
     side, *v = line.split()
     (a if side == 'A' else b).append([float(x) for x in v])
+if not a or not b:
+    sys.exit('bench/ab.sh: no figures to compare')
 names = ['b100 median', 'b100 fastest', 'b256 median', 'b256 fastest']
 for j, name in enumerate(names):
     r = [y[j] / x[j] for x, y in zip(a, b)]
