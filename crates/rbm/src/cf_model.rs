@@ -3,7 +3,7 @@
 //! fallback to the bias baseline for users or items absent from training, and model files.
 
 use crate::cf_eval::BiasBaseline;
-use crate::error::{RbmError, Result};
+use crate::error::Result;
 use crate::modelfile::{TensorFile, check_format, read_tensors, write_tensors};
 use crate::rating::{
     EpochReport, FitSummary, PredictMethod, RatingRbm, RatingReadout, TrainData,
@@ -28,14 +28,9 @@ pub enum Orientation {
     Item,
 }
 
-impl Orientation {
-    fn name(self) -> &'static str {
-        match self {
-            Orientation::User => "user",
-            Orientation::Item => "item",
-        }
-    }
+crate::error::spelled!(Orientation, "orientation", { User => "user", Item => "item" });
 
+impl Orientation {
     /// `(case, visible)` for a `(user, item)` pair.
     pub fn case_visible(self, user: u32, item: u32) -> (u32, u32) {
         match self {
@@ -58,14 +53,6 @@ impl Orientation {
             Orientation::User => train.n_items,
             Orientation::Item => train.n_users,
         }
-    }
-}
-
-impl std::str::FromStr for Orientation {
-    type Err = RbmError;
-    fn from_str(s: &str) -> Result<Self> {
-        let all = [Orientation::User, Orientation::Item];
-        crate::error::named(s, &all, Orientation::name, "orientation")
     }
 }
 
@@ -427,8 +414,8 @@ impl CfModel {
     /// Loads a model written by [`CfModel::save`].
     ///
     /// Everything read from the file is checked before it is used, so a damaged or hand-edited
-    /// file is an [`RbmError::Format`] naming the file and the field, never a panic or silently
-    /// wrong predictions: the rating values (finite, strictly increasing, K of them, 2 ≤ K ≤ 255),
+    /// file is an [`RbmError::Format`](crate::error::RbmError::Format) naming the file and
+    /// the field, never a panic or silently wrong predictions: the rating values (finite, strictly increasing, K of them, 2 ≤ K ≤ 255),
     /// the baseline's clamp range (finite, low ≤ high, within the values), every member's
     /// orientation, sizes and tensor shapes against the id maps (predictions index the weights by
     /// user or item id), every tensor value and the baseline mean (finite), and the option
@@ -577,6 +564,7 @@ fn id_map(f: &TensorFile, key: &str) -> Result<IdMap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::RbmError;
     use crate::rating::RatingRbmParams;
     use crate::rating::tests::planted;
     use crate::ratings::RatingScale;

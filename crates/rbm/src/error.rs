@@ -92,22 +92,40 @@ impl RbmError {
     }
 }
 
-/// The one of `all` whose `name` is `s`, or an error for parameter `param` listing the names
-/// (for the small enums that model files and the command line spell out).
-pub(crate) fn named<T: Copy>(
-    s: &str,
-    all: &[T],
-    name: fn(T) -> &'static str,
-    param: &'static str,
-) -> Result<T> {
-    all.iter().copied().find(|&t| name(t) == s).ok_or_else(|| {
-        let names: Vec<&str> = all.iter().map(|&t| name(t)).collect();
-        RbmError::param(
-            param,
-            format!("`{}`: expected {}", shown(s), names.join(" or ")),
-        )
-    })
+/// `name()` and `FromStr` for a small enum that model files and the command line spell out:
+/// each variant's name, and for anything else an error for parameter `$param` that lists them
+/// (`spelled!(PredictMethod, "predict", { Exact => "exact", MeanField => "mean-field" })`).
+macro_rules! spelled {
+    ($ty:ident, $param:literal, { $($var:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name model files and the command line use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$var => $name,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::error::RbmError;
+
+            fn from_str(s: &str) -> $crate::error::Result<Self> {
+                match s {
+                    $($name => Ok($ty::$var),)+
+                    _ => Err($crate::error::RbmError::param(
+                        $param,
+                        format!(
+                            "`{}`: expected {}",
+                            $crate::error::shown(s),
+                            [$($name),+].join(" or ")
+                        ),
+                    )),
+                }
+            }
+        }
+    };
 }
+pub(crate) use spelled;
 
 /// `s` as it may appear in a message: control characters (a stray CR, a NUL, a terminal escape)
 /// escaped, and long text cut short (a file may hold anything where a number or a name belongs).

@@ -71,43 +71,8 @@ pub enum RatingReadout {
     Argmax,
 }
 
-impl PredictMethod {
-    /// The name model files and the command line use.
-    pub fn name(self) -> &'static str {
-        match self {
-            PredictMethod::Exact => "exact",
-            PredictMethod::MeanField => "mean-field",
-        }
-    }
-}
-
-impl std::str::FromStr for PredictMethod {
-    type Err = RbmError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let all = [PredictMethod::Exact, PredictMethod::MeanField];
-        crate::error::named(s, &all, PredictMethod::name, "predict")
-    }
-}
-
-impl RatingReadout {
-    /// The name model files use.
-    pub fn name(self) -> &'static str {
-        match self {
-            RatingReadout::Expected => "expected",
-            RatingReadout::Argmax => "argmax",
-        }
-    }
-}
-
-impl std::str::FromStr for RatingReadout {
-    type Err = RbmError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let all = [RatingReadout::Expected, RatingReadout::Argmax];
-        crate::error::named(s, &all, RatingReadout::name, "readout")
-    }
-}
+crate::error::spelled!(PredictMethod, "predict", { Exact => "exact", MeanField => "mean-field" });
+crate::error::spelled!(RatingReadout, "readout", { Expected => "expected", Argmax => "argmax" });
 
 /// The optimizer applied to the CD gradient.
 #[derive(Clone, Copy, Debug, PartialEq)]
